@@ -1,0 +1,32 @@
+"""Explanation methods for pairwise similarity, Captum style: ``Method(model).attribute(...)``."""
+from .averaged_transforms import AveragedTransforms
+from .cam import InteractionCAM, PairGradCAM, cam_variants
+from .engine import PairAttribution, SimilarityForward, guided_relus, preserved_model_state
+from .gradients import PairInputXGradient, PairSmoothGrad
+from .maps import normalize_map, upsample
+from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
+from .pairwise_occlusion import PairwiseOcclusion
+from .pixel_invariance import PixelInvariance
+from .registry import METHOD_NAMES, PAIR_METHOD_NAMES, get_method
+
+__all__ = [
+    "AveragedTransforms",
+    "ConditionalOcclusion",
+    "ContextAgnosticOcclusion",
+    "InteractionCAM",
+    "METHOD_NAMES",
+    "PAIR_METHOD_NAMES",
+    "PairAttribution",
+    "PairGradCAM",
+    "PairInputXGradient",
+    "PairSmoothGrad",
+    "PairwiseOcclusion",
+    "PixelInvariance",
+    "SimilarityForward",
+    "cam_variants",
+    "get_method",
+    "guided_relus",
+    "normalize_map",
+    "preserved_model_state",
+    "upsample",
+]

@@ -1,0 +1,213 @@
+"""Grad-CAM adapted to similarity and Interaction-CAM (methods.md section 3).
+
+Both use the element-wise form of the paper's code: ``CAM = sum_c w_c * A[c] * ReLU(G[c])`` with
+``A`` a layer's activation and ``G = dS/dA`` for ``S = cos(f(x1), f(x2))``. All variants of one
+pair come from a single forward and backward pass (:func:`cam_variants`).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from captum.attr import LayerAttribution
+from torch import nn
+
+from .._validation import check_pair
+from ..models.wrapper import SSLModel
+from .engine import PairAttribution, check_model, cosine, preserved_model_state
+
+__all__ = ["PairGradCAM", "InteractionCAM", "cam_variants", "CAM_VARIANTS", "POOLINGS"]
+
+POOLINGS = ("mean", "max", "attention")
+CAM_VARIANTS = ("grad-cam", "interaction-cam", "interaction-cam:max", "interaction-cam:attention",
+                "interaction-cam:mean+gi", "interaction-cam:max+gi", "interaction-cam:attention+gi")
+
+
+def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, layer: str | None,
+                               head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``A1, A2, G1, G2, S`` from one forward of both images and one backward."""
+    if head not in ("paper", "model"):
+        raise ValueError(f"head must be 'paper' or 'model', got {head!r}")
+    same_size = x1.shape == x2.shape
+    with preserved_model_state(model), torch.enable_grad():
+        if layer is None:
+            embed_head = model.cam_head if (head == "paper" and model.cam_head is not None) else model.head
+            batch = torch.cat([x1, x2]) if same_size else None
+            if batch is not None:
+                acts = model.trunk(model.normalize(batch))
+                a1, a2 = acts.chunk(2)
+            else:
+                a1, a2 = model.trunk(model.normalize(x1)), model.trunk(model.normalize(x2))
+            z1, z2 = embed_head(a1.mean(dim=(2, 3))), embed_head(a2.mean(dim=(2, 3)))
+            sims = cosine(z1, z2)
+            g1, g2 = torch.autograd.grad(sims.sum(), [a1, a2])
+        else:
+            module = model.get_layer(layer)
+            captured: list[torch.Tensor] = []
+            handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            try:
+                if same_size:
+                    z1, z2 = model(torch.cat([x1, x2])).chunk(2)
+                    outputs = [captured[-1]]
+                else:
+                    z1 = model(x1)
+                    z2 = model(x2)
+                    outputs = [captured[0], captured[-1]] if len(captured) == 2 else None
+            finally:
+                handle.remove()
+            if outputs is None or not all(isinstance(o, torch.Tensor) and o.dim() == 4 for o in outputs):
+                raise ValueError(f"layer {layer!r} does not output one (B, C, h, w) feature map per forward pass")
+            sims = cosine(z1, z2)
+            grads = torch.autograd.grad(sims.sum(), outputs)
+            if same_size:
+                (a1, a2), (g1, g2) = outputs[0].chunk(2), grads[0].chunk(2)
+            else:
+                (a1, a2), (g1, g2) = outputs, grads
+    return a1.detach(), a2.detach(), g1.detach(), g2.detach(), sims.detach()
+
+
+def _pool(a: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "mean":
+        return a.mean(dim=(2, 3))
+    if pooling == "max":
+        return a.amax(dim=(2, 3))
+    if pooling == "attention":
+        flat = a.flatten(2)  # (B, C, P)
+        query = flat.mean(2)  # GAP as the query
+        weights = torch.softmax(torch.einsum("bc,bcp->bp", query, flat), dim=1)  # no 1/sqrt(D) scaling
+        return torch.einsum("bp,bcp->bc", weights, flat)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+def _interaction_gradients(g1: torch.Tensor, g2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if g1.shape != g2.shape:
+        raise ValueError(
+            f"gradient_interaction needs feature maps of equal size in both images, got {tuple(g1.shape)} and {tuple(g2.shape)}"
+        )
+    m = torch.einsum("bcp,bep->bce", g1.flatten(2), g2.flatten(2))  # G1^T G2 over matching positions
+    return m.amax(dim=2)[:, :, None, None], m.amax(dim=1)[:, :, None, None]
+
+
+def _cam(a: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    term = a * g.clamp(min=0)
+    if weights is not None:
+        term = term * weights[:, :, None, None]
+    return term.sum(1)
+
+
+def _variant_maps(a1, a2, g1, g2, pooling: str | None, gradient_interaction: bool):
+    if pooling is None:
+        return _cam(a1, g1), _cam(a2, g2)
+    weights = _pool(a1, pooling) * _pool(a2, pooling)
+    if gradient_interaction:
+        g1, g2 = _interaction_gradients(g1, g2)
+    return _cam(a1, g1, weights), _cam(a2, g2, weights)
+
+
+def parse_cam_variant(name: str) -> tuple[str | None, bool]:
+    """``"interaction-cam:max+gi"`` -> ``("max", True)``; ``"grad-cam"`` -> ``(None, False)``."""
+    if name == "grad-cam":
+        return None, False
+    base, _, option = name.partition(":")
+    if base != "interaction-cam":
+        raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
+    pooling, _, gi = (option or "mean").partition("+")
+    if pooling not in POOLINGS or gi not in ("", "gi"):
+        raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
+    return pooling, gi == "gi"
+
+
+def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], variants: Iterable[str] = CAM_VARIANTS,
+                 layer: str | None = None, head: str = "paper") -> dict[str, PairAttribution]:
+    """Several CAM variants of the same pair from one forward and one backward pass.
+
+    Args:
+        model: the :class:`SSLModel`.
+        inputs: ``(x1, x2)``.
+        variants: names such as ``"grad-cam"``, ``"interaction-cam:max"``, ``"interaction-cam:max+gi"``.
+        layer: trunk layer (dot path); ``None`` = the trunk's output.
+        head: ``"paper"`` uses the model's ``cam_head`` where it has one (SimSiam: the predictor
+            alone, as the authors' code); ``"model"`` always uses the model's own head.
+
+    Returns:
+        ``{variant: PairAttribution}`` with maps at the layer's resolution.
+
+    Examples:
+        >>> maps = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam:max"])  # doctest: +SKIP
+    """
+    check_model(model)
+    x1, x2 = (x.to(model.device) for x in check_pair(inputs))
+    parsed = {name: parse_cam_variant(name) for name in variants}
+    a1, a2, g1, g2, sims = _activations_and_gradients(model, x1, x2, layer, head)
+    results = {}
+    for name, (pooling, gi) in parsed.items():
+        maps = _variant_maps(a1, a2, g1, g2, pooling, gi)
+        meta = {"method": name.split(":")[0], "variant": name, "layer": layer or "trunk output", "pooling": pooling,
+                "gradient_interaction": gi, "head": head}
+        results[name] = PairAttribution(maps, sims, meta)
+    return results
+
+
+class PairGradCAM(LayerAttribution):
+    """Grad-CAM adapted to a pair: ``CAM_k = sum_c A_k[c] * ReLU(dS/dA_k[c])`` (element-wise form).
+
+    Args:
+        model: the :class:`SSLModel`.
+        layer: trunk layer name (see ``model.layer_names()``); ``None`` = the trunk's output.
+
+    Examples:
+        >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
+        check_model(model)
+        module = model.trunk if layer is None else model.get_layer(layer)
+        super().__init__(model, module)
+        self.model, self.layer_name = model, layer
+
+    def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], head: str = "paper") -> PairAttribution:
+        """CAMs of both images at the layer's resolution.
+
+        Args:
+            inputs: ``(x1, x2)``, each ``(B,3,H,W)``.
+            head: ``"paper"`` (default) or ``"model"``, see :func:`cam_variants`.
+
+        Returns:
+            :class:`PairAttribution` with maps ``(B,h,w)``.
+        """
+        return cam_variants(self.model, inputs, ["grad-cam"], self.layer_name, head)["grad-cam"]
+
+
+class InteractionCAM(LayerAttribution):
+    """Interaction-CAM: CAMs re-weighted by a channel weight shared by both images.
+
+    ``w = P(A1) * P(A2)`` with ``P`` spatial mean, max, or self-attention pooling; with
+    ``gradient_interaction`` the gradients become per-channel maxima of ``G1^T G2``.
+
+    Examples:
+        >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
+        check_model(model)
+        module = model.trunk if layer is None else model.get_layer(layer)
+        super().__init__(model, module)
+        self.model, self.layer_name = model, layer
+
+    def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], pooling: str = "mean",
+                  gradient_interaction: bool = False, head: str = "paper") -> PairAttribution:
+        """Interaction-CAMs of both images.
+
+        Args:
+            inputs: ``(x1, x2)``.
+            pooling: ``"mean"``, ``"max"`` or ``"attention"`` (self-attention pooling per image).
+            gradient_interaction: use the paper's IntGradMax gradient term (needs equal map sizes).
+            head: ``"paper"`` or ``"model"``, see :func:`cam_variants`.
+
+        Returns:
+            :class:`PairAttribution` with maps ``(B,h,w)``.
+        """
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        name = f"interaction-cam:{pooling}" + ("+gi" if gradient_interaction else "")
+        return cam_variants(self.model, inputs, [name], self.layer_name, head)[name]

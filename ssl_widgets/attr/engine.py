@@ -1,0 +1,245 @@
+"""The shared engine under every explanation method.
+
+* :class:`PairAttribution`: the result type (a tuple of two maps with ``.similarity`` / ``.meta``).
+* :class:`SimilarityForward`: ``x -> cos(model(x), model(reference))`` for Captum's own methods.
+* :func:`preserved_model_state`: eval mode for the duration; mode, ``requires_grad`` flags and
+  hooks restored on every exit path.
+* :func:`guided_relus`: guided back-propagation through every ReLU (modules, re-used in-place
+  modules and functional ``relu``) via a custom autograd function swapped in for the duration.
+* :func:`chunks`, :func:`progress`, :func:`resolve_fill`, :func:`cosine`: small shared helpers.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_images
+from ..models.wrapper import SSLModel
+
+__all__ = [
+    "PairAttribution",
+    "SimilarityForward",
+    "check_model",
+    "chunks",
+    "cosine",
+    "guided_relus",
+    "preserved_model_state",
+    "progress",
+    "resolve_fill",
+]
+
+
+class PairAttribution(tuple):
+    """Two maps ``(map1, map2)``, each ``(B, h, w)``, plus the base similarity and the settings.
+
+    Unpacks like a tuple (``m1, m2 = method.attribute((x1, x2))``), so Captum's tooling accepts it.
+
+    Attributes:
+        similarity: base cosine similarity ``(B,)`` of the unperturbed pair.
+        meta: the method name and settings used.
+
+    Examples:
+        >>> result = PairAttribution((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)), torch.tensor([0.5]), {"method": "x"})
+        >>> m1, m2 = result
+        >>> float(result.similarity)
+        0.5
+    """
+
+    similarity: torch.Tensor
+    meta: dict[str, Any]
+
+    def __new__(cls, maps: Sequence[torch.Tensor], similarity: torch.Tensor, meta: dict[str, Any] | None = None):
+        obj = super().__new__(cls, tuple(maps))
+        obj.similarity = similarity
+        obj.meta = dict(meta or {})
+        return obj
+
+    def __getnewargs__(self):  # pickling support
+        return (tuple(self), self.similarity, self.meta)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(m.shape)) for m in self)
+        return f"PairAttribution(maps=[{shapes}], similarity={self.similarity.tolist()}, meta={self.meta})"
+
+
+def check_model(model: object) -> SSLModel:
+    """Raise a clear ``TypeError`` unless ``model`` is an :class:`SSLModel`."""
+    if not isinstance(model, SSLModel):
+        raise TypeError(
+            f"expected an ssl_widgets.models.SSLModel, got {type(model).__name__}; wrap your network with "
+            f"SSLModel(trunk, head, mean=..., std=...) or load one with ssl_widgets.load_model(name)"
+        )
+    return model
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity along the last dimension, with the paper's ``eps=1e-8``."""
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+class SimilarityForward(nn.Module):
+    """A scalar forward ``x -> cos(model(x), model(reference))`` for Captum's own methods.
+
+    The reference embedding is computed once (no gradient) and expanded to the batch.
+
+    Args:
+        model: the :class:`SSLModel`.
+        reference: ``(1,3,H,W)`` or ``(B,3,H,W)`` images to compare with.
+
+    Examples:
+        >>> from captum.attr import IntegratedGradients  # doctest: +SKIP
+        >>> ig = IntegratedGradients(SimilarityForward(model, x2))  # doctest: +SKIP
+        >>> attributions = ig.attribute(x1, baselines=x1 * 0)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: SSLModel, reference: torch.Tensor) -> None:
+        super().__init__()
+        self.model = check_model(model)
+        check_images(reference, "reference")
+        with torch.no_grad():
+            self.register_buffer("reference_embedding", model(reference.to(model.device)).detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        ref = self.reference_embedding
+        if ref.shape[0] == 1:
+            ref = ref.expand(z.shape[0], -1)
+        elif ref.shape[0] != z.shape[0]:
+            # Captum expands inputs by perturbations; repeat the references to match
+            ref = ref.repeat(z.shape[0] // ref.shape[0], 1)
+        return cosine(z, ref)
+
+
+@contextlib.contextmanager
+def preserved_model_state(model: nn.Module, requires_grad: bool | None = None) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore everything on exit.
+
+    Restores each module's ``training`` flag, each parameter's ``requires_grad`` and removes any
+    hook registered on the model's modules during the block, also when the block raises.
+
+    Args:
+        model: the module.
+        requires_grad: if given, set on every parameter for the block (``False`` saves memory in
+            perturbation methods; gradient methods only need input gradients).
+    """
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                  "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+    saved_hooks = {(m, name): dict(getattr(m, name)) for m in model.modules() for name in hook_dicts
+                   if hasattr(m, name)}
+    saved_forwards = {m: m.__dict__.get("forward") for m in model.modules()}
+    try:
+        model.eval()
+        if requires_grad is not None:
+            for p in model.parameters():
+                p.requires_grad_(requires_grad)
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for (module, name), hooks in saved_hooks.items():
+            current = getattr(module, name)
+            for key in list(current):
+                if key not in hooks:
+                    del current[key]
+        for module, forward in saved_forwards.items():
+            if forward is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = forward
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients at positive inputs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+def guided_relu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Drop-in for ``F.relu`` with guided-backprop gradients (the ``inplace`` flag is ignored)."""
+    return _GuidedReLUFunction.apply(x)
+
+
+_FUNCTIONAL_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def guided_relus(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Guided back-propagation for the block: every ReLU of ``model`` rectifies its gradient.
+
+    ``nn.ReLU`` modules (also torchvision's re-used in-place ``self.relu``) get a guided forward
+    on the instance; functional ``F.relu`` / ``torch.relu`` calls are redirected for the duration
+    (under a lock, since that swap is process-wide). All is restored on exit, also on error.
+    No ``register_backward_hook`` is used.
+    """
+    if not enabled:
+        yield
+        return
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    with _FUNCTIONAL_LOCK:
+        original_f, original_t = F.relu, torch.relu
+        try:
+            for module in relus:
+                module.forward = guided_relu  # instance attribute shadows nn.ReLU.forward
+            F.relu = guided_relu  # type: ignore[assignment]
+            torch.relu = guided_relu  # type: ignore[assignment]
+            yield
+        finally:
+            F.relu, torch.relu = original_f, original_t  # type: ignore[assignment]
+            for module in relus:
+                module.__dict__.pop("forward", None)
+
+
+def resolve_fill(model: SSLModel, baselines: float | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The fill colour in pixel space, broadcastable to ``like`` (``(B,3,H,W)``).
+
+    ``None`` gives the neutral fill (0 in the model's input space); a float gives a grey level;
+    a tensor of 3 values or any shape broadcastable to ``like`` is used as is.
+    """
+    if baselines is None:
+        fill = model.fill_value.view(1, 3, 1, 1)
+    elif isinstance(baselines, (int, float)):
+        fill = torch.full((1, 3, 1, 1), float(baselines))
+    elif isinstance(baselines, torch.Tensor):
+        fill = baselines.float()
+        if fill.numel() == 3:
+            fill = fill.reshape(1, 3, 1, 1)
+        try:
+            torch.broadcast_shapes(fill.shape, like.shape)
+        except RuntimeError as error:
+            raise ValueError(f"baselines of shape {tuple(fill.shape)} do not broadcast to inputs {tuple(like.shape)}") from error
+    else:
+        raise TypeError(f"baselines must be None, a float or a tensor, got {type(baselines).__name__}")
+    return fill.to(device=like.device, dtype=like.dtype)
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` of at most ``size`` items."""
+    if size < 1:
+        raise ValueError(f"perturbations_per_eval must be >= 1, got {size}")
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def progress(total: int, show: bool, desc: str):
+    """A tqdm.auto progress bar (a no-op bar when ``show`` is false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not show, desc=desc, leave=False)

@@ -1,0 +1,66 @@
+"""Method names (CLI, widgets, tables) mapped to classes and settings."""
+from __future__ import annotations
+
+from typing import Any
+
+from .averaged_transforms import AveragedTransforms
+from .cam import InteractionCAM, PairGradCAM, parse_cam_variant
+from .gradients import PairInputXGradient, PairSmoothGrad
+from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
+from .pairwise_occlusion import PairwiseOcclusion
+from .pixel_invariance import PixelInvariance
+
+__all__ = ["get_method", "METHOD_NAMES", "PAIR_METHOD_NAMES"]
+
+_SIMPLE = {
+    "conditional-occlusion": ConditionalOcclusion,
+    "context-agnostic-occlusion": ContextAgnosticOcclusion,
+    "pairwise-occlusion": PairwiseOcclusion,
+    "pixel-invariance": PixelInvariance,
+}
+_FLAGS = {
+    "averaged-transforms": (AveragedTransforms, {"guided", "noise"}),
+    "input-x-gradient": (PairInputXGradient, {"guided"}),
+    "smoothgrad": (PairSmoothGrad, {"guided"}),
+}
+
+PAIR_METHOD_NAMES: tuple[str, ...] = (
+    "conditional-occlusion", "context-agnostic-occlusion", "pairwise-occlusion", "grad-cam", "interaction-cam",
+    "interaction-cam:max", "interaction-cam:attention", "interaction-cam:max+gi", "interaction-cam:attention+gi",
+    "averaged-transforms", "averaged-transforms:guided", "averaged-transforms:noise",
+    "averaged-transforms:guided+noise", "input-x-gradient", "input-x-gradient:guided", "smoothgrad",
+    "smoothgrad:guided",
+)
+METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",)
+
+
+def get_method(name: str) -> tuple[type, dict[str, Any]]:
+    """The class and ``attribute`` settings of a method name.
+
+    Examples:
+        >>> get_method("interaction-cam:max+gi")
+        (<class 'ssl_widgets.attr.cam.InteractionCAM'>, {'pooling': 'max', 'gradient_interaction': True})
+        >>> get_method("averaged-transforms:guided+noise")[1]
+        {'guided': True, 'noise': True}
+
+    Raises:
+        ValueError: unknown name (the message lists the known names).
+    """
+    if name in _SIMPLE:
+        return _SIMPLE[name], {}
+    if name == "grad-cam":
+        return PairGradCAM, {}
+    base, _, options = name.partition(":")
+    try:
+        if base == "interaction-cam":
+            pooling, gi = parse_cam_variant(name)
+            return InteractionCAM, {"pooling": pooling, "gradient_interaction": gi}
+        if base in _FLAGS:
+            cls, allowed = _FLAGS[base]
+            flags = [f for f in options.split("+") if f] if options else []
+            if any(f not in allowed for f in flags):
+                raise ValueError
+            return cls, {f: True for f in flags}
+    except ValueError:
+        pass
+    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")

@@ -1,0 +1,129 @@
+"""The ``ssl-widgets`` command line: ``ssl-widgets --help`` lists every subcommand."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.zoo import available_models, model_info
+
+    print(f"{'name':22s} {'licence of the weights':42s} description")
+    for name in available_models():
+        spec = model_info(name)
+        print(f"{name:22s} {spec.license:42s} {spec.description}")
+    return 0
+
+
+def _cmd_similarity(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import make_pair
+    from .models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.models.split(","):
+        model = load_model(name, weights=args.weights)
+        x1, x2 = make_pair(args.image, args.transform, model.input_size, seed=args.seed, image2=args.image2)
+        with torch.no_grad():
+            sim = float(model.similarity(x1, x2))
+        other = args.image2 or f"{args.transform} view (seed {args.seed})"
+        print(f"{name:18s} cos(f({args.image}), f({other})) = {sim:+.4f}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from .attr.averaged_transforms import AveragedTransforms
+    from .attr.registry import get_method
+    from .data import make_pair
+    from .explain import explain_pair
+    from .models import load_model
+    from .plotting import pair_figure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cls, _ = get_method(args.method)
+    model = load_model(args.model, weights=args.weights)
+    transform = args.transform or ("combine" if cls is AveragedTransforms else "aug")
+    x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
+    overrides = {}
+    if args.window:
+        overrides["sliding_window_shapes"] = args.window
+    if args.stride:
+        overrides["strides"] = args.stride
+    generator = torch.Generator().manual_seed(args.seed)
+    result = explain_pair(model, args.method, x1, x2, layer=args.layer, generator=generator, **overrides)
+    second = args.image2 or f"{transform} view of {args.image} (seed {args.seed})"
+    settings = {k: v for k, v in result.meta.items() if k != "method"}
+    fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]),
+                      title=f"{args.method} on {args.model}", settings=settings,
+                      labels=(str(args.image), second))
+    fig.savefig(args.out, dpi=110)
+    print(f"{args.method} on {args.model}: cos similarity {float(result.similarity[0]):+.4f}; wrote {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.__main__ import main as train_main
+
+    return train_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-widgets", description="Explain pairwise similarity of self-supervised vision models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model zoo with the licence of each weight source")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("similarity", help="cosine similarity of an image pair under one or more models")
+    p.add_argument("image", nargs="?", default="chelsea", help="sample name or image path (default: chelsea)")
+    p.add_argument("image2", nargs="?", default=None, help="second image (default: an augmented view of IMAGE)")
+    p.add_argument("--models", default="tiny-simclr,tiny-barlow-twins", help="comma-separated zoo names")
+    p.add_argument("--weights", default=None, help="weight file (for a single model)")
+    p.add_argument("--transform", default="aug", help="view transform for the second view (see ssl_widgets.data.views)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_similarity)
+
+    p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure")
+    p.add_argument("image", help="sample name (chelsea, coffee, astronaut, rocket, motorcycle, grace_hopper) or path")
+    p.add_argument("image2", nargs="?", default=None, help="second image (default: an augmented view of IMAGE)")
+    p.add_argument("--method", default="interaction-cam:max", help="method name, e.g. conditional-occlusion, grad-cam")
+    p.add_argument("--model", default="tiny-simclr")
+    p.add_argument("--weights", default=None, help="weight file for --model")
+    p.add_argument("--out", default="explanation.png", help="figure file to write")
+    p.add_argument("--transform", default=None, help="view transform of the second view (default aug; combine for averaged transforms)")
+    p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the trunk output)")
+    p.add_argument("--window", type=int, default=None, help="occlusion window (default 64 px scaled to the model size)")
+    p.add_argument("--stride", type=int, default=None, help="occlusion stride (default 8 px scaled)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("train", help="train a shipped-model architecture (same as python -m ssl_widgets.train)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"ssl-widgets: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""One call from a method name to image-size maps: shared by the CLI and the widgets."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .attr import PairAttribution, get_method, upsample
+from .attr.cam import InteractionCAM, PairGradCAM
+from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
+from .attr.pixel_invariance import PixelInvariance
+from .models.wrapper import SSLModel
+
+__all__ = ["explain_pair", "default_settings"]
+
+
+def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
+    """Per-method defaults scaled to the model's input size (the paper's values at 224 px)."""
+    cls, settings = get_method(name)
+    settings = dict(settings)
+    scale = model.input_size / 224
+    if cls in (ConditionalOcclusion, ContextAgnosticOcclusion):
+        settings.update(sliding_window_shapes=max(2, round(64 * scale)), strides=max(1, round(8 * scale)))
+    if cls is PixelInvariance:
+        settings.update(size=max(8, round(64 * scale)), n_samples=500, epochs=300)
+    return settings
+
+
+def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor, layer: str | None = None,
+                 generator: torch.Generator | None = None, **overrides: Any) -> PairAttribution:
+    """Run the named method on a pair and bring both maps to image size.
+
+    Args:
+        model: the model.
+        name: a method name (``ssl_widgets.attr.METHOD_NAMES``).
+        x1, x2: the pair. For ``pixel-invariance`` only ``x1`` is explained (map 2 is zeros).
+        layer: layer of the CAM methods.
+        generator: seeds the random methods.
+        overrides: ``attribute`` keyword arguments replacing the defaults.
+
+    Returns:
+        :class:`PairAttribution` with ``(B,H,W)`` maps at the images' sizes; ``.meta`` has the settings.
+    """
+    cls, settings = get_method(name)
+    settings = {**default_settings(name, model), **overrides}
+    if cls in (PairGradCAM, InteractionCAM):
+        method = cls(model, layer)
+    else:
+        method = cls(model)
+    if "generator" in cls.attribute.__code__.co_varnames:
+        settings.setdefault("generator", generator)
+    if cls is PixelInvariance:
+        heat = method.attribute(x1, **settings)
+        maps = (upsample(heat, tuple(x1.shape[2:])), torch.zeros(x2.shape[0], *x2.shape[2:]))
+        with torch.no_grad():
+            sim = model.similarity(x1.to(model.device), x2.to(model.device))
+        settings.pop("generator", None)
+        return PairAttribution(maps, sim, {"method": name, **settings})
+    result = method.attribute((x1, x2), **settings)
+    maps = tuple(upsample(m, tuple(x.shape[2:])) if m.shape[1:] != x.shape[2:] else m for m, x in zip(result, (x1, x2)))
+    meta = {**result.meta, "method": name, **({"layer": layer} if layer else {})}
+    return PairAttribution(maps, result.similarity, meta)

@@ -1,0 +1,126 @@
+"""Key mappings from the published checkpoint layouts to this package's modules.
+
+Each function takes the object stored in the checkpoint file and returns
+``(trunk_state_dict, head_state_dict)`` for a :class:`~ssl_widgets.models.architectures.ResNetTrunk`
+and the matching ``mlp_head``. The mappings are written from the layouts documented in
+``environment.md`` (no third-party converter code is used).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "convert_simclr_v2",
+    "convert_barlow_twins",
+    "convert_simsiam",
+    "convert_torchvision_resnet",
+    "strip_prefix",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A weight file could not be read, is corrupt, or does not have the expected layout."""
+
+
+def _require_mapping(obj: Any, key: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping) or key not in obj:
+        found = list(obj.keys())[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{what}: expected a dict with key {key!r}, found {found}")
+    return obj[key]
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    """The entries of ``state`` whose key starts with ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# SimCLR v2 (converted TF checkpoint): {'resnet': ..., 'head': ...}
+_SIMCLR_BLOCK = re.compile(r"^net\.([1-4])\.blocks\.(\d+)\.(.*)$")
+_SIMCLR_CONV = {"net.0.": "conv1.", "net.2.": "conv2.", "net.4.": "conv3."}
+_SIMCLR_BN = {"net.1.0.": "bn1.", "net.3.0.": "bn2.", "net.5.0.": "bn3."}
+_SIMCLR_SHORTCUT = {"projection.shortcut.": "downsample.0.", "projection.bn.0.": "downsample.1."}
+
+
+def _simclr_key(key: str) -> str | None:
+    if key.startswith("fc."):
+        return None  # the supervised 1000-way head is not part of the SSL model
+    if key.startswith("net.0.0."):
+        return "conv1." + key[len("net.0.0."):]
+    if key.startswith("net.0.1.0."):
+        return "bn1." + key[len("net.0.1.0."):]
+    match = _SIMCLR_BLOCK.match(key)
+    if match is None:
+        raise CheckpointError(f"SimCLR v2 checkpoint: unexpected key {key!r} in 'resnet'")
+    stage, index, rest = match.groups()
+    for table in (_SIMCLR_CONV, _SIMCLR_BN, _SIMCLR_SHORTCUT):
+        for old, new in table.items():
+            if rest.startswith(old):
+                return f"layer{stage}.{index}.{new}{rest[len(old):]}"
+    raise CheckpointError(f"SimCLR v2 checkpoint: unexpected key {key!r} in 'resnet'")
+
+
+def convert_simclr_v2(checkpoint: Any) -> tuple[StateDict, StateDict]:
+    """Map a converted SimCLR v2 checkpoint (``{'resnet', 'head'}``) to trunk and head state dicts.
+
+    Examples:
+        >>> trunk_sd, head_sd = convert_simclr_v2(torch.load("r50_1x_sk0_ema.pth"))  # doctest: +SKIP
+    """
+    resnet = _require_mapping(checkpoint, "resnet", "SimCLR v2 checkpoint")
+    head = _require_mapping(checkpoint, "head", "SimCLR v2 checkpoint")
+    trunk_sd: StateDict = {}
+    for key, value in resnet.items():
+        new_key = _simclr_key(key)
+        if new_key is not None:
+            trunk_sd[new_key] = value
+    head_sd = strip_prefix(head, "layers.")
+    if not head_sd:
+        raise CheckpointError("SimCLR v2 checkpoint: 'head' has no 'layers.*' keys")
+    return trunk_sd, head_sd
+
+
+def convert_barlow_twins(checkpoint: Any) -> tuple[StateDict, StateDict]:
+    """Map the official Barlow Twins full checkpoint (``{'epoch','model','optimizer'}``).
+
+    ``module.backbone.*`` is a torchvision ResNet-50 without ``fc``; ``module.projector.*`` the
+    8192-8192-8192 projector. ``module.bn`` (the loss-only affine-free BN) is dropped.
+    """
+    model = _require_mapping(checkpoint, "model", "Barlow Twins checkpoint")
+    trunk_sd = strip_prefix(model, "module.backbone.")
+    head_sd = strip_prefix(model, "module.projector.")
+    if not trunk_sd or not head_sd:
+        raise CheckpointError(
+            "Barlow Twins checkpoint: expected 'module.backbone.*' and 'module.projector.*' keys in 'model' "
+            "(the backbone-only resnet50.pth from torch.hub has no projector; use the full checkpoint.pth)"
+        )
+    return trunk_sd, head_sd
+
+
+def convert_simsiam(checkpoint: Any) -> tuple[StateDict, StateDict]:
+    """Map the official SimSiam checkpoint (``{'state_dict': ...}``).
+
+    ``module.encoder.*`` is a torchvision ResNet-50 whose ``fc`` is the projector;
+    ``module.predictor.*`` the predictor. The head is ``Sequential(projector, predictor)``, so its
+    state dict keys are ``0.*`` (projector) and ``1.*`` (predictor).
+    """
+    state = _require_mapping(checkpoint, "state_dict", "SimSiam checkpoint")
+    encoder = strip_prefix(state, "module.encoder.")
+    predictor = strip_prefix(state, "module.predictor.")
+    if not encoder or not predictor:
+        raise CheckpointError("SimSiam checkpoint: expected 'module.encoder.*' and 'module.predictor.*' keys")
+    trunk_sd = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
+    head_sd = {"0." + k[3:]: v for k, v in encoder.items() if k.startswith("fc.")}
+    head_sd.update({"1." + k: v for k, v in predictor.items()})
+    return trunk_sd, head_sd
+
+
+def convert_torchvision_resnet(checkpoint: Any) -> tuple[StateDict, StateDict]:
+    """A plain torchvision ResNet state dict: trunk keys kept, ``fc`` dropped, no head."""
+    if not isinstance(checkpoint, Mapping) or "conv1.weight" not in checkpoint:
+        raise CheckpointError("torchvision ResNet weights: expected a state dict with 'conv1.weight'")
+    return {k: v for k, v in checkpoint.items() if not k.startswith("fc.")}, {}

@@ -1,0 +1,335 @@
+"""The model zoo: shipped default models and loaders for published self-supervised weights."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .architectures import mlp_head, resnet50_trunk, tiny_resnet18_trunk
+from .converters import (
+    CheckpointError,
+    convert_barlow_twins,
+    convert_simclr_v2,
+    convert_simsiam,
+    convert_torchvision_resnet,
+)
+from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+
+__all__ = ["ModelSpec", "available_models", "load_model", "model_info", "build_tiny_model", "save_tiny_checkpoint"]
+
+TINY_FORMAT = "ssl_widgets.tiny/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the zoo.
+
+    Attributes:
+        name: the zoo name (``load_model(name)``).
+        description: one line for tables and ``--help``.
+        license: licence of the weights.
+        source: where the weights come from.
+        url: download URL, or ``None`` when the file must be given as ``weights=PATH``.
+        file_name: name of the file in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``).
+        sha256: expected SHA-256 of the file, a hex prefix of it, or ``None`` when unknown
+            (then the hash is pinned on first use in a ``.sha256`` file beside it).
+    """
+
+    name: str
+    description: str
+    license: str
+    source: str
+    build: Callable[[Any], SSLModel] = field(repr=False)
+    url: str | None = None
+    file_name: str | None = None
+    sha256: str | None = None
+
+
+# -- builders ------------------------------------------------------------------------------------
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], model_name: str, part: str) -> None:
+    """``load_state_dict(strict=True)`` whose errors name the model, the part and the keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if mismatched:
+            details.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
+        raise CheckpointError(
+            f"checkpoint does not match the {part} of {model_name!r}: " + "; ".join(details)
+        )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _simclr_v2_builder(width: int) -> Callable[[Any], SSLModel]:
+    def build(checkpoint: Any) -> SSLModel:
+        name = f"simclr-v2-r50-{width}x"
+        trunk_sd, head_sd = convert_simclr_v2(checkpoint)
+        trunk = resnet50_trunk(width)
+        dim = trunk.out_channels
+        head = mlp_head([dim, dim, dim, 128], last_bn=True)
+        _load_strict(trunk, trunk_sd, name, "trunk")
+        _load_strict(head, head_sd, name, "head")
+        return SSLModel(trunk, head, name=name, input_size=224)
+
+    return build
+
+
+def _build_barlow_twins(checkpoint: Any) -> SSLModel:
+    trunk_sd, head_sd = convert_barlow_twins(checkpoint)
+    trunk, head = resnet50_trunk(zero_init_residual=True), mlp_head([2048, 8192, 8192, 8192])
+    _load_strict(trunk, trunk_sd, "barlow-twins-r50", "trunk")
+    _load_strict(head, head_sd, "barlow-twins-r50", "projector")
+    return SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="barlow-twins-r50", input_size=224)
+
+
+def _build_simsiam(checkpoint: Any) -> SSLModel:
+    trunk_sd, head_sd = convert_simsiam(checkpoint)
+    trunk = resnet50_trunk()
+    projector = mlp_head([2048, 2048, 2048, 2048], last_bn=True, last_bn_affine=False, last_bias=True)
+    predictor = mlp_head([2048, 512, 2048], last_bias=True)
+    head = nn.Sequential(projector, predictor)
+    _load_strict(trunk, trunk_sd, "simsiam-r50", "trunk")
+    _load_strict(head, head_sd, "simsiam-r50", "projector+predictor")
+    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="simsiam-r50", input_size=224)
+    model.cam_head = predictor  # the paper's CAM path: predictor(GAP(A)), skipping the projector
+    return model
+
+
+def _build_supervised(checkpoint: Any) -> SSLModel:
+    trunk_sd, _ = convert_torchvision_resnet(checkpoint)
+    trunk = resnet50_trunk()
+    _load_strict(trunk, trunk_sd, "resnet50-supervised", "trunk")
+    return SSLModel(trunk, None, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet50-supervised", input_size=224)
+
+
+def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
+    """Build an untrained shipped-model architecture from its description.
+
+    Args:
+        arch: ``{"width": 32, "head_dims": [512, 128], "input_size": 112, "normalized": True}``.
+        name: the model's name.
+
+    Returns:
+        An :class:`SSLModel` with random weights (used by training and by the loader).
+
+    Examples:
+        >>> m = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32})
+        >>> m(torch.rand(1, 3, 32, 32)).shape
+        torch.Size([1, 32])
+    """
+    trunk = tiny_resnet18_trunk(int(arch.get("width", 32)))
+    dims = [trunk.out_channels] + [int(d) for d in arch.get("head_dims", [512, 128])]
+    head = mlp_head(dims)
+    normalized = bool(arch.get("normalized", True))
+    return SSLModel(
+        trunk,
+        head,
+        mean=IMAGENET_MEAN if normalized else None,
+        std=IMAGENET_STD if normalized else None,
+        name=name,
+        input_size=int(arch.get("input_size", 112)),
+    )
+
+
+def save_tiny_checkpoint(model: SSLModel, arch: dict[str, Any], path: str | os.PathLike, meta: dict | None = None,
+                         half: bool = True) -> None:
+    """Write a shipped-format weight file (``trunk``/``head`` state dicts, fp16 by default)."""
+    def pack(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {
+            k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+            for k, v in module.state_dict().items()
+        }
+
+    torch.save(
+        {"format": TINY_FORMAT, "arch": dict(arch), "trunk": pack(model.trunk), "head": pack(model.head),
+         "meta": dict(meta or {})},
+        path,
+    )
+
+
+def _tiny_builder(name: str) -> Callable[[Any], SSLModel]:
+    def build(checkpoint: Any) -> SSLModel:
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != TINY_FORMAT:
+            raise CheckpointError(
+                f"not a {name!r} weight file: expected format {TINY_FORMAT!r} with 'arch', 'trunk' and 'head' "
+                f"(a training checkpoint of `python -m ssl_widgets.train` is accepted too)"
+            )
+        model = build_tiny_model(checkpoint["arch"], name=name)
+        _load_strict(model.trunk, checkpoint["trunk"], name, "trunk")
+        _load_strict(model.head, checkpoint["head"], name, "head")
+        model.meta = dict(checkpoint.get("meta", {}))
+        return model
+
+    return build
+
+
+_SIMCLR_HELP = (
+    "SimCLR v2 weights are published as TensorFlow checkpoints "
+    "(gs://simclr-checkpoints/simclrv2/pretrained/r50_{w}x_sk0). Convert one to the {{'resnet','head'}} "
+    "PyTorch layout (EMA variables) and pass weights=PATH"
+)
+
+_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("tiny-simclr", "ResNet-18 (half width) trained here with SimCLR (NT-Xent), 112 px",
+                  "Apache-2.0 (trained by ssl_widgets)", "shipped with the package", _tiny_builder("tiny-simclr"),
+                  file_name="tiny-simclr.pt"),
+        ModelSpec("tiny-barlow-twins", "ResNet-18 (half width) trained here with Barlow Twins, 112 px",
+                  "Apache-2.0 (trained by ssl_widgets)", "shipped with the package",
+                  _tiny_builder("tiny-barlow-twins"), file_name="tiny-barlow-twins.pt"),
+        ModelSpec("simclr-v2-r50-1x", "SimCLR v2 ResNet-50 1x (sk0), 3-layer head, 128-d output",
+                  "Apache-2.0 (google-research/simclr)", "google-research/simclr, converted to PyTorch",
+                  _simclr_v2_builder(1), file_name="r50_1x_sk0_ema.pth"),
+        ModelSpec("simclr-v2-r50-2x", "SimCLR v2 ResNet-50 2x (sk0), 3-layer head, 128-d output",
+                  "Apache-2.0 (google-research/simclr)", "google-research/simclr, converted to PyTorch",
+                  _simclr_v2_builder(2), file_name="r50_2x_sk0_ema.pth"),
+        ModelSpec("barlow-twins-r50", "Barlow Twins ResNet-50 (1000 ep) with its 8192-8192-8192 projector",
+                  "CC-BY-NC 4.0 (facebookresearch/barlowtwins)", "facebookresearch/barlowtwins full checkpoint",
+                  _build_barlow_twins,
+                  url="https://dl.fbaipublicfiles.com/barlowtwins/ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051/checkpoint.pth",
+                  file_name="barlowtwins_ep1000_checkpoint.pth"),
+        ModelSpec("simsiam-r50", "SimSiam ResNet-50 (100 ep, bs 512); similarity on the predictor output",
+                  "CC-BY-NC 4.0 (facebookresearch/simsiam)", "facebookresearch/simsiam checkpoint_0099",
+                  _build_simsiam,
+                  url="https://dl.fbaipublicfiles.com/simsiam/models/100ep/pretrain/checkpoint_0099.pth.tar",
+                  file_name="simsiam_100ep_bs512_checkpoint_0099.pth.tar"),
+        ModelSpec("resnet50-supervised", "torchvision ResNet-50 (ImageNet supervised, V1), pooled 2048-d feature",
+                  "BSD-3-Clause (torchvision)", "torchvision IMAGENET1K_V1", _build_supervised,
+                  url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                  file_name="resnet50-0676ba61.pth", sha256="0676ba61"),
+    ]
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`load_model`.
+
+    Examples:
+        >>> "tiny-simclr" in available_models()
+        True
+    """
+    return list(_REGISTRY)
+
+
+def model_info(name: str) -> ModelSpec:
+    """The zoo entry for ``name`` (raises ``ValueError`` for an unknown name)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_checksum(path: Path, spec: ModelSpec) -> None:
+    """Check ``path`` against the spec's hash, or against the hash pinned on first download."""
+    actual = _sha256(path)
+    pin = path.with_name(path.name + ".sha256")
+    expected = spec.sha256 or (pin.read_text().strip() if pin.exists() else None)
+    if expected is None:
+        pin.write_text(actual + "\n")  # trust on first use: later loads must match this file
+        return
+    if not actual.startswith(expected.lower()):
+        raise CheckpointError(
+            f"checksum mismatch for {path}: sha256 {actual[:16]}... does not match the expected {expected[:16]}... "
+            f"of {spec.name!r}; the file is corrupt or not the published one. Delete it and download {spec.url} again"
+        )
+
+
+def _cached_download(spec: ModelSpec) -> Path:
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    path = hub_dir / str(spec.file_name)
+    if not path.exists():
+        if spec.url is None:
+            raise FileNotFoundError(
+                _SIMCLR_HELP.format(w=spec.name[-2]) + f", or place the converted file at {path}."
+            )
+        hub_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(spec.url, str(path), progress=True)
+        except Exception as error:  # network errors come in many types
+            raise FileNotFoundError(
+                f"could not download the weights of {spec.name!r} from {spec.url} ({type(error).__name__}: {error}). "
+                f"For offline use, download that file yourself and place it at {path}, or pass weights=PATH."
+            ) from error
+    _verify_checksum(path, spec)
+    return path
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from error
+
+
+def _shipped_weights(spec: ModelSpec) -> Path:
+    return Path(str(resources.files("ssl_widgets") / "weights" / str(spec.file_name)))
+
+
+def load_model(name: str, *, weights: str | os.PathLike | None = None,
+               device: str | torch.device | None = None) -> SSLModel:
+    """Load a model of the zoo as an :class:`SSLModel` in eval mode.
+
+    Args:
+        name: one of :func:`available_models`.
+        weights: path of a weight file in the published layout; always works offline. Without it,
+            shipped models load from the package and published ones from torch.hub's cache
+            (downloaded and checksum-verified on first use).
+        device: where to put the model (default CPU).
+
+    Returns:
+        The model in ``eval()`` mode with gradients enabled on its parameters.
+
+    Raises:
+        ValueError: unknown ``name``.
+        FileNotFoundError: no weights available offline; the message says what to fetch and where to put it.
+        CheckpointError: corrupt, truncated, wrong-checksum or wrong-layout file.
+
+    Examples:
+        >>> model = load_model("tiny-simclr")
+        >>> model.input_size
+        112
+    """
+    spec = model_info(name)
+    if weights is not None:
+        path = Path(weights)
+    elif spec.url is None and spec.name.startswith("tiny-"):
+        path = _shipped_weights(spec)
+    else:
+        path = _cached_download(spec)
+    checkpoint = _read_checkpoint(path)
+    if spec.name.startswith("tiny-") and isinstance(checkpoint, dict) and "model_state" in checkpoint:
+        checkpoint = checkpoint["model_state"]  # a resumable training checkpoint of ssl_widgets.train
+    model = spec.build(checkpoint).float().eval()
+    if device is not None:
+        model = model.to(device)
+    return model

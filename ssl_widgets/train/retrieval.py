@@ -1,0 +1,111 @@
+"""Quality check of an embedding model: top-1 retrieval of augmented views among held-out images.
+
+For each held-out image, an augmented view (RandomResizedCrop scale 0.3-1, flip, colour jitter
+0.4 with p 0.8, grayscale 0.2) is the query; the gallery is the centre crops of all held-out
+images; a hit is when the nearest gallery embedding (cosine) is the query's own image.
+
+``python -m ssl_widgets.train.retrieval --data DIR --models tiny-simclr,tiny-barlow-twins``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+from ..data.folder import list_images, split_holdout
+from ..models import SSLModel, build_tiny_model, load_model
+
+__all__ = ["retrieval_top1", "query_transform", "gallery_transform"]
+
+
+def query_transform(size: int) -> T.Compose:
+    """The augmentation of the quality bar (seed it with ``torch.manual_seed``)."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.3, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(0.2),
+        T.ToTensor(),
+    ])
+
+
+def gallery_transform(size: int) -> T.Compose:
+    """Resize the short side to ``size * 8/7`` and take the centre crop (the 256/224 convention)."""
+    return T.Compose([T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.ToTensor()])
+
+
+@torch.no_grad()
+def _embed(model: SSLModel, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    out = [model(images[i:i + batch_size].to(model.device)) for i in range(0, len(images), batch_size)]
+    return F.normalize(torch.cat(out).float(), dim=1)
+
+
+def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int = 5, seed: int = 0) -> float:
+    """Fraction of augmented queries whose nearest centre crop is their own image.
+
+    Args:
+        model: the model to evaluate (eval mode is set and restored).
+        files: held-out image files (the gallery and the query sources).
+        views_per_image: augmented queries per image.
+        seed: seeds the query augmentations.
+
+    Returns:
+        Top-1 accuracy in ``[0, 1]``.
+    """
+    size = model.input_size
+    was_training = model.training
+    model.eval()
+    try:
+        pil = [Image.open(f).convert("RGB") for f in files]
+        gallery = _embed(model, torch.stack([gallery_transform(size)(im) for im in pil]))
+        torch.manual_seed(seed)
+        augment = query_transform(size)
+        hits = 0
+        for _ in range(views_per_image):
+            queries = _embed(model, torch.stack([augment(im) for im in pil]))
+            nearest = (queries @ gallery.t()).argmax(1)
+            hits += int((nearest == torch.arange(len(files))).sum())
+        return hits / (views_per_image * len(files))
+    finally:
+        model.train(was_training)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssl_widgets.train.retrieval", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="image folder (the held-out split is every 5th file)")
+    parser.add_argument("--models", default="tiny-simclr,tiny-barlow-twins")
+    parser.add_argument("--weights", default=None, help="weight file (with a single model)")
+    parser.add_argument("--views", type=int, default=5)
+    parser.add_argument("--holdout-every", type=int, default=5)
+    args = parser.parse_args(argv)
+    _, held = split_holdout(list_images(args.data), args.holdout_every)
+    results = {}
+    for name in args.models.split(","):
+        model = load_model(name, weights=args.weights)
+        torch.manual_seed(0)
+        random_model = build_tiny_model(getattr(model, "meta", {}).get("arch", {}) or _arch_of(model), name + "-random")
+        results[name] = {
+            "heldout_images": len(held),
+            "queries": len(held) * args.views,
+            "top1_trained": round(retrieval_top1(model, held, args.views), 4),
+            "top1_random_weights": round(retrieval_top1(random_model.eval(), held, args.views), 4),
+        }
+        print(json.dumps({name: results[name]}), flush=True)
+    return 0
+
+
+def _arch_of(model: SSLModel) -> dict:
+    linear = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    return {"width": model.trunk.conv1.out_channels, "head_dims": [m.out_features for m in linear],
+            "input_size": model.input_size, "normalized": model.normalized}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

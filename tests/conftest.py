@@ -1,0 +1,16 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch.hub cache (TORCH_HOME) for download-path tests."""
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    return home

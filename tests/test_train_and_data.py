@@ -1,0 +1,170 @@
+"""Training (resumable, seeded), batched augmentations, images and view transforms."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_widgets.data import (SAMPLE_IMAGES, VIEW_TRANSFORMS, list_images, load_image, make_pair, make_view,
+                              split_holdout)
+from ssl_widgets.models import load_model
+from ssl_widgets.train import TrainConfig, train
+from ssl_widgets.data.augment import SIMCLR_AUGMENT, AugmentConfig, augment_batch, gaussian_blur_batch
+from ssl_widgets.train.losses import barlow_twins_loss, nt_xent
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(15):
+        array = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+        Image.fromarray(array).save(root / f"img_{i:02d}.png")
+    return root
+
+
+def small_config(folder, out, method="simclr", epochs=2):
+    return TrainConfig(method=method, data=str(folder), out=str(out), epochs=epochs, batch_size=4, image_size=32,
+                       source_size=40, width=4, head_dims=[16, 8], warmup_epochs=1, checkpoint_every=1, seed=3)
+
+
+@pytest.mark.parametrize("method", ["simclr", "barlow-twins"])
+def test_training_writes_a_loadable_shipped_format_file(image_folder, tmp_path, method):
+    out = tmp_path / "model.pt"
+    summary = train(small_config(image_folder, out, method), show_progress=False)
+    assert summary["train_images"] == 12 and summary["heldout_images"] == 3
+    assert np.isfinite(summary["final_loss"])
+    model = load_model("tiny-simclr" if method == "simclr" else "tiny-barlow-twins", weights=out)
+    assert model.input_size == 32
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+
+
+def test_training_resumes_to_the_same_weights(image_folder, tmp_path):
+    straight = tmp_path / "straight.pt"
+    train(small_config(image_folder, straight, epochs=3), resume=False, show_progress=False)
+    resumed = tmp_path / "resumed.pt"
+    train(small_config(image_folder, resumed, epochs=3), show_progress=False, max_epochs_this_run=2)
+    summary = train(small_config(image_folder, resumed, epochs=3), resume=True, show_progress=False)
+    assert len(summary["loss_history"]) == 3
+    a = torch.load(straight, weights_only=True)["trunk"]
+    b = torch.load(resumed, weights_only=True)["trunk"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_train_rejects_unknown_method(image_folder, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'moco'"):
+        small_config(image_folder, tmp_path / "x.pt", method="moco")
+
+
+def test_losses_prefer_matching_views():
+    z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    assert nt_xent(z, z) < nt_xent(z, other)
+    assert barlow_twins_loss(z, z) < barlow_twins_loss(z, other)
+
+
+def test_nt_xent_matches_a_plain_loop():
+    g = torch.Generator().manual_seed(2)
+    z1, z2, tau = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), 0.5
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    total = 0.0
+    for i in range(6):
+        positive = (i + 3) % 6
+        logits = [float(z[i] @ z[k]) / tau for k in range(6) if k != i]
+        denominator = sum(np.exp(v) for v in logits)
+        total += -(float(z[i] @ z[positive]) / tau - np.log(denominator))
+    assert float(nt_xent(z1, z2, tau)) == pytest.approx(total / 6, rel=1e-5)
+
+
+def test_augment_batch_shapes_range_and_determinism():
+    images = torch.rand(6, 3, 40, 48)
+    a = augment_batch(images, 24, SIMCLR_AUGMENT, torch.Generator().manual_seed(1))
+    b = augment_batch(images, 24, SIMCLR_AUGMENT, torch.Generator().manual_seed(1))
+    assert a.shape == (6, 3, 24, 24) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+
+
+def test_identity_augmentation_is_a_resize():
+    identity = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(augment_batch(images, 16, identity, sampling_ratio=1), images, atol=1e-6, rtol=0)
+
+
+def test_per_image_blur_matches_torchvision():
+    from torchvision.transforms.functional import gaussian_blur
+
+    images = torch.rand(2, 3, 20, 20)
+    out = gaussian_blur_batch(images, torch.tensor([0.7, 1.9]), 7)
+    for i, sigma in enumerate([0.7, 1.9]):
+        torch.testing.assert_close(out[i], gaussian_blur(images[i], [7, 7], [sigma, sigma]), atol=1e-5, rtol=1e-5)
+
+
+def test_holdout_split_is_every_fifth(image_folder):
+    files = list_images(image_folder)
+    train_files, held = split_holdout(files)
+    assert held == files[::5] and len(train_files) + len(held) == len(files)
+    assert not set(train_files) & set(held)
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images(tmp_path)
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_IMAGES))
+def test_sample_images_load_offline(name):
+    x = load_image(name)
+    assert x.dim() == 4 and x.shape[:2] == (1, 3) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.05
+
+
+def test_load_image_from_path_pil_array_and_tensor(tmp_path):
+    array = (np.arange(20 * 30 * 3) % 256).astype(np.uint8).reshape(20, 30, 3)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    from_path = load_image(tmp_path / "a.png")
+    torch.testing.assert_close(from_path, torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255)
+    torch.testing.assert_close(load_image(Image.fromarray(array)), from_path)
+    torch.testing.assert_close(load_image(array), from_path)
+    torch.testing.assert_close(load_image(from_path[0]), from_path, atol=1 / 255, rtol=0)
+    assert load_image(tmp_path / "a.png", 16).shape == (1, 3, 16, 16)
+
+
+def test_load_image_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a sample name"):
+        load_image("kitten")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="could not read image file"):
+        load_image(tmp_path / "bad.jpg")
+    with pytest.raises(TypeError, match="unsupported image type"):
+        load_image(42)
+
+
+@pytest.mark.parametrize("name", VIEW_TRANSFORMS)
+def test_view_transforms_are_seeded(name):
+    a = make_view("astronaut", name, 64, seed=7)
+    b = make_view("astronaut", name, 64, seed=7)
+    assert a.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(a, b)
+
+
+def test_seeded_views_leave_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    make_view("coffee", "aug", 32, seed=1)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_photometric_views_keep_geometry():
+    x1, x2 = make_pair("coffee", "grayscale", 64)
+    gray = (0.299 * x1[:, 0] + 0.587 * x1[:, 1] + 0.114 * x1[:, 2])
+    torch.testing.assert_close(x2[:, 0], gray, atol=2 / 255, rtol=0)
+    x1, x2 = make_pair("coffee", "solarize", 64)
+    torch.testing.assert_close(x2, torch.where(x1 >= 128 / 255, 1 - x1, x1), atol=1.5 / 255, rtol=0)
+
+
+def test_unknown_view_transform():
+    with pytest.raises(ValueError, match="unknown view transform 'sepia'"):
+        make_view("coffee", "sepia")
