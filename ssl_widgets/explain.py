@@ -7,6 +7,7 @@ import torch
 
 from .attr import PairAttribution, get_method, upsample
 from .attr.cam import InteractionCAM, PairGradCAM
+from .attr.engine import eval_similarity
 from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
 from .models.wrapper import SSLModel
@@ -52,8 +53,7 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
     if cls is PixelInvariance:
         heat = method.attribute(x1, **settings)
         maps = (upsample(heat, tuple(x1.shape[2:])), torch.zeros(x2.shape[0], *x2.shape[2:]))
-        with torch.no_grad():
-            sim = model.similarity(x1.to(model.device), x2.to(model.device))
+        sim = eval_similarity(model, model.normalize(x1.to(model.device)), model.normalize(x2.to(model.device)))
         settings.pop("generator", None)
         return PairAttribution(maps, sim, {"method": name, **settings})
     result = method.attribute((x1, x2), **settings)

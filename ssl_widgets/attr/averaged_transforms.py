@@ -6,7 +6,7 @@ from captum.attr import GradientAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, cosine, guided_relus, preserved_model_state
+from .engine import PairAttribution, check_model, cosine, eval_similarity, guided_relus, preserved_model_state
 from .gradients import input_times_gradient_map
 
 __all__ = ["AveragedTransforms", "path_coefficients"]
@@ -74,9 +74,10 @@ class AveragedTransforms(GradientAttribution):
             eps = torch.randn(path.shape, generator=generator).to(path) * (noise_stdev / spread)
             eps[:, -1] = 0  # the last point stays clean; the first (x itself) is not in `path`
             path = path + eps
-        with preserved_model_state(model), guided_relus(model, guided), torch.enable_grad():
-            start = x_n.detach().requires_grad_(True)
-            points = path.reshape(-1, *rest).detach().requires_grad_(True)
+        with preserved_model_state(model, requires_grad=False, channels_last=True), guided_relus(model, guided), \
+                torch.enable_grad():
+            start = x_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            points = path.reshape(-1, *rest).detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
             z = model.forward_normalized(torch.cat([start, points]))
             z0, zp = z[:batch], z[batch:].view(batch, steps - 1, -1)
             sims = cosine(z0[:, None].expand_as(zp), zp)  # (B, steps-1)
@@ -85,7 +86,6 @@ class AveragedTransforms(GradientAttribution):
         g2 = g_points.view(batch, steps - 1, *rest).mean(1)
         last = path[:, -1]
         maps = (input_times_gradient_map(x_n, g1, blur), input_times_gradient_map(last, g2, blur))
-        with torch.no_grad():
-            similarity = cosine(model.forward_normalized(x_n), model.forward_normalized(t_n))
+        similarity = eval_similarity(model, x_n, t_n)
         meta = {"method": "averaged-transforms", "steps": steps, "guided": guided, "noise": noise, "blur": blur}
         return PairAttribution(maps, similarity, meta)

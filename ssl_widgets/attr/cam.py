@@ -29,7 +29,9 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
     if head not in ("paper", "model"):
         raise ValueError(f"head must be 'paper' or 'model', got {head!r}")
     same_size = x1.shape == x2.shape
-    with preserved_model_state(model), torch.enable_grad():
+    # parameters are frozen for the pass; inputs that require grad keep the activations in the graph
+    x1, x2 = x1.detach().requires_grad_(True), x2.detach().requires_grad_(True)
+    with preserved_model_state(model, requires_grad=False, channels_last=True), torch.enable_grad():
         if layer is None:
             embed_head = model.cam_head if (head == "paper" and model.cam_head is not None) else model.head
             batch = torch.cat([x1, x2]) if same_size else None

@@ -12,7 +12,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, guided_relus, preserved_model_state
+from .engine import PairAttribution, check_model, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
 
 __all__ = ["PairInputXGradient", "PairSmoothGrad", "input_times_gradient_map", "blur_maps"]
 
@@ -31,9 +31,10 @@ def input_times_gradient_map(x_n: torch.Tensor, grad: torch.Tensor, blur: bool =
 def pair_gradients(model: SSLModel, x1_n: torch.Tensor, x2_n: torch.Tensor,
                    guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dS/dx1_n, dS/dx2_n, S`` for ``S_b = cos(f(x1_n[b]), f(x2_n[b]))`` in input space (one backward)."""
-    with preserved_model_state(model), guided_relus(model, guided), torch.enable_grad():
-        a = x1_n.detach().requires_grad_(True)
-        b = x2_n.detach().requires_grad_(True)
+    with preserved_model_state(model, requires_grad=False, channels_last=True), guided_relus(model, guided), \
+            torch.enable_grad():
+        a = x1_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        b = x2_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
         sims = cosine(model.forward_normalized(a), model.forward_normalized(b))
         g1, g2 = torch.autograd.grad(sims.sum(), [a, b])
     return g1, g2, sims.detach()
@@ -85,7 +86,7 @@ class PairSmoothGrad(GradientAttribution):
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], n_samples: int = 50, stdev: float = 0.15,
                   guided: bool = False, blur: bool = False, generator: torch.Generator | None = None,
-                  perturbations_per_eval: int = 16, shared_noise: bool = True,
+                  perturbations_per_eval: int = 8, shared_noise: bool = True,
                   sigma_from_range: str = "divide") -> PairAttribution:
         """Smoothed Input x Gradient maps of both images.
 
@@ -118,15 +119,16 @@ class PairSmoothGrad(GradientAttribution):
             grad1, grad2 = torch.zeros_like(a), torch.zeros_like(c)
             for part in chunks(n_samples, perturbations_per_eval):
                 n = part.stop - part.start
-                noise1 = torch.randn((n, *a.shape[1:]), generator=generator).to(a) * sigma
-                noise2 = noise1 if shared_noise else torch.randn((n, *c.shape[1:]), generator=generator).to(c) * sigma
+                # one draw per sample, so the noise does not depend on perturbations_per_eval
+                noise1 = torch.cat([torch.randn(a.shape, generator=generator) for _ in range(n)]).to(a) * sigma
+                noise2 = noise1 if shared_noise else torch.cat(
+                    [torch.randn(c.shape, generator=generator) for _ in range(n)]).to(c) * sigma
                 g1, g2, _ = pair_gradients(self.model, a + noise1, c + noise2, guided)
                 grad1 += g1.sum(0, keepdim=True)
                 grad2 += g2.sum(0, keepdim=True)
             maps1.append(input_times_gradient_map(a, grad1 / n_samples, blur))
             maps2.append(input_times_gradient_map(c, grad2 / n_samples, blur))
-            with torch.no_grad():
-                sims.append(cosine(self.model.forward_normalized(a), self.model.forward_normalized(c)))
+            sims.append(eval_similarity(self.model, a, c))
         meta = {"method": "smoothgrad", "n_samples": n_samples, "stdev": stdev, "guided": guided, "blur": blur,
                 "shared_noise": shared_noise, "sigma_from_range": sigma_from_range}
         return PairAttribution((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), meta)

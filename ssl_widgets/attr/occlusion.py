@@ -84,6 +84,8 @@ class _WindowOcclusion(PerturbationAttribution):
 
     def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
              show_progress, incremental, channels_last) -> PairAttribution:
+        if perturbations_per_eval < 1:
+            raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -91,23 +93,18 @@ class _WindowOcclusion(PerturbationAttribution):
         n_windows = [c.shape[0] for c in corners]
         steps = x1.shape[0] * sum(-(-n // perturbations_per_eval) for n in n_windows)
         grids: list[list[torch.Tensor]] = [[], []]
-        with preserved_model_state(model, requires_grad=False), torch.no_grad():
-            original_format = _trunk_format(model)
-            model.trunk.to(memory_format=fmt)
-            try:
-                z1, z2 = model(x1), model(x2)
-                base = cosine(z1, z2)
-                with progress(steps, show_progress, self.method_name) as bar:
-                    for b in range(x1.shape[0]):
-                        for view, (x, other, fill) in enumerate(((x1, z2, fills[0]), (x2, z1, fills[1]))):
-                            image_n = model.normalize(x[b:b + 1]).contiguous(memory_format=fmt)
-                            fill_n = model.normalize(fill.expand(x[b:b + 1].shape) if fill.shape[0] == 1
-                                                     else fill[b:b + 1]).contiguous(memory_format=fmt)
-                            values = self._grid_values(image_n, fill_n, corners[view], window, other[b:b + 1],
-                                                       base[b], engine, perturbations_per_eval, fmt, bar)
-                            grids[view].append(values)
-            finally:
-                model.trunk.to(memory_format=original_format)
+        with preserved_model_state(model, requires_grad=False, channels_last=channels_last), torch.no_grad():
+            z1, z2 = model(x1), model(x2)
+            base = cosine(z1, z2)
+            with progress(steps, show_progress, self.method_name) as bar:
+                for b in range(x1.shape[0]):
+                    for view, (x, other, fill) in enumerate(((x1, z2, fills[0]), (x2, z1, fills[1]))):
+                        image_n = model.normalize(x[b:b + 1]).contiguous(memory_format=fmt)
+                        fill_n = model.normalize(fill.expand(x[b:b + 1].shape) if fill.shape[0] == 1
+                                                 else fill[b:b + 1]).contiguous(memory_format=fmt)
+                        values = self._grid_values(image_n, fill_n, corners[view], window, other[b:b + 1],
+                                                   base[b], engine, perturbations_per_eval, fmt, bar)
+                        grids[view].append(values)
         maps = []
         for view, x in enumerate((x1, x2)):
             h, w = x.shape[2:]
@@ -121,13 +118,6 @@ class _WindowOcclusion(PerturbationAttribution):
 
     def _grid_values(self, image_n, fill_n, corners, window, other, base, engine, per_eval, fmt, bar):
         raise NotImplementedError
-
-
-def _trunk_format(model: SSLModel) -> torch.memory_format:
-    for p in model.trunk.parameters():
-        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
-    return torch.contiguous_format
 
 
 def _engine_cache(engine: IncrementalTrunk | None, base_image: torch.Tensor) -> list[torch.Tensor] | None:

@@ -58,7 +58,7 @@ class PairwiseOcclusion(PerturbationAttribution):
         x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
         model = self.model
         maps = [torch.zeros(x.shape[0], *x.shape[2:], device=x.device) for x in (x1, x2)]
-        with preserved_model_state(model, requires_grad=False), torch.no_grad():
+        with preserved_model_state(model, requires_grad=False, channels_last=True), torch.no_grad():
             x1_n, x2_n = model.normalize(x1), model.normalize(x2)
             base = cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
             steps = x1.shape[0] * len(range(0, n_samples, perturbations_per_eval))

@@ -1,0 +1,55 @@
+"""Tiny deterministic models shared by the method tests."""
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ssl_widgets.models import SSLModel
+from ssl_widgets.models.architectures import ResNetTrunk, mlp_head
+
+
+def randomize_bn(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return module
+
+
+def small_resnet(block=BasicBlock, maxpool=True, width=4, normalized=True, seed=0, head=True):
+    torch.manual_seed(seed)
+    trunk = randomize_bn(ResNetTrunk(block, [1, 1, 1, 1], width=width, stem_maxpool=maxpool), seed)
+    dims = [trunk.out_channels, 8, 6]
+    kwargs = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)) if normalized else {}
+    return SSLModel(trunk, mlp_head(dims).eval() if head else None, input_size=32, **kwargs).eval()
+
+
+def mean_color_model():
+    """Embedding = per-channel mean of the image (no normalisation): answers can be worked out by hand."""
+    return SSLModel(nn.Identity(), None, input_size=4).eval()
+
+
+def arange_image(b=1, h=4, w=4, offset=0.0):
+    n = b * 3 * h * w
+    return ((torch.arange(n, dtype=torch.float32) + offset) % 17 / 17).view(b, 3, h, w)
+
+
+class TwoLayer(nn.Module):
+    """conv1x1 -> ReLU (module, re-used in place) -> conv1x1 -> ReLU (functional): for guided backprop."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 1, bias=False)
+        self.conv2 = nn.Conv2d(3, 2, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.functional = functional
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.tensor([[1.0, -1.0, 0.5], [0.5, 1.0, -1.0], [-1.0, 0.5, 1.0]]).view(3, 3, 1, 1))
+            self.conv2.weight.copy_(torch.tensor([[1.0, -2.0, 1.0], [-1.0, 1.0, 2.0]]).view(2, 3, 1, 1))
+
+    def forward(self, x):
+        h = self.relu(self.conv1(x))
+        z = self.conv2(h)
+        return torch.nn.functional.relu(z) + 0.1 if self.functional else self.relu(z) + 0.1

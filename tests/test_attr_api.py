@@ -1,0 +1,196 @@
+"""API-level behaviour of every method: bad inputs, model state, Captum interoperability, CLI."""
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from captum.metrics import sensitivity_max
+
+from ssl_widgets.attr import (METHOD_NAMES, AveragedTransforms, ConditionalOcclusion, ContextAgnosticOcclusion,
+                              InteractionCAM, PairAttribution, PairGradCAM, PairInputXGradient, PairSmoothGrad,
+                              PairwiseOcclusion, PixelInvariance, SimilarityForward, get_method)
+from ssl_widgets.attr.pixel_invariance import nmf
+
+from helpers import arange_image, small_resnet
+
+PAIR_METHODS = [
+    (ConditionalOcclusion, dict(sliding_window_shapes=16, strides=8)),
+    (ContextAgnosticOcclusion, dict(sliding_window_shapes=16, strides=8)),
+    (PairwiseOcclusion, dict(n_samples=4)),
+    (PairGradCAM, {}),
+    (InteractionCAM, dict(pooling="max")),
+    (AveragedTransforms, dict(steps=3)),
+    (PairInputXGradient, dict(guided=True)),
+    (PairSmoothGrad, dict(n_samples=2, guided=True)),
+]
+IDS = [cls.__name__ for cls, _ in PAIR_METHODS]
+
+
+@pytest.fixture
+def pair():
+    return arange_image(2, 32, 32), arange_image(2, 32, 32, offset=3)
+
+
+@pytest.mark.parametrize("cls, kwargs", PAIR_METHODS, ids=IDS)
+def test_result_type_and_shapes(cls, kwargs, pair):
+    model = small_resnet()
+    result = cls(model).attribute(pair, **kwargs)
+    assert isinstance(result, PairAttribution) and isinstance(result, tuple) and len(result) == 2
+    m1, m2 = result
+    assert m1.dim() == 3 and m1.shape[0] == 2 and m2.shape[0] == 2
+    assert result.similarity.shape == (2,)
+    torch.testing.assert_close(result.similarity, model.similarity(*pair).detach(), atol=1e-5, rtol=1e-5)
+    assert isinstance(result.meta, dict) and result.meta
+    assert torch.isfinite(m1).all() and torch.isfinite(m2).all()
+
+
+BAD = [
+    ((torch.zeros(3, 32, 32), torch.zeros(1, 3, 32, 32)), ValueError, "got 3 dimensions"),
+    ((torch.zeros(1, 4, 32, 32), torch.zeros(1, 4, 32, 32)), ValueError, "3 \\(RGB\\) channels"),
+    ((torch.zeros(1, 3, 32, 32, dtype=torch.uint8),) * 2, TypeError, "uint8"),
+    ((torch.full((1, 3, 32, 32), float("nan")), torch.zeros(1, 3, 32, 32)), ValueError, "NaN"),
+    ((torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32)), ValueError, "batch size mismatch"),
+    (torch.zeros(1, 3, 32, 32), TypeError, "pair"),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", PAIR_METHODS, ids=IDS)
+@pytest.mark.parametrize("inputs, error, message", BAD, ids=["rank", "channels", "uint8", "nan", "batch", "single"])
+def test_bad_inputs(cls, kwargs, inputs, error, message):
+    model = small_resnet()
+    with pytest.raises(error, match=message):
+        cls(model).attribute(inputs, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [ConditionalOcclusion, ContextAgnosticOcclusion])
+def test_window_errors(cls, pair):
+    model = small_resnet()
+    with pytest.raises(ValueError, match="larger than the image"):
+        cls(model).attribute(pair, sliding_window_shapes=40, strides=8)
+    with pytest.raises(ValueError, match="stride .* is larger than the window"):
+        cls(model).attribute(pair, sliding_window_shapes=8, strides=16)
+    with pytest.raises(ValueError, match="must be positive"):
+        cls(model).attribute(pair, sliding_window_shapes=8, strides=0)
+    with pytest.raises(ValueError, match="perturbations_per_eval must be >= 1"):
+        cls(model).attribute(pair, sliding_window_shapes=16, strides=16, perturbations_per_eval=0)
+
+
+def test_non_model_is_rejected():
+    with pytest.raises(TypeError, match="SSLModel"):
+        ConditionalOcclusion(torch.nn.Linear(3, 3))
+
+
+class Boom(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside the model")
+
+
+@pytest.mark.parametrize("cls, kwargs", PAIR_METHODS, ids=IDS)
+def test_model_state_restored_when_a_method_raises(cls, kwargs, pair):
+    model = small_resnet()
+    model.train()
+    model.trunk.layer1.eval()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    hook = model.trunk.register_forward_hook(lambda *_: None)
+    modes = {name: m.training for name, m in model.named_modules()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    hooks_before = {name: len(m._forward_hooks) for name, m in model.named_modules()}
+    formats = {name: p.is_contiguous() for name, p in model.named_parameters()}
+    model.head.append(Boom())
+    with pytest.raises(RuntimeError, match="boom inside the model"):
+        cls(model).attribute(pair, **kwargs)
+    del model.head[-1]
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert {name: len(m._forward_hooks) for name, m in model.named_modules()} == hooks_before
+    assert {name: p.is_contiguous() for name, p in model.named_parameters()} == formats
+    hook.remove()
+
+
+@pytest.mark.parametrize("cls, kwargs", PAIR_METHODS, ids=IDS)
+def test_model_state_restored_after_success(cls, kwargs, pair):
+    model = small_resnet()
+    model.train()
+    cls(model).attribute(pair, **kwargs)
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_similarity_forward_with_captum_integrated_gradients():
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    forward = SimilarityForward(model, x2)
+    torch.testing.assert_close(forward(x1), model.similarity(x1, x2).detach())
+    baseline = torch.full_like(x1, 0.5)
+    attributions, delta = IntegratedGradients(forward).attribute(x1, baselines=baseline, n_steps=200,
+                                                                 return_convergence_delta=True)
+    # completeness: the attributions add up to f(x1) - f(baseline)
+    expected = float((forward(x1) - forward(baseline)).detach())
+    assert float(attributions.sum()) == pytest.approx(expected, abs=2e-3)
+
+
+def test_captum_sensitivity_max_accepts_pair_methods():
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    method = PairInputXGradient(model)
+    sens = sensitivity_max(method.attribute, (x1, x2), perturb_radius=0.02, n_perturb_samples=3)
+    assert sens.shape == (1,) and float(sens) >= 0
+
+
+def test_pixel_invariance_shape_range_seed_and_threshold():
+    model = small_resnet()
+    x = arange_image(2, 32, 32)
+    kwargs = dict(n_samples=40, size=16, epochs=30)
+    a = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), **kwargs)
+    b = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert a.shape == (2, 16, 16) and float(a.min()) >= 0 and float(a.max()) <= 1
+    torch.testing.assert_close(a, b)
+    sharp = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), blur=False, **kwargs)
+    nonzero = sharp[sharp > 0]
+    assert float(nonzero.min()) >= 0.5 and float(sharp.max()) == pytest.approx(1.0)
+    with_nmf = PixelInvariance(model).attribute(x[:1], nmf_components=3, generator=torch.Generator().manual_seed(0),
+                                                **kwargs)
+    assert with_nmf.shape == (1, 16, 16)
+    with pytest.raises(TypeError, match="uint8"):
+        PixelInvariance(model).attribute(x.to(torch.uint8))
+
+
+def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
+    g = torch.Generator().manual_seed(0)
+    w, h = torch.rand(30, 3, generator=g), torch.rand(3, 20, generator=g)
+    data = w @ h
+    w_fit = nmf(data, 3, iterations=2000, generator=g)
+    h_fit = torch.linalg.lstsq(w_fit, data).solution
+    assert float((w_fit @ h_fit - data).norm() / data.norm()) < 0.05
+    assert float(w_fit.min()) >= 0
+
+
+def test_method_names_resolve():
+    for name in METHOD_NAMES:
+        cls, settings = get_method(name)
+        assert hasattr(cls, "attribute") and isinstance(settings, dict)
+    assert get_method("input-x-gradient:guided")[1] == {"guided": True}
+    with pytest.raises(ValueError, match="unknown method 'smoothgrad:noise'"):
+        get_method("smoothgrad:noise")
+
+
+def test_cli_explain_writes_a_figure(tmp_path, capsys):
+    from ssl_widgets.cli import main
+
+    out = tmp_path / "fig.png"
+    assert main(["explain", "chelsea", "--method", "interaction-cam:max", "--model", "tiny-simclr",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    assert "cos similarity" in capsys.readouterr().out
+    assert main(["explain", "chelsea", "--method", "nope", "--out", str(out)]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_cli_similarity_and_models(capsys):
+    from ssl_widgets.cli import main
+
+    assert main(["similarity", "coffee", "--models", "tiny-simclr,tiny-barlow-twins"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-simclr" in out and "tiny-barlow-twins" in out
+    assert main(["models"]) == 0
+    assert "CC-BY-NC 4.0" in capsys.readouterr().out

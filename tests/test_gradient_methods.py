@@ -1,0 +1,230 @@
+"""CAMs, Input x Gradient, SmoothGrad, Averaged Transforms, guided back-propagation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_widgets.attr import (AveragedTransforms, InteractionCAM, PairGradCAM, PairInputXGradient, PairSmoothGrad,
+                              cam_variants, guided_relus)
+from ssl_widgets.attr.gradients import blur_maps
+from ssl_widgets.models import SSLModel
+
+from helpers import TwoLayer, arange_image, mean_color_model, small_resnet
+
+
+def cos(a, b):
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def test_grad_cam_by_hand():
+    """Identity trunk, no head: z = mean(A), so dS/dA = (dS/dz) / (h*w) at every position."""
+    model = mean_color_model()
+    x1, x2 = arange_image(1, 2, 2), arange_image(1, 2, 2, offset=4)
+    z1, z2 = x1.mean((2, 3))[0], x2.mean((2, 3))[0]
+    n1, n2 = z1.norm(), z2.norm()
+    s = (z1 @ z2) / (n1 * n2)
+    d1 = z2 / (n1 * n2) - s * z1 / n1 ** 2  # dS/dz1
+    d2 = z1 / (n1 * n2) - s * z2 / n2 ** 2
+    expected1 = (x1[0] * (d1 / 4).clamp(min=0).view(3, 1, 1)).sum(0)
+    expected2 = (x2[0] * (d2 / 4).clamp(min=0).view(3, 1, 1)).sum(0)
+    result = PairGradCAM(model).attribute((x1, x2))
+    torch.testing.assert_close(result[0][0], expected1)
+    torch.testing.assert_close(result[1][0], expected2)
+    assert float(result.similarity) == pytest.approx(float(s), rel=1e-6)
+
+
+def slow_cams(model, x1, x2):
+    """Section 3 as plain code: one pass per variant, pooling by explicit loops over positions."""
+    out = {}
+    for name in ["grad-cam", "interaction-cam", "interaction-cam:max", "interaction-cam:attention",
+                 "interaction-cam:max+gi", "interaction-cam:attention+gi"]:
+        a1 = model.trunk(model.normalize(x1)).detach().requires_grad_(True)
+        a2 = model.trunk(model.normalize(x2)).detach().requires_grad_(True)
+        s = cos(model.head(a1.mean((2, 3))), model.head(a2.mean((2, 3))))
+        g1, g2 = torch.autograd.grad(s.sum(), [a1, a2])
+        A1, A2, G1, G2 = a1[0].detach(), a2[0].detach(), g1[0], g2[0]
+        c, h, w = A1.shape
+        if name == "grad-cam":
+            weights = torch.ones(c)
+        else:
+            pooling = name.split(":")[1].split("+")[0] if ":" in name else "mean"
+
+            def pool(a):
+                positions = [a[:, i, j] for i in range(h) for j in range(w)]
+                if pooling == "mean":
+                    return sum(positions) / len(positions)
+                if pooling == "max":
+                    return torch.stack(positions).max(0).values
+                q = sum(positions) / len(positions)
+                scores = torch.softmax(torch.stack([q @ p for p in positions]), 0)
+                return sum(sc * p for sc, p in zip(scores, positions))
+
+            weights = pool(A1) * pool(A2)
+            if name.endswith("+gi"):
+                m = torch.zeros(c, c)
+                for i in range(h):
+                    for j in range(w):
+                        m += torch.outer(G1[:, i, j], G2[:, i, j])
+                G1 = m.max(1).values.view(c, 1, 1).expand(c, h, w)
+                G2 = m.max(0).values.view(c, 1, 1).expand(c, h, w)
+        out[name] = [sum(weights[k] * A[k] * G[k].clamp(min=0) for k in range(c)) for A, G in ((A1, G1), (A2, G2))]
+    return out
+
+
+def test_all_cam_variants_match_slow_code_and_share_one_pass():
+    model = small_resnet(maxpool=False)
+    x1, x2 = arange_image(1, 64, 64), arange_image(1, 64, 64, offset=3)
+    calls = []
+    handle = model.trunk.register_forward_hook(lambda *_: calls.append(1))
+    fast = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam", "interaction-cam:max", "interaction-cam:attention",
+                                          "interaction-cam:max+gi", "interaction-cam:attention+gi"])
+    handle.remove()
+    assert len(calls) == 1  # one forward of the concatenated pair for every variant
+    expected = slow_cams(model, x1, x2)
+    for name, maps in expected.items():
+        torch.testing.assert_close(fast[name][0][0], maps[0], atol=1e-7, rtol=1e-4, msg=name)
+        torch.testing.assert_close(fast[name][1][0], maps[1], atol=1e-7, rtol=1e-4, msg=name)
+    direct = InteractionCAM(model).attribute((x1, x2), pooling="attention", gradient_interaction=True)
+    torch.testing.assert_close(direct[0], fast["interaction-cam:attention+gi"][0])
+
+
+def test_cam_at_a_named_layer_and_bad_layers():
+    model = small_resnet(maxpool=False)
+    x1, x2 = arange_image(1, 64, 64), arange_image(1, 64, 64, offset=3)
+    maps = PairGradCAM(model, "layer3").attribute((x1, x2))
+    assert maps[0].shape == (1, 8, 8)  # stride 8 without the max-pool
+    assert torch.isfinite(maps[0]).all() and float(maps[0].abs().sum()) > 0
+    with pytest.raises(ValueError, match="unknown layer 'layer7'"):
+        PairGradCAM(model, "layer7")
+    with pytest.raises(ValueError, match="unknown pooling 'median'"):
+        InteractionCAM(model).attribute((x1, x2), pooling="median")
+
+
+def test_gradient_interaction_needs_equal_grids():
+    model = small_resnet(maxpool=False)
+    x1, x2 = arange_image(1, 64, 64), arange_image(1, 32, 32)
+    with pytest.raises(ValueError, match="equal size"):
+        InteractionCAM(model).attribute((x1, x2), gradient_interaction=True)
+    assert InteractionCAM(model).attribute((x1, x2))[1].shape == (1, 2, 2)
+
+
+def test_simsiam_style_cam_head():
+    model = small_resnet(maxpool=False)
+    model.cam_head = model.head[:1]  # a stand-in for "predictor only"
+    x1, x2 = arange_image(1, 64, 64), arange_image(1, 64, 64, offset=3)
+    paper = PairGradCAM(model).attribute((x1, x2))
+    full = PairGradCAM(model).attribute((x1, x2), head="model")
+    assert not torch.allclose(paper[0], full[0])
+    torch.testing.assert_close(full.similarity, model.similarity(x1, x2).detach())
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_guided_backprop_rectifies_every_relu(functional):
+    torch.manual_seed(0)
+    trunk = TwoLayer(functional)
+    model = SSLModel(trunk, None, input_size=2).eval()
+    x1, x2 = arange_image(1, 2, 2), arange_image(1, 2, 2, offset=8)
+    w1 = trunk.conv1.weight.view(3, 3)
+    w2 = trunk.conv2.weight.view(2, 3)
+
+    def by_hand(x, other, guided):
+        # z = relu(W2 relu(W1 x)) + 0.1 per pixel, embedding = mean over the 4 pixels
+        pixels = x[0].reshape(3, 4)
+        hidden = w1 @ pixels
+        h = hidden.clamp(min=0)
+        out = w2 @ h
+        z = out.clamp(min=0).mean(1) + 0.1
+        zo = other
+        s = (z @ zo) / (z.norm() * zo.norm())
+        dz = zo / (z.norm() * zo.norm()) - s * z / z.norm() ** 2
+        g_out = dz.view(2, 1).expand(2, 4) / 4
+        g_out = (g_out.clamp(min=0) if guided else g_out) * (out > 0)
+        g_h = w2.t() @ g_out
+        g_h = (g_h.clamp(min=0) if guided else g_h) * (hidden > 0)
+        g_x = (w1.t() @ g_h).view(1, 3, 2, 2)
+        return (x * g_x).abs().amax(1)
+
+    z2 = model(x2)[0].detach()
+    z1 = model(x1)[0].detach()
+    for guided in (False, True):
+        result = PairInputXGradient(model).attribute((x1, x2), guided=guided)
+        torch.testing.assert_close(result[0], by_hand(x1, z2, guided), atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(result[1], by_hand(x2, z1, guided), atol=1e-7, rtol=1e-5)
+    # the swap is undone: plain gradients again afterwards, and F.relu is the original
+    assert F.relu is torch.nn.functional.relu and "forward" not in trunk.relu.__dict__
+
+
+def test_guided_relus_restores_on_error():
+    model = small_resnet()
+    original = F.relu
+    with pytest.raises(RuntimeError, match="boom"):
+        with guided_relus(model):
+            raise RuntimeError("boom")
+    assert F.relu is original
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_input_x_gradient_in_input_space_and_blur():
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=5)
+    a = model.normalize(x1).detach().requires_grad_(True)
+    b = model.normalize(x2).detach().requires_grad_(True)
+    s = cos(model.forward_normalized(a), model.forward_normalized(b))
+    g1, g2 = torch.autograd.grad(s.sum(), [a, b])
+    result = PairInputXGradient(model).attribute((x1, x2))
+    torch.testing.assert_close(result[0], (a * g1).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
+    blurred = PairInputXGradient(model).attribute((x1, x2), blur=True)
+    torch.testing.assert_close(blurred[0], blur_maps(result[0]), atol=1e-8, rtol=1e-4)
+
+
+def test_smoothgrad_matches_slow_loop():
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=5)
+    x1_n, x2_n = model.normalize(x1), model.normalize(x2)
+    sigma = 0.15 / float(x1_n.max() - x1_n.min())
+    g = torch.Generator().manual_seed(4)
+    total1, total2 = torch.zeros_like(x1_n), torch.zeros_like(x2_n)
+    for _ in range(6):
+        eps = torch.randn(x1_n.shape, generator=g) * sigma
+        a, b = (x1_n + eps).requires_grad_(True), (x2_n + eps).requires_grad_(True)
+        s = cos(model.forward_normalized(a), model.forward_normalized(b))
+        d1, d2 = torch.autograd.grad(s.sum(), [a, b])
+        total1, total2 = total1 + d1, total2 + d2
+    expected = ((x1_n * total1 / 6).abs().amax(1), (x2_n * total2 / 6).abs().amax(1))
+    for per_eval in (1, 4):
+        result = PairSmoothGrad(model).attribute((x1, x2), n_samples=6, generator=torch.Generator().manual_seed(4),
+                                                 perturbations_per_eval=per_eval)
+        torch.testing.assert_close(result[0], expected[0].detach(), atol=1e-8, rtol=1e-4)
+        torch.testing.assert_close(result[1], expected[1].detach(), atol=1e-8, rtol=1e-4)
+
+
+def test_averaged_transforms_matches_batch_one_loop():
+    model = small_resnet().double()
+    x = arange_image(1, 32, 32).double()
+    x_t = (x * 0.5 + 0.3).clamp(0, 1)
+    x_n, t_n = model.normalize(x), model.normalize(x_t)
+    lambdas = [1.0 - m / 5 for m in range(5)]
+    path = [l * x_n + (1 - l) * t_n for l in lambdas]
+    g1, g2 = torch.zeros_like(x_n), torch.zeros_like(x_n)
+    for m in range(1, 5):
+        a, b = path[0].clone().requires_grad_(True), path[m].clone().requires_grad_(True)
+        s = cos(model.forward_normalized(a), model.forward_normalized(b))
+        d1, d2 = torch.autograd.grad(s.sum(), [a, b])
+        g1, g2 = g1 + d1 / 4, g2 + d2 / 4
+    result = AveragedTransforms(model).attribute((x, x_t), steps=5)
+    torch.testing.assert_close(result[0], (x_n * g1).abs().amax(1).detach(), atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(result[1], (path[-1] * g2).abs().amax(1).detach(), atol=1e-12, rtol=1e-9)
+
+
+def test_averaged_transforms_noise_is_seeded_and_spares_the_ends():
+    model = small_resnet()
+    x = arange_image(1, 32, 32)
+    x_t = (x * 0.5 + 0.3).clamp(0, 1)
+    a = AveragedTransforms(model).attribute((x, x_t), noise=True, generator=torch.Generator().manual_seed(0))
+    b = AveragedTransforms(model).attribute((x, x_t), noise=True, generator=torch.Generator().manual_seed(0))
+    c = AveragedTransforms(model).attribute((x, x_t), noise=False)
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[0], c[0])
+    with pytest.raises(ValueError, match="same shape"):
+        AveragedTransforms(model).attribute((x, arange_image(1, 16, 16)))
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        AveragedTransforms(model).attribute((x, x_t), steps=1)
