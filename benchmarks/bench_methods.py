@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # run from a checkout without installing, too
 import reference as ref  # noqa: E402
 
 from ssl_widgets.attr import AveragedTransforms, ConditionalOcclusion, ContextAgnosticOcclusion, PairSmoothGrad  # noqa: E402

@@ -69,6 +69,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate.cli import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.__main__ import main as train_main
 
@@ -106,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("evaluate", help="pair metrics of methods over an image folder (paper-style table; torchrun-ready)")
+    from .evaluate.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train a shipped-model architecture (same as python -m ssl_widgets.train)",
                        add_help=False)

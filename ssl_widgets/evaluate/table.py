@@ -1,0 +1,69 @@
+"""The paper-style results table and the mean-curve plot."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["COLUMNS", "summarize", "format_table", "plot_curves"]
+
+#: (column, result key, direction arrow)
+COLUMNS = [("SI", "SI", "↑"), ("SD", "SD", "↓"), ("CI", "CI", "↑"), ("CD", "CD", "↓"), ("SAD", "SAD", "↓"),
+           ("SIC", "SIC", "↑"), ("CAD", "CAD", "↓"), ("CIC", "CIC", "↑"), ("MS", "MS", "↓")]
+
+
+def summarize(records: Iterable[dict], methods: list[str]) -> dict[str, dict[str, float | None]]:
+    """Mean of each metric over pairs, per method (``None`` where the metric does not apply)."""
+    by_method: dict[str, list[dict]] = {m: [] for m in methods}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    summary = {}
+    for method, rows in by_method.items():
+        summary[method] = {}
+        for _, key, _ in COLUMNS:
+            values = [r["metrics"].get(key) for r in rows if r["metrics"].get(key) is not None]
+            summary[method][key] = sum(values) / len(values) if values else None
+        summary[method]["pairs"] = len(rows)
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, float | None]], title: str = "") -> str:
+    """Markdown table: one row per method, NA where a metric does not apply."""
+    header = "| method | " + " | ".join(f"{c}{arrow}" for c, _, arrow in COLUMNS) + " | pairs |"
+    lines = ([f"{title}", ""] if title else []) + [header, "|---" * (len(COLUMNS) + 2) + "|"]
+    for method, values in summary.items():
+        cells = []
+        for _, key, _ in COLUMNS:
+            v = values.get(key)
+            cells.append("NA" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {values.get('pairs', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None:
+    """Mean simultaneous insertion and deletion curves per method (conditional where only those exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("insertion", "deletion")):
+        for method in methods:
+            curves = [r["curves"].get(f"S-{kind}") or r["curves"].get(f"C-{kind}") for r in records
+                      if r["method"] == method]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
+            ax.plot([i / (length - 1) for i in range(length)], mean, label=method)
+        ax.set_title(f"mean {kind} curve")
+        ax.set_xlabel("fraction of pixels " + ("inserted" if kind == "insertion" else "deleted"))
+        ax.set_ylabel("cosine similarity")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
