@@ -35,7 +35,8 @@ def slow_curve(model, x1, x2, map1, map2, mode, step):
                 for p in order2[(t - 1) * step:t * step].tolist():
                     cur2[:, p // w, p % w] = 0 if mode == "deletion" else x2_n[:, p // w, p % w]
         other = cur2 if order2 is not None else x2_n
-        scores.append(float(cos(model.forward_normalized(cur1[None]), model.forward_normalized(other[None]))))
+        with torch.no_grad():
+            scores.append(float(cos(model.forward_normalized(cur1[None]), model.forward_normalized(other[None]))))
     curve = torch.tensor(scores)
     auc = (curve.sum() - curve[0] / 2 - curve[-1] / 2) / total
     return curve, float(auc)
