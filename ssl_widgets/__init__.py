@@ -26,6 +26,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext ssl_widgets`` registers ``%ssl_explore [IMAGE [IMAGE2]] [--model NAME] [--method NAME]``."""
+    from .widgets.magic import ssl_explore
+
+    ipython.register_magic_function(ssl_explore, magic_kind="line", magic_name="ssl_explore")
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -22,6 +22,7 @@ from .._validation import check_images
 from ..models.wrapper import SSLModel
 
 __all__ = [
+    "Cancelled",
     "PairAttribution",
     "SimilarityForward",
     "check_model",
@@ -31,6 +32,7 @@ __all__ = [
     "guided_relus",
     "preserved_model_state",
     "progress",
+    "progress_listener",
     "resolve_fill",
 ]
 
@@ -260,8 +262,51 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+class Cancelled(Exception):
+    """Raised inside a method when a progress listener asks it to stop (e.g. a widget's Cancel button)."""
+
+
+_LISTENER = threading.local()
+
+
+@contextlib.contextmanager
+def progress_listener(callback) -> Iterator[None]:
+    """Report the progress of every method run in this thread to ``callback(desc, done, total)``.
+
+    The callback may raise :class:`Cancelled` to stop the method; the model state is restored as
+    on any error. Used by the widgets for their progress bars and Cancel buttons.
+    """
+    previous = getattr(_LISTENER, "callback", None)
+    _LISTENER.callback = callback
+    try:
+        yield
+    finally:
+        _LISTENER.callback = previous
+
+
+class _ReportingBar:
+    def __init__(self, bar, callback, desc: str, total: int) -> None:
+        self.bar, self.callback, self.desc, self.total, self.done = bar, callback, desc, total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.callback(self.desc, self.done, self.total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        self.callback(self.desc, 0, self.total)
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+
 def progress(total: int, show: bool, desc: str):
-    """A tqdm.auto progress bar (a no-op bar when ``show`` is false)."""
+    """A tqdm.auto progress bar (a no-op bar when ``show`` is false), also reported to the
+    thread's :func:`progress_listener` if one is set."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not show, desc=desc, leave=False)
+    bar = tqdm(total=total, disable=not show, desc=desc, leave=False)
+    callback = getattr(_LISTENER, "callback", None)
+    return _ReportingBar(bar, callback, desc, total) if callback is not None else bar

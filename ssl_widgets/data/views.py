@@ -27,7 +27,7 @@ from torchvision import transforms as T
 
 from .images import ImageLike, to_pil
 
-__all__ = ["VIEW_TRANSFORMS", "PHOTOMETRIC_TRANSFORMS", "view_transform", "make_view", "make_pair"]
+__all__ = ["VIEW_TRANSFORMS", "PHOTOMETRIC_TRANSFORMS", "custom_view", "view_transform", "make_view", "make_pair"]
 
 
 def _kernel(size: int, at_224: int) -> int:
@@ -106,3 +106,26 @@ def make_pair(image: ImageLike, transform: str = "aug", size: int = 224, seed: i
     x1 = make_view(image, "no-shift" if transform.startswith("no-shift") else "pure", size, seed=None)
     x2 = make_view(image if image2 is None else image2, transform, size, seed)
     return x1, x2
+
+
+def custom_view(image: ImageLike, size: int, crop_scale: tuple[float, float] = (0.3, 1.0), flip: bool = True,
+                jitter: float = 0.4, grayscale: bool = False, blur_sigma: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """A seeded augmented view with explicit strengths (the explorer's view-2 controls).
+
+    RandomResizedCrop(size, crop_scale), a random horizontal flip if ``flip``, ColorJitter(jitter,
+    jitter, jitter, jitter/4) if ``jitter > 0``, grayscale if ``grayscale``, Gaussian blur of
+    ``blur_sigma`` if positive. Returns ``(1,3,size,size)``.
+    """
+    steps = [T.RandomResizedCrop(size, scale=tuple(crop_scale))]
+    if flip:
+        steps.append(T.RandomHorizontalFlip(0.5))
+    if jitter > 0:
+        steps.append(T.ColorJitter(jitter, jitter, jitter, min(0.5, jitter / 4)))
+    if grayscale:
+        steps.append(T.Grayscale(num_output_channels=3))
+    if blur_sigma > 0:
+        steps.append(T.GaussianBlur(max(3, int(2 * round(3 * blur_sigma) + 1)), sigma=float(blur_sigma)))
+    transform = T.Compose(steps + [T.ToTensor()])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(to_pil(image)).unsqueeze(0)

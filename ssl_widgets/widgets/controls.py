@@ -1,0 +1,195 @@
+"""The per-method control groups of the explorer (one tab each)."""
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+
+__all__ = ["MethodControls", "build_method_controls", "TAB_METHODS"]
+
+_SLOW = dict(continuous_update=False, style={"description_width": "initial"})
+
+
+class MethodControls:
+    """A tab's widgets and how they turn into a method name and ``attribute`` settings."""
+
+    title = ""
+    slow = False
+
+    def __init__(self, input_size: int) -> None:
+        self.input_size = input_size
+        self.box = W.VBox(self.children())
+
+    def children(self) -> list[W.Widget]:
+        return []
+
+    def widgets(self) -> list[W.Widget]:
+        return [c for c in self.box.children if isinstance(c, W.ValueWidget)]
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    #: base method names this tab shows
+    names: tuple[str, ...] = ()
+
+    def select(self, base: str, option: str) -> bool:
+        """Set the tab's controls to the method ``base[:option]``; ``False`` if it is not this tab's."""
+        if base not in self.names:
+            return False
+        self._select(base, option)
+        return True
+
+    def _select(self, base: str, option: str) -> None:
+        pass
+
+
+class OcclusionControls(MethodControls):
+    title = "Occlusion"
+    slow = True
+    names = ("conditional-occlusion", "context-agnostic-occlusion")
+
+    def _select(self, base, option):
+        self.variant.value = base
+
+    def children(self):
+        size = self.input_size
+        self.variant = W.ToggleButtons(options=[("conditional", "conditional-occlusion"),
+                                                ("context-agnostic", "context-agnostic-occlusion")],
+                                       value="conditional-occlusion", description="variant")
+        self.patch = W.IntSlider(value=max(4, round(64 * size / 224)), min=4, max=size, step=2,
+                                 description="patch size", **_SLOW)
+        self.stride = W.IntSlider(value=max(2, round(8 * size / 224)), min=1, max=max(2, size // 2),
+                                  description="stride", **_SLOW)
+        self.fill = W.Dropdown(options=[("neutral (0 in model input)", None), ("black", 0.0), ("grey", 0.5)],
+                               value=None, description="fill")
+        return [self.variant, self.patch, self.stride, self.fill]
+
+    def request(self):
+        stride = min(self.stride.value, self.patch.value)
+        return self.variant.value, {"sliding_window_shapes": self.patch.value, "strides": stride,
+                                    "baselines": self.fill.value}
+
+
+class PairwiseControls(MethodControls):
+    title = "Pairwise occlusion"
+    slow = True
+    names = ("pairwise-occlusion",)
+
+    def children(self):
+        self.samples = W.IntSlider(value=100, min=10, max=400, step=10, description="samples", **_SLOW)
+        self.scale = W.FloatRangeSlider(value=(0.1, 0.3), min=0.02, max=0.6, step=0.01, description="area", **_SLOW)
+        self.seed = W.IntText(value=0, description="seed")
+        return [self.samples, self.scale, self.seed]
+
+    def request(self):
+        return "pairwise-occlusion", {"n_samples": self.samples.value, "scale": tuple(self.scale.value),
+                                      "seed": self.seed.value}
+
+
+class CAMControls(MethodControls):
+    title = "Interaction-CAM"
+    names = ("grad-cam", "interaction-cam")
+
+    def _select(self, base, option):
+        pooling, _, gi = option.partition("+")
+        self.variant.value = "grad-cam" if base == "grad-cam" else (pooling or "mean")
+        self.interaction.value = gi == "gi"
+
+    def children(self):
+        self.variant = W.Dropdown(options=[("Grad-CAM", "grad-cam"), ("Interaction-CAM mean", "mean"),
+                                           ("Interaction-CAM max", "max"), ("Interaction-CAM attention", "attention")],
+                                  value="max", description="pooling")
+        self.interaction = W.Checkbox(value=False, description="gradient interaction")
+        return [self.variant, self.interaction]
+
+    def request(self):
+        if self.variant.value == "grad-cam":
+            return "grad-cam", {}
+        name = "interaction-cam:" + self.variant.value + ("+gi" if self.interaction.value else "")
+        return name, {}
+
+
+class AveragedTransformsControls(MethodControls):
+    title = "Averaged transforms"
+    names = ("averaged-transforms",)
+
+    def _select(self, base, option):
+        self.guided.value = "guided" in option
+        self.noise.value = "noise" in option
+
+    def children(self):
+        self.transform = W.Dropdown(options=["combine", "color-jitter", "blur", "grayscale", "solarize"],
+                                    value="combine", description="transform")
+        self.steps = W.IntSlider(value=10, min=2, max=20, description="steps", **_SLOW)
+        self.guided = W.Checkbox(value=True, description="guided")
+        self.noise = W.Checkbox(value=False, description="noise")
+        self.blur = W.Checkbox(value=True, description="blur map")
+        return [self.transform, self.steps, self.guided, self.noise, self.blur]
+
+    def request(self):
+        name = "averaged-transforms" + (":" + "+".join(f for f, on in (("guided", self.guided.value),
+                                                                          ("noise", self.noise.value)) if on)
+                                        if (self.guided.value or self.noise.value) else "")
+        return name, {"steps": self.steps.value, "blur": self.blur.value, "transform": self.transform.value}
+
+
+class GradientControls(MethodControls):
+    title = "Gradients"
+    names = ("input-x-gradient", "smoothgrad")
+
+    def _select(self, base, option):
+        self.kind.value = base
+        self.guided.value = option == "guided"
+
+    def children(self):
+        self.kind = W.ToggleButtons(options=[("Input x Gradient", "input-x-gradient"), ("SmoothGrad", "smoothgrad")],
+                                    value="input-x-gradient", description="method")
+        self.guided = W.Checkbox(value=True, description="guided")
+        self.blur = W.Checkbox(value=True, description="blur map")
+        self.samples = W.IntSlider(value=20, min=5, max=100, step=5, description="SmoothGrad samples", **_SLOW)
+        return [self.kind, self.guided, self.blur, self.samples]
+
+    def request(self):
+        name = self.kind.value + (":guided" if self.guided.value else "")
+        settings: dict[str, Any] = {"blur": self.blur.value}
+        if self.kind.value == "smoothgrad":
+            settings["n_samples"] = self.samples.value
+        return name, settings
+
+
+class PixelInvarianceControls(MethodControls):
+    title = "Pixel invariance"
+    slow = True
+    names = ("pixel-invariance",)
+
+    def children(self):
+        self.samples = W.IntSlider(value=300, min=50, max=1000, step=50, description="augmentations", **_SLOW)
+        self.epochs = W.IntSlider(value=200, min=10, max=1000, step=10, description="epochs", **_SLOW)
+        self.threshold = W.FloatSlider(value=0.5, min=0.0, max=0.95, step=0.05, description="threshold", **_SLOW)
+        return [self.samples, self.epochs, self.threshold]
+
+    def request(self):
+        return "pixel-invariance", {"n_samples": self.samples.value, "epochs": self.epochs.value,
+                                    "threshold": self.threshold.value}
+
+
+class CorrespondenceControls(MethodControls):
+    title = "Correspondence"
+    names = ("correspondence",)
+
+    def children(self):
+        self.help = W.HTML("Click a point of either image: the other image shows the cosine similarity between "
+                           "the feature under the click and each of its positions (layer as chosen above).")
+        return [self.help]
+
+    def request(self):
+        return "correspondence", {}
+
+
+TAB_METHODS = (OcclusionControls, CAMControls, AveragedTransformsControls, GradientControls, PairwiseControls,
+               PixelInvarianceControls, CorrespondenceControls)
+
+
+def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:
+    """One :class:`MethodControls` per tab (all, or ``only`` these classes)."""
+    return [cls(input_size) for cls in (only or TAB_METHODS)]

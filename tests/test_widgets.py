@@ -1,0 +1,200 @@
+"""Widget logic, headless: ipywidgets fires observe callbacks outside a kernel."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ssl_widgets.widgets.explorer as explorer_module
+from ssl_widgets.widgets import CAMPanel, Explorer, GradientPanel, OcclusionPanel
+from ssl_widgets.widgets.magic import parse_magic_line, ssl_explore
+
+
+@pytest.fixture
+def explorer():
+    return Explorer(threaded=False, display_size=128, method="interaction-cam:max")  # fast to compute
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+def test_builds_with_the_default_model_and_shows_a_pair(explorer):
+    assert explorer.model_select.value == "tiny-simclr"
+    x1, x2 = explorer.current_pair()
+    model = explorer._model()
+    with torch.no_grad():
+        expected = float(model.similarity(x1, x2))
+    assert explorer.similarity == pytest.approx(expected, abs=1e-5)
+    assert "cos similarity" in explorer.similarity_label.value
+    assert png_size(explorer.view1.value) == (128, 128)
+    assert explorer.maps[0].shape == (112, 112) and explorer.last_error is None
+
+
+def test_patch_size_and_stride_sliders_change_the_occlusion_map():
+    e = Explorer(threaded=False, display_size=64, method="grad-cam")
+    controls = e.method_controls[0]
+    controls.stride.value = 16  # set while another tab shows: nothing is computed yet
+    e.method_tabs.selected_index = 0
+    assert e.status.value == "conditional-occlusion"
+    before = e.maps[0].clone()
+    controls.patch.value = 48
+    assert not torch.equal(before, e.maps[0])
+    key = e.request_key()
+    assert ("sliding_window_shapes", 48) in key[-1]
+    controls.stride.value = 24
+    assert ("strides", 24) in e.request_key()[-1]
+    controls.variant.value = "context-agnostic-occlusion"
+    assert e.status.value.startswith("context-agnostic-occlusion")
+
+
+def test_each_tab_computes_its_method(explorer):
+    expected = ["conditional-occlusion", "interaction-cam:max", "averaged-transforms:guided",
+                "input-x-gradient:guided", "pairwise-occlusion", "pixel-invariance"]
+    explorer.method_controls[5].samples.value = 50
+    explorer.method_controls[5].epochs.value = 20
+    explorer.method_controls[0].stride.value = 16
+    for index, name in enumerate(expected):
+        explorer.method_tabs.selected_index = index
+        assert explorer.status.value.startswith(name), (index, explorer.status.value)
+        assert explorer.last_error is None
+
+
+def test_cam_controls_and_layer(explorer):
+    cam = explorer.method_controls[1]
+    cam.variant.value = "grad-cam"
+    assert explorer.status.value == "grad-cam"
+    cam.variant.value = "attention"
+    cam.interaction.value = True
+    assert explorer.status.value == "interaction-cam:attention+gi"
+    explorer.layer_select.value = "layer3"
+    assert explorer._cache[explorer.request_key()][0].shape == (1, 112, 112)
+    assert explorer.request_key()[2] == "layer3"
+
+
+def test_display_controls_redraw_without_recomputing(explorer, monkeypatch):
+    calls = []
+    original = explorer_module.explain_pair
+    monkeypatch.setattr(explorer_module, "explain_pair", lambda *a, **k: calls.append(1) or original(*a, **k))
+    before = explorer.view1.value
+    explorer.opacity.value = 0.9
+    assert explorer.view1.value != before
+    explorer.colormap.value = "viridis"
+    assert not calls
+
+
+def test_results_are_cached(explorer, monkeypatch):
+    calls = []
+    original = explorer_module.explain_pair
+    monkeypatch.setattr(explorer_module, "explain_pair", lambda *a, **k: calls.append(1) or original(*a, **k))
+    explorer.method_controls[1].variant.value = "mean"
+    explorer.method_controls[1].variant.value = "max"  # back to a cached setting
+    assert len(calls) == 1
+
+
+def test_augmentation_controls_change_view_2(explorer):
+    _, before = explorer.current_pair()
+    similarity = explorer.similarity
+    explorer.resample.click()
+    assert explorer.seed.value == 1
+    _, after = explorer.current_pair()
+    assert not torch.equal(before, after) and explorer.similarity != similarity
+    explorer.grayscale.value = True
+    _, gray = explorer.current_pair()
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])
+    explorer.image2_select.value = "coffee"
+    _, coffee = explorer.current_pair()
+    assert coffee.shape == (1, 3, 112, 112) and explorer.similarity < 0.9
+
+
+def test_click_shows_the_correspondence_on_the_other_image(explorer):
+    explorer.method_tabs.selected_index = 6
+    before = explorer.view2.value
+    explorer.click(0, {"dataX": 64, "dataY": 40})
+    assert explorer.maps[0] is None and explorer.maps[1].shape == (7, 7)
+    assert float(explorer.maps[1].max()) <= 1.0 + 1e-6
+    assert explorer.view2.value != before and "image 1" in explorer.status.value
+    explorer.click(1, {"relativeX": 10, "relativeY": 120, "boundingRectWidth": 128, "boundingRectHeight": 128})
+    assert explorer.maps[1] is None and explorer.maps[0].shape == (7, 7)
+
+
+def test_errors_show_inside_the_panel(explorer):
+    explorer.image1_select.value = "/no/such/image.png"
+    assert explorer.last_error is not None and "neither a file nor a sample" in explorer.last_error
+    assert "error" in explorer.status.value
+    explorer.image1_select.value = "rocket"  # and it recovers
+    assert explorer.last_error is None
+
+
+def test_model_switch_updates_layers_and_similarity(explorer):
+    similarity = explorer.similarity
+    explorer.model_select.value = "tiny-barlow-twins"
+    assert explorer._model().name == "tiny-barlow-twins"
+    assert explorer.similarity != similarity
+    assert "layer4" in [value for _, value in explorer.layer_select.options]
+
+
+def test_upload_becomes_image_1(explorer):
+    array = (np.arange(64 * 80 * 3) % 251).astype(np.uint8).reshape(64, 80, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    explorer._on_upload({"new": ({"name": "mine.png", "content": memoryview(buffer.getvalue())},)})
+    assert explorer.image1_select.value == "upload: mine.png"
+    x1, _ = explorer.current_pair()
+    assert x1.shape == (1, 3, 112, 112) and explorer.last_error is None
+
+
+def test_threaded_computation_and_cancel():
+    e = Explorer(threaded=True, display_size=64)
+    e.wait()
+    assert e.maps[0] is not None and e.status.value == "conditional-occlusion"
+    e.method_tabs.selected_index = 5
+    e.method_controls[5].samples.value = 1000
+    e.method_controls[5].epochs.value = 1000
+    e.cancel_button.click()
+    e.wait()
+    assert e.status.value == "cancelled"
+    assert all(m.training is False for m in e._model().modules())
+    assert all(p.requires_grad for p in e._model().parameters())
+
+
+def test_sweep_and_curves_use_bqplot(explorer):
+    sims = explorer.sweep("grayscale")
+    assert sims.shape == (11,) and float(sims[0]) == pytest.approx(1.0, abs=1e-5)
+    assert np.asarray(explorer.curves.sweep_lines.y).ravel().tolist() == pytest.approx(sims.tolist())
+    explorer.curves.show_curves.value = True
+    explorer.method_controls[1].variant.value = "mean"
+    ins, dele = explorer.curves.last_curves
+    assert len(ins) == len(dele) > 10
+    assert len(explorer.curves.curve_lines.y) == 2
+
+
+@pytest.mark.parametrize("panel, status", [(GradientPanel, "smoothgrad:guided"), (CAMPanel, "interaction-cam:max")])
+def test_single_method_panels(panel, status):
+    p = panel(threaded=False, display_size=64, method=status)
+    assert len(p.method_controls) == 1 and p.status.value == status
+
+
+def test_magic_line():
+    args = parse_magic_line("coffee chelsea --model tiny-barlow-twins --method grad-cam")
+    assert args.images == ["coffee", "chelsea"] and args.model == "tiny-barlow-twins"
+    e = ssl_explore("astronaut --method interaction-cam")
+    e.wait()
+    assert e.method_tabs.selected_index == 1 and e.image1_select.value == "astronaut"
+    with pytest.raises(ValueError, match="at most two images"):
+        parse_magic_line("a b c")
+    with pytest.raises(ValueError, match="no tab .* 'occlusion'"):
+        ssl_explore("--method occlusion")
+    with pytest.raises(ValueError, match="no tab .* 'grad-cam'"):
+        OcclusionPanel(threaded=False, method="grad-cam")
+
+    class FakeIPython:
+        def register_magic_function(self, func, magic_kind, magic_name):
+            self.registered = (func, magic_kind, magic_name)
+
+    import ssl_widgets
+
+    ip = FakeIPython()
+    ssl_widgets.load_ipython_extension(ip)
+    assert ip.registered[1:] == ("line", "ssl_explore")
