@@ -14,8 +14,10 @@ def test_notebook_runs(path, tmp_path):
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    assert nb.metadata.get("widgets"), "the notebook displayed no widget"
+    assert not errors, errors
+    sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if "Panel(" in sources or "Explorer(" in sources:
+        assert nb.metadata.get("widgets"), "the notebook displayed no widget"
 
 
 def test_there_is_a_quickstart():
