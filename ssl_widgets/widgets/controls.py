@@ -60,14 +60,14 @@ class OcclusionControls(MethodControls):
                                  description="patch size", **_SLOW)
         self.stride = W.IntSlider(value=max(2, round(8 * size / 224)), min=1, max=max(2, size // 2),
                                   description="stride", **_SLOW)
-        self.fill = W.Dropdown(options=[("neutral (0 in model input)", None), ("black", 0.0), ("grey", 0.5)],
-                               value=None, description="fill")
+        self.fill = W.Dropdown(options=[("neutral (0 in model input)", "neutral"), ("black", "black"),
+                                        ("grey", "grey")], value="neutral", description="fill")
         return [self.variant, self.patch, self.stride, self.fill]
 
     def request(self):
         stride = min(self.stride.value, self.patch.value)
-        return self.variant.value, {"sliding_window_shapes": self.patch.value, "strides": stride,
-                                    "baselines": self.fill.value}
+        fill = {"neutral": None, "black": 0.0, "grey": 0.5}[self.fill.value]
+        return self.variant.value, {"sliding_window_shapes": self.patch.value, "strides": stride, "baselines": fill}
 
 
 class PairwiseControls(MethodControls):

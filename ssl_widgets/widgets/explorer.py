@@ -75,7 +75,7 @@ class Explorer(W.VBox):
 
         # -- model and images ---------------------------------------------------------------
         self.model_select = W.Dropdown(options=names, value=first, description="model")
-        self.layer_select = W.Dropdown(options=[("trunk output", None)], value=None, description="layer")
+        self.layer_select = W.Dropdown(options=[("trunk output", "")], value="", description="layer")
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         self.device_select = W.Dropdown(options=devices, value="cpu", description="device",
                                         layout=W.Layout(display=None if len(devices) > 1 else "none"))
@@ -186,8 +186,8 @@ class Explorer(W.VBox):
     def _update_layers(self) -> None:
         model = self._model()
         names = [n for n in model.layer_names() if n.startswith("layer") and n.count(".") <= 1]
-        self.layer_select.options = [("trunk output", None)] + [(n, n) for n in names]
-        self.layer_select.value = None
+        self.layer_select.options = [("trunk output", "")] + [(n, n) for n in names]
+        self.layer_select.value = ""
 
     # -- events ---------------------------------------------------------------------------------------
     def _on_model_change(self, _change) -> None:
@@ -239,7 +239,7 @@ class Explorer(W.VBox):
             point = (min(size - 1, y * scale), min(size - 1, x * scale))
             x1, x2 = self.current_pair()
             query, target = (x1, x2) if view_index == 0 else (x2, x1)
-            heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value)
+            heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
             cell = size / heat.shape[0]
             row, col = int(point[0] // cell), int(point[1] // cell)
             box = (int(row * cell), int(col * cell), int((row + 1) * cell), int((col + 1) * cell))
@@ -278,6 +278,7 @@ class Explorer(W.VBox):
             self.maps = (None, None)
             self._box = None
             self.status.value = "click a point of either image"
+            self.cancel_button.disabled = True
             self._show_similarity(x1, x2)
             self._draw(x1, x2)
             return
@@ -314,7 +315,7 @@ class Explorer(W.VBox):
                     preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
                     if generation == self._generation:
                         self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
-                layer = self.layer_select.value if name.startswith(("grad-cam", "interaction-cam")) else None
+                layer = (self.layer_select.value or None) if name.startswith(("grad-cam", "interaction-cam")) else None
                 result = explain_pair(self._model(), name, x1, x2, layer=layer,
                                       generator=torch.Generator().manual_seed(int(seed)), **settings)
             self._cache[key] = result
@@ -323,11 +324,14 @@ class Explorer(W.VBox):
             if generation == self._generation:
                 self._show_result(result, x1, x2)
         except Cancelled:
-            self.status.value = "cancelled"
+            if generation == self._generation:  # a newer request cancels silently
+                self.status.value = "cancelled"
         except Exception as error:
-            self._show_error(error)
+            if generation == self._generation:
+                self._show_error(error)
         finally:
-            self.cancel_button.disabled = True
+            if generation == self._generation:
+                self.cancel_button.disabled = True
 
     # -- drawing ----------------------------------------------------------------------------------
     def _show_similarity(self, x1, x2) -> None:

@@ -1,0 +1,71 @@
+"""Interaction latency of the Explorer on the shipped default model (headless, like a kernel).
+
+    python benchmarks/bench_widgets.py --threads 1
+
+Reports the median over repeats of: the first (coarse) occlusion frame after a patch-size change,
+the refined occlusion map, a CAM update (pooling change), and an opacity redraw.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ssl_widgets.widgets import Explorer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="tiny-simclr")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    explorer = Explorer(model=args.model, threaded=True, method="interaction-cam:max")
+    explorer.wait()
+    occlusion = explorer.method_controls[0]
+    first, full, cam, redraw = [], [], [], []
+    explorer.method_tabs.selected_index = 0
+    explorer.wait()
+    for k in range(args.repeats):
+        seen = []
+
+        def record(change, seen=seen):
+            seen.append((time.perf_counter(), change["new"]))
+
+        explorer.status.observe(record, names="value")
+        start = time.perf_counter()
+        occlusion.patch.value = 20 + 2 * k  # a new setting each time: nothing cached
+        explorer.wait()
+        explorer.status.unobserve(record, names="value")
+        coarse = [t for t, v in seen if "coarse" in v]
+        done = [t for t, v in seen if v == "conditional-occlusion"]
+        first.append((coarse[0] if coarse else done[0]) - start)
+        full.append(done[-1] - start)
+    explorer.method_tabs.selected_index = 1
+    cam_controls = explorer.method_controls[1]
+    for k in range(args.repeats):
+        explorer._cache.clear()
+        start = time.perf_counter()
+        cam_controls.variant.value = ["mean", "max"][k % 2]
+        cam.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        explorer.opacity.value = 0.3 + 0.1 * (k % 4)
+        redraw.append(time.perf_counter() - start)
+    med = statistics.median
+    print(f"model={args.model} threads={args.threads} repeats={args.repeats} (medians)")
+    print("| interaction | seconds |\n|---|---|")
+    print(f"| first occlusion frame (coarse stride) | {med(first):.2f} |")
+    print(f"| refined occlusion map (patch {occlusion.patch.value}, stride {occlusion.stride.value}) | {med(full):.2f} |")
+    print(f"| CAM update (pooling change, uncached) | {med(cam):.3f} |")
+    print(f"| opacity redraw | {med(redraw):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

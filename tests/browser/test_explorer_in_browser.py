@@ -1,0 +1,151 @@
+"""The quickstart notebook in a real browser: Voila serves it, Debian's Chromium renders it,
+Playwright moves sliders, switches methods and clicks on the image.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it) and the
+``test`` extra (playwright, voila). Screenshots go to ``$SSL_WIDGETS_SCREENSHOTS`` (default: the
+test's temporary folder).
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def voila_url(tmp_path_factory):
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
+    port = free_port()
+    runtime = tmp_path_factory.mktemp("jupyter_runtime")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
+    log = open(runtime / "voila.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "voila", str(ROOT / "notebooks" / "00_quickstart.ipynb"), f"--port={port}",
+         "--no-browser", "--Voila.ip=127.0.0.1", "--VoilaConfiguration.file_allowlist=['.*']"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        raise RuntimeError("voila did not start:\n" + (runtime / "voila.log").read_text()[-3000:])
+    yield url
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(voila_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1300})
+        page = context.new_page()
+        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
+                   else route.continue_())
+        page.goto(voila_url, timeout=120_000)
+        page.wait_for_selector("img.widget-image", timeout=180_000)
+        yield page
+        browser.close()
+
+
+def screenshots() -> Path:
+    folder = Path(os.environ.get("SSL_WIDGETS_SCREENSHOTS", "/tmp/ssl_widgets_screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def image_sources(page) -> list[str]:
+    return page.eval_on_selector_all("img.widget-image", "els => els.map(e => e.src)")
+
+
+def similarity_text(page) -> str:
+    return page.locator(".widget-html", has_text="cos similarity").first.inner_text()
+
+
+def status_text(page) -> str:
+    return page.locator(".widget-html").all_inner_texts()
+
+
+def wait_for(predicate, timeout=90.0, what="", page=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    if page is not None:
+        page.screenshot(path=str(screenshots() / "failure.png"), full_page=True)
+    raise AssertionError(f"timed out waiting for {what}" + (f"; status: {status_text(page)}" if page else ""))
+
+
+def no_error(page) -> bool:
+    return not any("error:" in t for t in status_text(page))
+
+
+def test_quickstart_renders_the_explorer(page):
+    wait_for(lambda: len(image_sources(page)) >= 2 and "cos similarity" in page.content(), what="the two views")
+    assert "cos similarity" in similarity_text(page)
+    assert no_error(page)
+    page.screenshot(path=str(screenshots() / "explorer.png"), full_page=True)
+
+
+def test_switching_method_and_moving_the_patch_slider_change_the_heatmap(page):
+    before = image_sources(page)
+    page.locator(".lm-TabBar-tab", has_text="Occlusion").first.click()
+    wait_for(lambda: any("conditional-occlusion" in t and "coarse" not in t for t in status_text(page))
+             and image_sources(page) != before, what="the occlusion map")
+    assert no_error(page)
+    after_method = image_sources(page)
+    handle = page.locator(".widget-slider", has_text="patch size").locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(3):
+        handle.press("ArrowRight")
+    wait_for(lambda: image_sources(page) != after_method and
+             any(t.strip() == "conditional-occlusion" for t in status_text(page)), what="the refined occlusion map")
+    assert no_error(page)
+    page.screenshot(path=str(screenshots() / "explorer_occlusion.png"), full_page=True)
+
+
+def test_resample_changes_the_similarity(page):
+    before = similarity_text(page)
+    page.locator(".jupyter-widget-Collapse-header", has_text="view 2 augmentation").first.click()  # open it
+    page.locator("button", has_text="resample").first.click()
+    wait_for(lambda: similarity_text(page) != before, what="a new similarity")
+    assert no_error(page)
+
+
+def test_click_on_image_1_shows_the_correspondence(page):
+    page.locator(".lm-TabBar-tab", has_text="Correspondence").first.click()
+    wait_for(lambda: any("click a point" in t for t in status_text(page)), what="the correspondence tab", page=page)
+    before = image_sources(page)
+    page.locator("img.widget-image").first.click(position={"x": 90, "y": 70})
+    wait_for(lambda: any("correspondence of the point" in t for t in status_text(page)), what="the click")
+    after = image_sources(page)
+    assert after[1] != before[1] and after[0] != before[0]  # heat map on image 2, patch box on image 1
+    assert no_error(page)
+    page.screenshot(path=str(screenshots() / "explorer_correspondence.png"), full_page=True)
