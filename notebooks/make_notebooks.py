@@ -393,6 +393,53 @@ print(f"the most important patch starts at {answer} (drop {float(grid.max()):.3f
 print("correct!" if distance <= STRIDE else f"off by {distance} pixels: look again at the map")
 """),
     ],
+    "12_feature_visualization_and_model_difference.ipynb": [
+        md("""
+# Feature visualisation and model difference
+
+Two of the paper's methods synthesise images instead of scoring pixels.
+
+* **Feature visualisation**: starting from faint noise, multi-octave gradient ascent makes an image
+  whose partial embedding (a trunk layer) matches the other view's (`mode="score"`: cosine;
+  `"feature"`: projection on its direction). `parametrization="fourier"` uses the Lucid-style
+  decorrelated Fourier image with jitter/scale/rotation, smoother for deep layers.
+* **Model difference**: reconstruct the same image from three depths (stem, layer1, layer2) of
+  two models by feature inversion: what each model keeps.
+"""),
+        code('MODEL = "tiny-simclr"\nOTHER = "tiny-barlow-twins"\nIMAGE = "chelsea"\nOCTAVES = 6\nITERATIONS = 10\n'
+             'INVERSION_STEPS = 60\nTHREADS = 1', parameters=True),
+        code(SETUP),
+        code("""
+import matplotlib.pyplot as plt
+from ssl_widgets.attr import FeatureVisualization, ModelDifference
+from ssl_widgets.plotting import to_image
+
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=0)
+g = lambda: torch.Generator().manual_seed(0)
+images = {
+    "view 2 (target)": x2,
+    "score, layer3": FeatureVisualization(model, "layer3").visualize(x2, octaves=OCTAVES, iterations=ITERATIONS, generator=g()),
+    "feature, layer3": FeatureVisualization(model, "layer3").visualize(x2, mode="feature", octaves=OCTAVES, iterations=ITERATIONS, generator=g()),
+    "Fourier, layer3": FeatureVisualization(model, "layer3").visualize(x2, octaves=OCTAVES, iterations=ITERATIONS, generator=g(), parametrization="fourier"),
+}
+fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+for ax, (title, image) in zip(axes, images.items()):
+    ax.imshow(to_image(image)); ax.set_title(title, fontsize=9); ax.set_axis_off()
+"""),
+        code("""
+other = ssl_widgets.load_model(OTHER)
+pairs = ModelDifference(model, other).invert(x1, iterations=INVERSION_STEPS, generator=g())
+fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+for column, (layer, (a, b)) in enumerate(pairs.items()):
+    for row, (name, image) in enumerate(((MODEL, a), (OTHER, b))):
+        axes[row, column].imshow(to_image(image)); axes[row, column].set_axis_off()
+        axes[row, column].set_title(f"{name}: {layer}", fontsize=9)
+"""),
+        code("""
+from ssl_widgets.widgets import FeatureVisualizationPanel
+FeatureVisualizationPanel(model=model, images=IMAGE)
+"""),
+    ],
 }
 
 

@@ -198,3 +198,25 @@ def test_magic_line():
     ip = FakeIPython()
     ssl_widgets.load_ipython_extension(ip)
     assert ip.registered[1:] == ("line", "ssl_explore")
+
+
+def test_feature_visualization_and_model_difference_tabs(explorer):
+    from ssl_widgets.widgets import FeatureVisualizationPanel, ModelDifferencePanel
+
+    titles = [c.title for c in explorer.method_controls]
+    fv = explorer.method_controls[titles.index("Feature visualisation")]
+    explorer.method_tabs.selected_index = titles.index("Feature visualisation")
+    assert "press run" in explorer.status.value
+    fv.octaves.value, fv.iterations.value = 2, 5
+    fv.run_button.click()
+    assert explorer.status.value == "Feature visualisation: done" and fv.result.shape == (1, 3, 112, 112)
+    assert png_size(fv.output.value) == (224, 224)
+    md = explorer.method_controls[titles.index("Model difference")]
+    md.iterations.value = 20
+    md.run_button.click()
+    assert explorer.status.value == "Model difference: done"
+    assert set(md.result) == {"stem", "layer1", "layer2"}
+    assert all(len(image.value) > 100 for image in md.outputs.values())
+    panel = ModelDifferencePanel(threaded=False, display_size=64, method="model-difference")
+    assert len(panel.method_controls) == 1
+    assert len(FeatureVisualizationPanel(threaded=False, display_size=64).method_controls) == 1

@@ -1,6 +1,8 @@
 """Explanation methods for pairwise similarity, Captum style: ``Method(model).attribute(...)``."""
 from .averaged_transforms import AveragedTransforms
 from .cam import InteractionCAM, PairGradCAM, cam_variants
+from .feature_visualization import FeatureVisualization
+from .model_difference import ModelDifference
 from .engine import PairAttribution, SimilarityForward, guided_relus, preserved_model_state
 from .gradients import PairInputXGradient, PairSmoothGrad
 from .maps import normalize_map, upsample
@@ -13,6 +15,8 @@ __all__ = [
     "AveragedTransforms",
     "ConditionalOcclusion",
     "ContextAgnosticOcclusion",
+    "FeatureVisualization",
+    "ModelDifference",
     "InteractionCAM",
     "METHOD_NAMES",
     "PAIR_METHOD_NAMES",

@@ -1,7 +1,7 @@
 """ipywidgets panels: the :class:`Explorer` and one small panel per method."""
 from .explorer import Explorer
-from .panels import (AveragedTransformsPanel, CAMPanel, CorrespondencePanel, GradientPanel, OcclusionPanel,
-                     PairwiseOcclusionPanel, PixelInvariancePanel)
+from .panels import (AveragedTransformsPanel, CAMPanel, CorrespondencePanel, FeatureVisualizationPanel, GradientPanel,
+                     ModelDifferencePanel, OcclusionPanel, PairwiseOcclusionPanel, PixelInvariancePanel)
 
-__all__ = ["AveragedTransformsPanel", "CAMPanel", "CorrespondencePanel", "Explorer", "GradientPanel",
-           "OcclusionPanel", "PairwiseOcclusionPanel", "PixelInvariancePanel"]
+__all__ = ["AveragedTransformsPanel", "CAMPanel", "CorrespondencePanel", "Explorer", "FeatureVisualizationPanel",
+           "GradientPanel", "ModelDifferencePanel", "OcclusionPanel", "PairwiseOcclusionPanel", "PixelInvariancePanel"]

@@ -192,4 +192,6 @@ TAB_METHODS = (OcclusionControls, CAMControls, AveragedTransformsControls, Gradi
 
 def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:
     """One :class:`MethodControls` per tab (all, or ``only`` these classes)."""
-    return [cls(input_size) for cls in (only or TAB_METHODS)]
+    from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
+
+    return [cls(input_size) for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]

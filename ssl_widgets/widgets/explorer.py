@@ -97,6 +97,9 @@ class Explorer(W.VBox):
         self.resample = W.Button(description="resample", icon="refresh", tooltip="draw a new augmentation")
         # -- methods -------------------------------------------------------------------------------
         self.method_controls = build_method_controls(self._model().input_size, self.tabs)
+        for controls in self.method_controls:
+            if hasattr(controls, "bind"):
+                controls.bind(self)
         self.method_tabs = W.Tab(children=[c.box for c in self.method_controls])
         for i, controls in enumerate(self.method_controls):
             self.method_tabs.set_title(i, controls.title)
@@ -273,6 +276,13 @@ class Explorer(W.VBox):
             x1, x2 = self.current_pair(name, settings)
         except Exception as error:
             self._show_error(error)
+            return
+        if name == "synthesis":
+            self.maps = (None, None)
+            self._box = None
+            self.status.value = f"{controls.title}: press run"
+            self._show_similarity(x1, x2)
+            self._draw(x1, x2)
             return
         if name == "correspondence":
             self.maps = (None, None)

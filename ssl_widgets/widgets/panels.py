@@ -6,7 +6,7 @@ from .controls import (AveragedTransformsControls, CAMControls, CorrespondenceCo
 from .explorer import Explorer
 
 __all__ = ["OcclusionPanel", "CAMPanel", "AveragedTransformsPanel", "GradientPanel", "PairwiseOcclusionPanel",
-           "PixelInvariancePanel", "CorrespondencePanel"]
+           "PixelInvariancePanel", "CorrespondencePanel", "FeatureVisualizationPanel", "ModelDifferencePanel"]
 
 
 class OcclusionPanel(Explorer):
@@ -43,6 +43,26 @@ class PixelInvariancePanel(Explorer):
     """Pixel invariance only."""
 
     tabs = (PixelInvarianceControls,)
+
+
+class FeatureVisualizationPanel(Explorer):
+    """Feature visualisation only (layer, score/feature mode, octaves or Fourier image)."""
+
+    @property
+    def tabs(self):
+        from .synthesis_panels import FeatureVisualizationControls
+
+        return (FeatureVisualizationControls,)
+
+
+class ModelDifferencePanel(Explorer):
+    """Model-difference visualisation only (feature inversion from three depths of two models)."""
+
+    @property
+    def tabs(self):
+        from .synthesis_panels import ModelDifferenceControls
+
+        return (ModelDifferenceControls,)
 
 
 class CorrespondencePanel(Explorer):

@@ -1,0 +1,148 @@
+"""Explorer tabs for the image-synthesis methods: feature visualisation and model difference.
+
+Images appear as they form (updated every few iterations); a run goes in a worker thread when
+the explorer is threaded and stops with its Cancel button.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import ipywidgets as W
+import torch
+
+from ..attr import FeatureVisualization, ModelDifference
+from ..attr.engine import Cancelled, progress_listener
+from ..models import load_model
+from .controls import MethodControls
+from .rendering import overlay_png
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .explorer import Explorer
+
+__all__ = ["FeatureVisualizationControls", "ModelDifferenceControls"]
+
+
+class _SynthesisControls(MethodControls):
+    """A tab with its own Run button and image outputs; needs :meth:`bind` to an explorer."""
+
+    explorer: "Explorer | None" = None
+
+    def bind(self, explorer: "Explorer") -> None:
+        self.explorer = explorer
+
+    def request(self):
+        return "synthesis", {}
+
+    def run(self) -> None:
+        """Start (or, unthreaded, perform) the synthesis with the explorer's model and pair."""
+        explorer = self.explorer
+        assert explorer is not None, "bind() the controls to an explorer first"
+        explorer._cancel.set()
+        explorer._cancel = cancel = threading.Event()
+
+        def report(_desc, done, total):
+            if cancel.is_set():
+                raise Cancelled()
+            explorer.progress.max, explorer.progress.value = max(total, 1), done
+
+        def work():
+            explorer.cancel_button.disabled = False
+            explorer.status.value = f"{self.title}: running ..."
+            try:
+                with progress_listener(report):
+                    self._synthesise()
+                explorer.status.value = f"{self.title}: done"
+                explorer.last_error = None
+            except Cancelled:
+                explorer.status.value = "cancelled"
+            except Exception as error:  # shown in the panel
+                explorer._show_error(error)
+            finally:
+                explorer.cancel_button.disabled = True
+
+        if explorer.threaded:
+            explorer._worker = threading.Thread(target=work, daemon=True)
+            explorer._worker.start()
+        else:
+            work()
+
+    def _synthesise(self) -> None:
+        raise NotImplementedError
+
+
+class FeatureVisualizationControls(_SynthesisControls):
+    title = "Feature visualisation"
+    names = ("feature-visualization",)
+
+    def children(self):
+        layers = ["layer1", "layer2", "layer3", "layer4"]
+        self.layer = W.Dropdown(options=layers, value="layer3", description="layer")
+        self.mode = W.ToggleButtons(options=["score", "feature"], value="score", description="mode")
+        self.parametrization = W.ToggleButtons(options=[("octaves (paper)", "pixel"), ("Fourier", "fourier")],
+                                               value="pixel", description="image")
+        self.octaves = W.IntSlider(value=10, min=1, max=12, description="octaves", continuous_update=False)
+        self.iterations = W.IntSlider(value=20, min=5, max=60, step=5, description="iterations",
+                                      continuous_update=False)
+        self.run_button = W.Button(description="run", icon="play")
+        self.run_button.on_click(lambda _: self.run())
+        self.output = W.Image(format="png", layout=W.Layout(width="224px"))
+        self.result: torch.Tensor | None = None
+        return [W.HBox([self.layer, self.mode]), self.parametrization, W.HBox([self.octaves, self.iterations]),
+                W.HBox([self.run_button, W.HTML("image whose partial embedding matches view 2's:")]), self.output]
+
+    def _synthesise(self) -> None:
+        explorer = self.explorer
+        _, x2 = explorer.current_pair()
+
+        def show(_step, image):
+            self.output.value = overlay_png(image[0], display_size=224)
+
+        self.result = FeatureVisualization(explorer._model(), self.layer.value).visualize(
+            x2, mode=self.mode.value, octaves=self.octaves.value, iterations=self.iterations.value,
+            parametrization=self.parametrization.value, generator=torch.Generator().manual_seed(explorer.seed.value),
+            callback=show, callback_every=10)
+        show(0, self.result)
+
+
+class ModelDifferenceControls(_SynthesisControls):
+    title = "Model difference"
+    names = ("model-difference",)
+
+    def children(self):
+        self.other = W.Dropdown(options=["tiny-barlow-twins", "tiny-simclr", "resnet50-supervised"],
+                                value="tiny-barlow-twins", description="compare with")
+        self.iterations = W.IntSlider(value=201, min=20, max=400, step=20, description="iterations",
+                                      continuous_update=False)
+        self.run_button = W.Button(description="run", icon="play")
+        self.run_button.on_click(lambda _: self.run())
+        self.layers = ("stem", "layer1", "layer2")
+        self.outputs = {(layer, k): W.Image(format="png", layout=W.Layout(width="150px"))
+                        for layer in self.layers for k in range(2)}
+        self.labels = [W.HTML("<b>this model</b>"), W.HTML("<b>the other model</b>")]
+        grid = W.GridBox([W.HTML("")] + [W.HTML(f"<b>{layer}</b>") for layer in self.layers] +
+                         [self.labels[0]] + [self.outputs[(layer, 0)] for layer in self.layers] +
+                         [self.labels[1]] + [self.outputs[(layer, 1)] for layer in self.layers],
+                         layout=W.Layout(grid_template_columns="120px 155px 155px 155px"))
+        self.result: dict | None = None
+        return [W.HBox([self.other, self.iterations, self.run_button]),
+                W.HTML("feature inversion of view 1 from three depths of each model:"), grid]
+
+    def _synthesise(self) -> None:
+        explorer = self.explorer
+        model = explorer._model()
+        other = self.other.value
+        other_model = explorer._models.get(other) or load_model(other)
+        explorer._models.setdefault(other, other_model)
+        x1, _ = explorer.current_pair()
+        self.labels[0].value, self.labels[1].value = f"<b>{model.name}</b>", f"<b>{other}</b>"
+
+        def show(layer, index, _step, image):
+            self.outputs[(layer, index)].value = overlay_png(image[0], display_size=150)
+
+        self.result = ModelDifference(model, other_model).invert(
+            x1, layers=self.layers, iterations=self.iterations.value,
+            generator=torch.Generator().manual_seed(explorer.seed.value), callback=show, callback_every=25)
+        for layer, pair in self.result.items():
+            for index, image in enumerate(pair):
+                show(layer, index, 0, image)
