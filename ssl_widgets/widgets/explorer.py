@@ -108,6 +108,8 @@ class Explorer(W.VBox):
         self.colormap = W.Dropdown(options=COLORMAPS, value="jet", description="colour map")
         self.view1 = W.Image(format="png", layout=W.Layout(width=f"{display_size}px"))
         self.view2 = W.Image(format="png", layout=W.Layout(width=f"{display_size}px"))
+        self.view1.add_class("ssl-view")
+        self.view2.add_class("ssl-view")
         self.similarity_label = W.HTML()
         self.status = W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="220px"))

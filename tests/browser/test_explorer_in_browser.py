@@ -69,7 +69,7 @@ def page(voila_url):
         page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
                    else route.continue_())
         page.goto(voila_url, timeout=120_000)
-        page.wait_for_selector("img.widget-image", timeout=180_000)
+        page.wait_for_selector("img.ssl-view", timeout=180_000)
         yield page
         browser.close()
 
@@ -81,7 +81,7 @@ def screenshots() -> Path:
 
 
 def image_sources(page) -> list[str]:
-    return page.eval_on_selector_all("img.widget-image", "els => els.map(e => e.src)")
+    return page.eval_on_selector_all("img.ssl-view", "els => els.map(e => e.src)")
 
 
 def similarity_text(page) -> str:
@@ -143,7 +143,7 @@ def test_click_on_image_1_shows_the_correspondence(page):
     page.locator(".lm-TabBar-tab", has_text="Correspondence").first.click()
     wait_for(lambda: any("click a point" in t for t in status_text(page)), what="the correspondence tab", page=page)
     before = image_sources(page)
-    page.locator("img.widget-image").first.click(position={"x": 90, "y": 70})
+    page.locator("img.ssl-view").first.click(position={"x": 90, "y": 70})
     wait_for(lambda: any("correspondence of the point" in t for t in status_text(page)), what="the click")
     after = image_sources(page)
     assert after[1] != before[1] and after[0] != before[0]  # heat map on image 2, patch box on image 1
