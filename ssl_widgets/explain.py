@@ -1,6 +1,7 @@
 """One call from a method name to image-size maps: shared by the CLI and the widgets."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         method = cls(model, layer)
     else:
         method = cls(model)
-    if "generator" in cls.attribute.__code__.co_varnames:
+    if "generator" in inspect.signature(cls.attribute).parameters:
         settings.setdefault("generator", generator)
     if cls is PixelInvariance:
         heat = method.attribute(x1, **settings)

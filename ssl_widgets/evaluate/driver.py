@@ -60,7 +60,7 @@ def _pair_tensors(path: Path, index: int, seed: int, size: int, transform: str):
 
 
 def _metrics_for(model, name: str, x1, x2, result, step: int, sensitivity_samples: int, seed: int) -> tuple[dict, dict]:
-    cls, _ = get_method(name)
+    cls, settings = get_method(name)
     m1, m2 = result[0], result[1]
     metrics: dict[str, float | None] = {}
     curves: dict[str, list[float]] = {}
@@ -86,7 +86,6 @@ def _metrics_for(model, name: str, x1, x2, result, step: int, sensitivity_sample
     if cls in NO_SENSITIVITY:
         metrics["MS"] = None
     else:
-        _, settings = get_method(name)
         method = cls(model)  # default layer for the CAMs
         ms = max_sensitivity(method, (x1, x2), n_samples=sensitivity_samples,
                              generator=torch.Generator().manual_seed(seed), **settings)

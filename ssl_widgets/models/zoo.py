@@ -169,7 +169,7 @@ def _tiny_builder(name: str) -> Callable[[Any], SSLModel]:
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != TINY_FORMAT:
             raise CheckpointError(
                 f"not a {name!r} weight file: expected format {TINY_FORMAT!r} with 'arch', 'trunk' and 'head' "
-                f"(a training checkpoint of `python -m ssl_widgets.train` is accepted too)"
+                f"(the file that `python -m ssl_widgets.train --out FILE` writes)"
             )
         model = build_tiny_model(checkpoint["arch"], name=name)
         _load_strict(model.trunk, checkpoint["trunk"], name, "trunk")
@@ -327,8 +327,6 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
     else:
         path = _cached_download(spec)
     checkpoint = _read_checkpoint(path)
-    if spec.name.startswith("tiny-") and isinstance(checkpoint, dict) and "model_state" in checkpoint:
-        checkpoint = checkpoint["model_state"]  # a resumable training checkpoint of ssl_widgets.train
     model = spec.build(checkpoint).float().eval()
     if device is not None:
         model = model.to(device)

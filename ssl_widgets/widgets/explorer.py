@@ -9,7 +9,7 @@ import ipywidgets as W
 import torch
 
 from ..analysis import dense_correspondence
-from ..attr.engine import Cancelled, progress_listener
+from ..attr.engine import Cancelled, eval_similarity, progress_listener
 from ..data import SAMPLE_IMAGES, make_view
 from ..data.views import custom_view
 from ..explain import explain_pair
@@ -347,9 +347,9 @@ class Explorer(W.VBox):
 
     # -- drawing ----------------------------------------------------------------------------------
     def _show_similarity(self, x1, x2) -> None:
-        model = self._model()
-        with torch.no_grad():
-            self.similarity = float(model.eval().similarity(x1.to(model.device), x2.to(model.device))[0])
+        model = self._model()  # eval_similarity leaves the model's train/eval mode as it was
+        x1_n, x2_n = model.normalize(x1.to(model.device)), model.normalize(x2.to(model.device))
+        self.similarity = float(eval_similarity(model, x1_n, x2_n)[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
 
     def _show_result(self, result, x1, x2, note: str = "") -> None:
