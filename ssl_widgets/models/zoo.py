@@ -123,7 +123,11 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
     """Build an untrained shipped-model architecture from its description.
 
     Args:
-        arch: ``{"width": 32, "head_dims": [512, 128], "input_size": 112, "normalized": True}``.
+        arch: ``{"width": 32, "head_dims": [512, 128], "input_size": 112, "normalized": True}``, optionally
+            with ``"last_bn": True`` (the projector ends in ``BatchNorm1d(affine=False)``, as Barlow Twins
+            standardises and SimSiam's projector does) and ``"predictor_dims": [hidden, out]`` (a SimSiam
+            predictor after the projector: ``head = Sequential(projector, predictor)`` and
+            ``cam_head = predictor``, like the ``simsiam-r50`` loader).
         name: the model's name.
 
     Returns:
@@ -133,12 +137,20 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         >>> m = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32})
         >>> m(torch.rand(1, 3, 32, 32)).shape
         torch.Size([1, 32])
+        >>> s = build_tiny_model({"width": 8, "head_dims": [64, 32], "last_bn": True,
+        ...                       "predictor_dims": [16, 32], "input_size": 32})
+        >>> s.eval()(torch.rand(2, 3, 32, 32)).shape, s.cam_head is s.head[1]
+        (torch.Size([2, 32]), True)
     """
     trunk = tiny_resnet18_trunk(int(arch.get("width", 32)))
     dims = [trunk.out_channels] + [int(d) for d in arch.get("head_dims", [512, 128])]
-    head = mlp_head(dims)
+    head: nn.Module = mlp_head(dims, last_bn=bool(arch.get("last_bn", False)), last_bn_affine=False)
+    predictor = None
+    if arch.get("predictor_dims"):
+        predictor = mlp_head([dims[-1]] + [int(d) for d in arch["predictor_dims"]], last_bias=True)
+        head = nn.Sequential(head, predictor)
     normalized = bool(arch.get("normalized", True))
-    return SSLModel(
+    model = SSLModel(
         trunk,
         head,
         mean=IMAGENET_MEAN if normalized else None,
@@ -146,6 +158,8 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         name=name,
         input_size=int(arch.get("input_size", 112)),
     )
+    model.cam_head = predictor  # SimSiam: the paper's CAM path is predictor(GAP(A)); None for the others
+    return model
 
 
 def save_tiny_checkpoint(model: SSLModel, arch: dict[str, Any], path: str | os.PathLike, meta: dict | None = None,
@@ -153,7 +167,7 @@ def save_tiny_checkpoint(model: SSLModel, arch: dict[str, Any], path: str | os.P
     """Write a shipped-format weight file (``trunk``/``head`` state dicts, fp16 by default)."""
     def pack(module: nn.Module) -> dict[str, torch.Tensor]:
         return {
-            k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+            k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous().clone()
             for k, v in module.state_dict().items()
         }
 
@@ -195,6 +209,9 @@ _REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny-barlow-twins", "ResNet-18 (half width) trained here with Barlow Twins, 112 px",
                   "Apache-2.0 (trained by ssl_widgets)", "shipped with the package",
                   _tiny_builder("tiny-barlow-twins"), file_name="tiny-barlow-twins.pt"),
+        ModelSpec("tiny-simsiam", "ResNet-18 (half width) trained here with SimSiam; similarity on the predictor "
+                  "output, 112 px", "Apache-2.0 (trained by ssl_widgets)", "shipped with the package",
+                  _tiny_builder("tiny-simsiam"), file_name="tiny-simsiam.pt"),
         ModelSpec("simclr-v2-r50-1x", "SimCLR v2 ResNet-50 1x (sk0), 3-layer head, 128-d output",
                   "Apache-2.0 (google-research/simclr)", "google-research/simclr, converted to PyTorch",
                   _simclr_v2_builder(1), file_name="r50_1x_sk0_ema.pth"),

@@ -1,4 +1,4 @@
-"""``python -m ssl_widgets.train --method simclr|barlow-twins --data DIR --out FILE``."""
+"""``python -m ssl_widgets.train --method simclr|barlow-twins|simsiam|dino --data DIR --out FILE``."""
 from __future__ import annotations
 
 import argparse
@@ -10,30 +10,73 @@ import torch
 from .loop import METHODS, TrainConfig, train
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")] if text else []
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")] if text else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ssl_widgets.train",
-        description="Train a small self-supervised ResNet (the shipped default models) on an image folder. "
-        "Every 5th image (sorted by path) is held out for the retrieval quality check.",
+        description="Train a small self-supervised model (the shipped default models) on an image folder: a tiny "
+        "ResNet with SimCLR, Barlow Twins or SimSiam, or a tiny ViT with DINO. Every 5th image (sorted by path) is "
+        "held out; the held-out retrieval top-1 (query seed 1) selects the best checkpoint.",
     )
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--data", required=True, help="image folder (searched recursively)")
-    parser.add_argument("--out", required=True, help="weight file to write; <out>.ckpt is the resumable checkpoint")
+    parser.add_argument("--out", required=True, help="weight file to write; <out>.ckpt is the resumable checkpoint, "
+                        "<out>.json the run summary")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=None, help="LARS learning rate (default: 0.4 / 0.3 x batch/256)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default x batch/256: LARS 0.4 SimCLR, 0.3 Barlow Twins; SGD 0.05 "
+                        "SimSiam; AdamW 5e-4 DINO)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="weight decay (default 1e-4; DINO 0.04, rising to --weight-decay-end)")
+    parser.add_argument("--warmup-epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--width", type=int, default=32, help="channels of the first ResNet stage")
-    parser.add_argument("--min-scale", type=float, default=0.2, help="smallest RandomResizedCrop area fraction")
-    parser.add_argument("--head-dims", default=None,
+    parser.add_argument("--min-scale", type=float, default=None,
+                        help="smallest RandomResizedCrop area fraction (default 0.2; DINO global crops 0.25)")
+    parser.add_argument("--head-dims", default="",
                         help="projector widths after the trunk, comma-separated (default 512,128 / 1024,1024,1024)")
+    parser.add_argument("--last-bn", action=argparse.BooleanOptionalAction, default=None,
+                        help="end the projector in BatchNorm1d(affine=False) (default: on for barlow-twins, simsiam)")
+    parser.add_argument("--predictor-dims", default="", help="SimSiam predictor widths (default D/4,D)")
+    parser.add_argument("--blur-p", default="", help="Gaussian blur probability of view 1,view 2")
+    parser.add_argument("--solarize-p", default="", help="solarisation probability of view 1,view 2")
     parser.add_argument("--lambd", type=float, default=0.0051, help="Barlow Twins off-diagonal weight")
     parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    parser.add_argument("--eval-every", type=int, default=10,
+                        help="held-out retrieval every N epochs; the best is kept (0: keep the final weights)")
+    dino = parser.add_argument_group("DINO (--method dino, a timm ViT)")
+    dino.add_argument("--patch-size", type=int, default=8)
+    dino.add_argument("--embed-dim", type=int, default=192)
+    dino.add_argument("--depth", type=int, default=6)
+    dino.add_argument("--num-heads", type=int, default=3)
+    dino.add_argument("--out-dim", type=int, default=4096, help="prototypes of the DINO head")
+    dino.add_argument("--local-crops", type=int, default=6)
+    dino.add_argument("--local-size", type=int, default=48)
+    dino.add_argument("--local-min-scale", type=float, default=0.05)
+    dino.add_argument("--teacher-temp", type=float, default=0.07)
+    dino.add_argument("--warmup-teacher-temp-epochs", type=int, default=30)
+    dino.add_argument("--momentum-teacher", type=float, default=0.996)
+    dino.add_argument("--weight-decay-end", type=float, default=0.4)
+    dino.add_argument("--clip-grad", type=float, default=3.0)
+    dino.add_argument("--drop-path", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bfloat16 autocast (default: on with CUDA)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last memory format (default: on with CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
-                        help="cap the epochs so that training fits MIN minutes (decided after 2 epochs)")
+                        help="cap the epochs so that training fits MIN minutes (planned after 12 epochs, "
+                        "hard stop at the budget)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.ckpt")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -43,13 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(method=args.method, data=args.data, out=args.out, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, width=args.width,
-                      min_scale=args.min_scale, seed=args.seed, device=args.device,
-                      time_budget_min=args.time_budget, lambd=args.lambd, temperature=args.temperature,
-                      head_dims=[int(d) for d in args.head_dims.split(",")] if args.head_dims else [])
+    cfg = TrainConfig(
+        method=args.method, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, image_size=args.image_size,
+        width=args.width, min_scale=args.min_scale, seed=args.seed, device=args.device,
+        time_budget_min=args.time_budget, lambd=args.lambd, temperature=args.temperature,
+        head_dims=_ints(args.head_dims), last_bn=args.last_bn, predictor_dims=_ints(args.predictor_dims),
+        blur_p=_floats(args.blur_p), solarize_p=_floats(args.solarize_p), eval_every=args.eval_every,
+        amp=args.amp, channels_last=args.channels_last, patch_size=args.patch_size, embed_dim=args.embed_dim,
+        depth=args.depth, num_heads=args.num_heads, out_dim=args.out_dim, local_crops=args.local_crops,
+        local_size=args.local_size, local_min_scale=args.local_min_scale, teacher_temp=args.teacher_temp,
+        warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs, momentum_teacher=args.momentum_teacher,
+        weight_decay_end=args.weight_decay_end, clip_grad=args.clip_grad, drop_path=args.drop_path)
     summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress)
-    print(json.dumps(summary))
+    print(json.dumps({k: v for k, v in summary.items() if k != "loss_history"}))
     return 0
 
 

@@ -1,10 +1,10 @@
-"""The two training objectives of the shipped models."""
+"""The training objectives of the shipped models: SimCLR, Barlow Twins, SimSiam and DINO."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent", "barlow_twins_loss"]
+__all__ = ["nt_xent", "barlow_twins_loss", "simsiam_loss", "dino_loss", "update_center"]
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -41,3 +41,61 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051)
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return on_diag + lambd * off_diag
+
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam's symmetric negative cosine similarity with stop-gradient on the projections.
+
+    ``L = -cos(p1, sg(z2)) / 2 - cos(p2, sg(z1)) / 2``, averaged over the batch; ``p`` are the
+    predictor outputs and ``z`` the projector outputs of the two views. Its minimum is ``-1``.
+
+    Examples:
+        >>> z = torch.randn(4, 8)
+        >>> round(float(simsiam_loss(z, z, z, z)), 4)
+        -1.0
+    """
+    def neg_cos(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+
+    return 0.5 * neg_cos(p1, z2) + 0.5 * neg_cos(p2, z1)
+
+
+def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, n_global: int,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """DINO's cross-entropy between the centred, sharpened teacher and the student over crop pairs.
+
+    Args:
+        student_out: ``(V * B, K)`` head outputs of all ``V`` crops of the student, crop-major
+            (the first ``B`` rows are crop 0 of every image, then crop 1, ...).
+        teacher_out: ``(n_global * B, K)`` head outputs of the teacher on the global crops.
+        center: ``(1, K)`` running mean of the teacher outputs (subtracted before sharpening).
+        n_global: number of global crops (the first crops of ``student_out``).
+        student_temp: temperature of the student softmax.
+        teacher_temp: temperature of the teacher softmax (small: sharpening).
+
+    Returns:
+        The mean over the ``n_global * V - n_global`` pairs of different crops of
+        ``-sum_k softmax((t - c) / teacher_temp)_k * log_softmax(s / student_temp)_k``, averaged over images.
+
+    Examples:
+        >>> s, t = torch.randn(8, 16), torch.randn(4, 16)
+        >>> float(dino_loss(s, t, torch.zeros(1, 16), n_global=2)) > 0
+        True
+    """
+    n_crops = student_out.shape[0] // (teacher_out.shape[0] // n_global)
+    student = F.log_softmax(student_out.float() / student_temp, dim=-1).chunk(n_crops)
+    teacher = F.softmax((teacher_out.float() - center) / teacher_temp, dim=-1).detach().chunk(n_global)
+    total, terms = student_out.new_zeros((), dtype=torch.float32), 0
+    for iq, q in enumerate(teacher):
+        for v, s in enumerate(student):
+            if v == iq:
+                continue
+            total = total + (-q * s).sum(dim=-1).mean()
+            terms += 1
+    return total / terms
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """DINO's centre update: an exponential moving average of the batch mean of the teacher outputs (in place)."""
+    return center.mul_(momentum).add_(teacher_out.float().mean(0, keepdim=True), alpha=1 - momentum)

@@ -22,7 +22,7 @@ from torchvision import transforms as T
 from ..data.folder import list_images, split_holdout
 from ..models import SSLModel, build_tiny_model, load_model
 
-__all__ = ["retrieval_top1", "query_transform", "gallery_transform"]
+__all__ = ["retrieval_top1", "heldout_views", "top1_from_embeddings", "query_transform", "gallery_transform"]
 
 
 def query_transform(size: int) -> T.Compose:
@@ -47,6 +47,30 @@ def _embed(model: SSLModel, images: torch.Tensor, batch_size: int = 64) -> torch
     return F.normalize(torch.cat(out).float(), dim=1)
 
 
+def heldout_views(files: Sequence[Path], size: int, views_per_image: int = 5,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retrieval test's images: gallery centre crops ``(N,3,s,s)`` and queries ``(views*N,3,s,s)``.
+
+    The queries are drawn view by view (all images for view 0, then view 1, ...) with the global
+    RNG seeded by ``seed`` inside :func:`torch.random.fork_rng` (the caller's RNG state is left alone).
+    """
+    pil = [Image.open(f).convert("RGB") for f in files]
+    gallery = torch.stack([gallery_transform(size)(im) for im in pil])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        augment = query_transform(size)
+        queries = torch.cat([torch.stack([augment(im) for im in pil]) for _ in range(views_per_image)])
+    return gallery, queries
+
+
+def top1_from_embeddings(gallery: torch.Tensor, queries: torch.Tensor) -> float:
+    """Fraction of queries (``views x N`` rows, view-major) whose most cosine-similar gallery row is their own."""
+    gallery, queries = F.normalize(gallery.float(), dim=1), F.normalize(queries.float(), dim=1)
+    n = gallery.shape[0]
+    own = torch.arange(queries.shape[0], device=queries.device) % n
+    return float((((queries @ gallery.t()).argmax(1)) == own).float().mean())
+
+
 def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int = 5, seed: int = 0) -> float:
     """Fraction of augmented queries whose nearest centre crop is their own image.
 
@@ -59,20 +83,11 @@ def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int 
     Returns:
         Top-1 accuracy in ``[0, 1]``.
     """
-    size = model.input_size
+    gallery, queries = heldout_views(files, model.input_size, views_per_image, seed)
     was_training = model.training
     model.eval()
     try:
-        pil = [Image.open(f).convert("RGB") for f in files]
-        gallery = _embed(model, torch.stack([gallery_transform(size)(im) for im in pil]))
-        torch.manual_seed(seed)
-        augment = query_transform(size)
-        hits = 0
-        for _ in range(views_per_image):
-            queries = _embed(model, torch.stack([augment(im) for im in pil]))
-            nearest = (queries @ gallery.t()).argmax(1)
-            hits += int((nearest == torch.arange(len(files))).sum())
-        return hits / (views_per_image * len(files))
+        return top1_from_embeddings(_embed(model, gallery), _embed(model, queries))
     finally:
         model.train(was_training)
 
