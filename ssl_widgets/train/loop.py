@@ -290,6 +290,8 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True,
         return train_dino(cfg, resume=resume, show_progress=show_progress, max_epochs_this_run=max_epochs_this_run)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes
     images, train_files, held = load_dataset(cfg)
     runner = _CNNRunner(cfg, images.to(device), device)
     monitor = HeldoutMonitor(held, cfg.image_size, device, cfg.eval_views, cfg.eval_seed) if cfg.eval_every else None
