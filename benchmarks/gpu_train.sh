@@ -30,11 +30,11 @@ if [ "$SMOKE" = "1" ]; then
   ls "$DATA" | head -20 | while read -r f; do cp "$DATA/$f" "$WORK/smoke_images/"; done
   DATA="$WORK/smoke_images"
   DEVICE=cpu BUDGET=0.5 KILL=120 THREADS=1
-  COMMON="--epochs 3 --batch-size 8 --eval-every 2 --amp --channels-last"
-  SMALL_CNN="--image-size 32 --width 4"
+  COMMON="--epochs 3 --eval-every 2 --amp --channels-last"
+  SMALL_CNN="--image-size 32 --width 4 --batch-size 8"
   SMALL_HEAD="--head-dims 32,16"
   SMALL_PRED="--predictor-dims 8,16"
-  SMALL_VIT="--image-size 32 --local-size 16 --local-crops 2 --embed-dim 24 --depth 1 --num-heads 2 --out-dim 64"
+  SMALL_VIT="--batch-size 8 --image-size 32 --local-size 16 --local-crops 2 --embed-dim 24 --depth 1 --num-heads 2 --out-dim 64"
 else
   DEVICE=cuda BUDGET=4.6 KILL=330 THREADS=2
   COMMON="--epochs 2000 --eval-every 10"

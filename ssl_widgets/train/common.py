@@ -158,6 +158,10 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
     if resume and ckpt_path.exists():
         state = load_training_state(ckpt_path)
         runner.load(state)
+        if "rng_cpu" in state:  # stochastic depth and other global-RNG draws continue as in one sitting
+            torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
         start_epoch, total, history = int(state["epoch"]), int(state["total_epochs"]), list(state["history"])
         if monitor is not None and "monitor" in state:
             monitor.load(state["monitor"])
@@ -196,9 +200,10 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
                           f" (best {monitor.best_top1:.4f} at {monitor.best_epoch})")
             write_json(json_path, summary("running"))
         if epoch % cfg.checkpoint_every == 0 or epoch == stop_at():
-            save_training_state(ckpt_path, {**runner.state(), "epoch": epoch, "total_epochs": total,
-                                            "history": history, "config": asdict(cfg),
-                                            "monitor": monitor.state() if monitor else {}})
+            save_training_state(ckpt_path, {
+                **runner.state(), "epoch": epoch, "total_epochs": total, "history": history, "config": asdict(cfg),
+                "monitor": monitor.state() if monitor else {}, "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []})
     bar.close()
     done = epoch >= total
     result = summary("done" if done else "paused")
