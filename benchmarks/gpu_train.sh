@@ -58,17 +58,18 @@ launch bt-base barlow-twins --head-dims 1024,1024,1024 --lambd 0.0051 --batch-si
   --min-scale 0.2 --weight-decay 1e-4 --warmup-epochs 10 $SMALL_CNN $SMALL_HEAD
 launch bt-lam01 barlow-twins --head-dims 1024,1024,1024 --lambd 0.01 --batch-size 128 --lr 0.1 \
   --min-scale 0.08 --weight-decay 1.5e-6 --warmup-epochs 20 $SMALL_CNN $SMALL_HEAD
-launch bt-2layer barlow-twins --head-dims 1024,1024 --lambd 0.02 --batch-size 256 --lr 0.2 \
+launch bt-2layer barlow-twins --head-dims 1024,1024 --lambd 0.02 --batch-size 128 --lr 0.15 \
   --min-scale 0.14 --weight-decay 1.5e-6 --warmup-epochs 20 $SMALL_CNN $SMALL_HEAD
-# SimSiam (SGD momentum 0.9, fixed predictor lr, cosine)
-launch ss-3layer simsiam --head-dims 1024,1024,1024 --predictor-dims 256,1024 --batch-size 256 --lr 0.1 \
+# SimSiam (SGD momentum 0.9, fixed predictor lr, cosine); small batches: more steps in the budget
+launch ss-3layer simsiam --head-dims 1024,1024,1024 --predictor-dims 256,1024 --batch-size 128 --lr 0.06 \
   --min-scale 0.2 --weight-decay 1e-4 --warmup-epochs 10 $SMALL_CNN $SMALL_HEAD $SMALL_PRED
-launch ss-2layer simsiam --head-dims 512,512 --predictor-dims 128,512 --batch-size 128 --lr 0.05 \
+launch ss-2layer simsiam --head-dims 512,512 --predictor-dims 128,512 --batch-size 64 --lr 0.05 \
   --min-scale 0.2 --weight-decay 5e-4 --warmup-epochs 10 $SMALL_CNN $SMALL_HEAD $SMALL_PRED
-# DINO, ViT 192-d, depth 6, 3 heads, patch 8 at 112 px; 2 global + 6 local crops
-launch dino-base dino --batch-size 128 --lr 5e-4 --out-dim 4096 --momentum-teacher 0.996 \
+# DINO, ViT 192-d, depth 6, 3 heads, patch 8 at 112 px; 2 global + 6 local crops; teacher momentum
+# 0.99 (few hundred steps in the budget: 0.996 would leave the teacher far behind)
+launch dino-base dino --batch-size 128 --lr 5e-4 --out-dim 4096 --momentum-teacher 0.99 \
   --warmup-epochs 10 --min-scale 0.25 --local-min-scale 0.05 $SMALL_VIT
-launch dino-fast dino --batch-size 128 --lr 1e-3 --out-dim 8192 --momentum-teacher 0.99 \
+launch dino-bs64 dino --batch-size 64 --lr 5e-4 --out-dim 8192 --momentum-teacher 0.99 \
   --warmup-epochs 10 --min-scale 0.25 --local-min-scale 0.05 --warmup-teacher-temp-epochs 20 $SMALL_VIT
 if [ "${SSL_WIDGETS_SMOKE_CRASH:-0}" = "1" ]; then  # smoke test of the robustness: a run that fails at once
   launch crash simsiam --head-dims 32,16 --predictor-dims 8,16 --min-scale 7 $SMALL_CNN

@@ -104,15 +104,15 @@ def main(argv: list[str]) -> int:
                           "chosen_epoch": best["summary"].get("chosen_epoch")}
         try:
             chosen[method].update(final_test(method, target, data, device))
-        except Exception as error:  # the files are copied already; report and go on
+        except Exception as error:  # noqa: BLE001 - the files are copied already; report and go on
             chosen[method]["final_test_error"] = f"{type(error).__name__}: {error}"
     report = {"chosen": chosen, "runs": runs, "select_seconds": round(time.time() - started, 1)}
     (out / "gpu_train_runs.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\n{'run':<14}{'rc':>5}{'epochs':>8}{'chosen':>8}{'top1 s1':>9}{'seconds':>9}  final loss")
     for r in runs:
         s = r["summary"]
-        print(f"{r['run']:<14}{r['rc']:>5}{str(s.get('epochs_done', '-')):>8}{str(s.get('chosen_epoch', '-')):>8}"
-              f"{str(s.get('heldout_top1_seed1', '-')):>9}{str(s.get('seconds', '-')):>9}  {s.get('final_loss')}")
+        print(f"{r['run']:<14}{r['rc']:>5}{s.get('epochs_done', '-')!s:>8}{s.get('chosen_epoch', '-')!s:>8}"
+              f"{s.get('heldout_top1_seed1', '-')!s:>9}{s.get('seconds', '-')!s:>9}  {s.get('final_loss')}")
     print("\nchosen:")
     for method, c in chosen.items():
         print(f"  {method:<13} {c['run']:<12} {c['file']:<22} {c['bytes'] / 1e6:5.1f} MB  seed-1 top-1 "

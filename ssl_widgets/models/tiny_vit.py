@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TINY_VIT_ARCH", "build_tiny_vit_backbone", "DINOHead", "dino_head_state_dict"]
+__all__ = ["TINY_VIT_ARCH", "DINOHead", "build_tiny_vit_backbone", "dino_head_state_dict"]
 
 TINY_VIT_ARCH: dict[str, Any] = {"type": "vit", "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3,
                                  "input_size": 112, "normalized": True, "pooling": "cls"}
@@ -55,9 +55,9 @@ def build_tiny_vit_backbone(arch: dict[str, Any], *, drop_path_rate: float = 0.0
         raise ValueError(f"input_size {size} is not a multiple of patch_size {patch}")
     if arch.get("pooling", "cls") != "cls":
         raise ValueError(f"unsupported pooling {arch.get('pooling')!r}: the tiny ViT uses the class token ('cls')")
-    kwargs: dict[str, Any] = dict(img_size=size, patch_size=patch, embed_dim=int(arch["embed_dim"]),
-                                  depth=int(arch["depth"]), num_heads=int(arch["num_heads"]), num_classes=0,
-                                  global_pool="token", class_token=True, drop_path_rate=drop_path_rate)
+    kwargs: dict[str, Any] = {"img_size": size, "patch_size": patch, "embed_dim": int(arch["embed_dim"]),
+                                  "depth": int(arch["depth"]), "num_heads": int(arch["num_heads"]), "num_classes": 0,
+                                  "global_pool": "token", "class_token": True, "drop_path_rate": drop_path_rate}
     if dynamic_img_size:
         if "dynamic_img_size" not in inspect.signature(VisionTransformer.__init__).parameters:
             raise ImportError("multi-crop training needs timm>=0.9 (VisionTransformer(dynamic_img_size=True))")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from .converters import (
 )
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
-__all__ = ["ModelSpec", "available_models", "load_model", "model_info", "build_tiny_model", "save_tiny_checkpoint"]
+__all__ = ["ModelSpec", "available_models", "build_tiny_model", "load_model", "model_info", "save_tiny_checkpoint"]
 
 TINY_FORMAT = "ssl_widgets.tiny/1"
 
@@ -138,9 +139,11 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         >>> m(torch.rand(1, 3, 32, 32)).shape
         torch.Size([1, 32])
         >>> s = build_tiny_model({"width": 8, "head_dims": [64, 32], "last_bn": True,
-        ...                       "predictor_dims": [16, 32], "input_size": 32})
-        >>> s.eval()(torch.rand(2, 3, 32, 32)).shape, s.cam_head is s.head[1]
-        (torch.Size([2, 32]), True)
+        ...                       "predictor_dims": [16, 32], "input_size": 32}).eval()
+        >>> s(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
+        >>> s.cam_head is s.head[1]
+        True
     """
     trunk = tiny_resnet18_trunk(int(arch.get("width", 32)))
     dims = [trunk.out_channels] + [int(d) for d in arch.get("head_dims", [512, 128])]

@@ -7,15 +7,23 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from .retrieval import heldout_views, top1_from_embeddings
 
-__all__ = ["UnsafeCheckpointError", "save_training_state", "load_training_state", "cosine", "EpochPlanner",
-           "HeldoutMonitor", "write_json"]
+__all__ = [
+    "EpochPlanner",
+    "HeldoutMonitor",
+    "UnsafeCheckpointError",
+    "cosine",
+    "load_training_state",
+    "save_training_state",
+    "write_json",
+]
 
 
 class UnsafeCheckpointError(RuntimeError):

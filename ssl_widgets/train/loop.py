@@ -8,13 +8,19 @@ from typing import Any
 
 import torch
 
-from ..data.augment import BARLOW_VIEW1, BARLOW_VIEW2, SIMCLR_AUGMENT, AugmentConfig, augment_batch
+from ..data.augment import (
+    BARLOW_VIEW1,
+    BARLOW_VIEW2,
+    SIMCLR_AUGMENT,
+    AugmentConfig,
+    augment_batch,
+)
 from ..data.folder import list_images, load_square, split_holdout
 from ..models.zoo import build_tiny_model, save_tiny_checkpoint
 from .common import HeldoutMonitor, run_epochs
 from .losses import barlow_twins_loss, nt_xent, simsiam_loss
 
-__all__ = ["TrainConfig", "LARS", "train"]
+__all__ = ["LARS", "TrainConfig", "train"]
 
 METHODS = ("simclr", "barlow-twins", "simsiam", "dino")
 
@@ -120,10 +126,10 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4, eta: float = 0.02):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self, closure=None):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

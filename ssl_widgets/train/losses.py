@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent", "barlow_twins_loss", "simsiam_loss", "dino_loss", "update_center"]
+__all__ = ["barlow_twins_loss", "dino_loss", "nt_xent", "simsiam_loss", "update_center"]
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torchvision import transforms as T
 from ..data.folder import list_images, split_holdout
 from ..models import SSLModel, build_tiny_model, load_model
 
-__all__ = ["retrieval_top1", "heldout_views", "top1_from_embeddings", "query_transform", "gallery_transform"]
+__all__ = ["gallery_transform", "heldout_views", "query_transform", "retrieval_top1", "top1_from_embeddings"]
 
 
 def query_transform(size: int) -> T.Compose:
