@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_train.sh                      # from the repository root, images in .devdata/imagenet-sample
 #   SSL_WIDGETS_SMOKE=1 bash benchmarks/gpu_train.sh  # CPU smoke test of every run with tiny settings
+#   SSL_WIDGETS_SMOKE=2 bash benchmarks/gpu_train.sh  # CPU: real model sizes, one short epoch each
 #
 # Several configurations per family train concurrently (background processes sharing the GPU, each
 # with --time-budget and a hard `timeout`); one failing run does not stop the others. Each run keeps
@@ -23,7 +24,15 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 T0=$(date +%s)
 
-if [ "$SMOKE" = "1" ]; then
+if [ "$SMOKE" = "2" ]; then
+  # the real model sizes and crops, one short epoch on 20 images on the CPU (shapes and file sizes)
+  mkdir -p "$WORK/smoke_images"
+  ls "$DATA" | head -20 | while read -r f; do cp "$DATA/$f" "$WORK/smoke_images/"; done
+  DATA="$WORK/smoke_images"
+  DEVICE=cpu BUDGET=2 KILL=280 THREADS=1
+  COMMON="--epochs 1 --eval-every 1 --amp --channels-last"
+  SMALL_CNN="--batch-size 8" SMALL_HEAD="" SMALL_PRED="" SMALL_VIT="--batch-size 8"
+elif [ "$SMOKE" = "1" ]; then
   # tiny everything on the CPU: 20 images, 3 epochs, small models; bf16 autocast and channels-last
   # forced on so that the CUDA code paths (dtype, memory format) run too
   mkdir -p "$WORK/smoke_images"

@@ -136,8 +136,8 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
 
     Examples:
         >>> m = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32})
-        >>> m(torch.rand(1, 3, 32, 32)).shape
-        torch.Size([1, 32])
+        >>> m(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
         >>> s = build_tiny_model({"width": 8, "head_dims": [64, 32], "last_bn": True,
         ...                       "predictor_dims": [16, 32], "input_size": 32}).eval()
         >>> s(torch.rand(2, 3, 32, 32)).shape
