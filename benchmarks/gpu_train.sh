@@ -45,7 +45,7 @@ elif [ "$SMOKE" = "1" ]; then
   SMALL_PRED="--predictor-dims 8,16"
   SMALL_VIT="--batch-size 8 --image-size 32 --local-size 16 --local-crops 2 --embed-dim 24 --depth 1 --num-heads 2 --out-dim 64"
 else
-  DEVICE=cuda BUDGET=4.6 KILL=330 THREADS=2
+  DEVICE=cuda BUDGET=${BUDGET:-4.6} KILL=${KILL:-330} THREADS=2
   COMMON="--epochs 2000 --eval-every 10"
   SMALL_CNN="" SMALL_HEAD="" SMALL_PRED="" SMALL_VIT=""
 fi
@@ -55,6 +55,7 @@ echo "data $DATA ($(ls "$DATA" | wc -l) files), device $DEVICE, budget $BUDGET m
 launch() {  # launch NAME METHOD ARGS... : one background training run, its log, exit code and command
   local name=$1 method=$2
   shift 2
+  if [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $name "* ]]; then return; fi  # RUNS="a b": only those runs
   mkdir -p "$WORK/$name"
   local cmd="$PY -m ssl_widgets.train --method $method --data $DATA --out $WORK/$name/model.pt --device $DEVICE \
 --threads $THREADS --time-budget $BUDGET --no-resume --no-progress $COMMON $*"
@@ -80,6 +81,11 @@ launch dino-base dino --batch-size 128 --lr 5e-4 --out-dim 4096 --momentum-teach
   --warmup-epochs 10 --min-scale 0.25 --local-min-scale 0.05 $SMALL_VIT
 launch dino-bs64 dino --batch-size 64 --lr 5e-4 --out-dim 8192 --momentum-teacher 0.99 \
   --warmup-epochs 10 --min-scale 0.25 --local-min-scale 0.05 --warmup-teacher-temp-epochs 20 $SMALL_VIT
+# second-round variants (longer runs of the families that were still improving)
+launch ss-2layer-lr01 simsiam --head-dims 512,512 --predictor-dims 128,512 --batch-size 64 --lr 0.1 \
+  --min-scale 0.2 --weight-decay 5e-4 --warmup-epochs 10 $SMALL_CNN $SMALL_HEAD $SMALL_PRED
+launch dino-bs256 dino --batch-size 256 --lr 1e-3 --out-dim 4096 --momentum-teacher 0.99 \
+  --warmup-epochs 10 --min-scale 0.25 --local-min-scale 0.05 $SMALL_VIT
 if [ "${SSL_WIDGETS_SMOKE_CRASH:-0}" = "1" ]; then  # smoke test of the robustness: a run that fails at once
   launch crash simsiam --head-dims 32,16 --predictor-dims 8,16 --min-scale 7 $SMALL_CNN
 fi
