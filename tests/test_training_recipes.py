@@ -211,3 +211,15 @@ def test_cli_lists_the_methods_and_trains(image_folder, tmp_path, capsys):
                        "--amp", "--channels-last", "--blur-p", "1,0.1", "--solarize-p", "0,0.2"]) == 0
     assert '"method": "simsiam"' in capsys.readouterr().out
     assert load_model("tiny-simsiam", weights=tmp_path / "s.pt").input_size == 32
+
+
+def test_similarity_gap_separates_positives_from_negatives():
+    from ssl_widgets.train.retrieval import similarity_gap
+
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queries = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # view-major: query 0 -> image 0, query 1 -> image 1
+    r = similarity_gap(gallery, queries)
+    s = 2 ** -0.5
+    assert r["positive"] == pytest.approx((s + 1) / 2, abs=1e-4)
+    assert r["negative"] == pytest.approx((s + 0) / 2, abs=1e-4)
+    assert r["gap"] == pytest.approx(0.5, abs=1e-4)

@@ -22,7 +22,8 @@ from torchvision import transforms as T
 from ..data.folder import list_images, split_holdout
 from ..models import SSLModel, build_tiny_model, load_model
 
-__all__ = ["gallery_transform", "heldout_views", "query_transform", "retrieval_top1", "top1_from_embeddings"]
+__all__ = ["gallery_transform", "heldout_views", "query_transform", "retrieval_report", "retrieval_top1", "similarity_gap",
+           "top1_from_embeddings"]
 
 
 def query_transform(size: int) -> T.Compose:
@@ -71,6 +72,48 @@ def top1_from_embeddings(gallery: torch.Tensor, queries: torch.Tensor) -> float:
     return float((((queries @ gallery.t()).argmax(1)) == own).float().mean())
 
 
+def similarity_gap(gallery: torch.Tensor, queries: torch.Tensor) -> dict[str, float]:
+    """How clearly positives stand out: cosine of each query with its own image vs with the others.
+
+    Args:
+        gallery: ``(N, D)`` embeddings of the centre crops.
+        queries: ``(views x N, D)`` embeddings of the augmented views, view-major.
+
+    Returns:
+        ``positive`` and ``negative`` (mean cosines), ``gap`` (their difference) and ``separation``
+        (the gap in units of the pooled standard deviation, d-prime), so that models whose
+        similarities live on different scales compare fairly.
+
+    Examples:
+        >>> g = torch.eye(3)
+        >>> r = similarity_gap(g, torch.cat([g, g]))
+        >>> r["positive"], r["negative"], r["gap"]
+        (1.0, 0.0, 1.0)
+    """
+    gallery, queries = F.normalize(gallery.float(), dim=1), F.normalize(queries.float(), dim=1)
+    cos = queries @ gallery.t()
+    own = torch.arange(queries.shape[0], device=queries.device) % gallery.shape[0]
+    is_own = torch.zeros_like(cos, dtype=torch.bool)
+    is_own[torch.arange(queries.shape[0]), own] = True
+    positive, negative = cos[is_own], cos[~is_own]
+    pooled = float(((positive.var(unbiased=False) + negative.var(unbiased=False)) / 2).sqrt())
+    gap = float(positive.mean() - negative.mean())
+    return {"positive": round(float(positive.mean()), 4), "negative": round(float(negative.mean()), 4),
+            "gap": round(gap, 4), "separation": round(gap / pooled, 3) if pooled > 0 else float("inf")}
+
+
+def retrieval_report(model: SSLModel, files: Sequence[Path], views_per_image: int = 5, seed: int = 0) -> dict:
+    """Top-1 retrieval (:func:`retrieval_top1`) and the positive/negative gap (:func:`similarity_gap`) at once."""
+    gallery, queries = heldout_views(files, model.input_size, views_per_image, seed)
+    was_training = model.training
+    model.eval()
+    try:
+        g, q = _embed(model, gallery), _embed(model, queries)
+    finally:
+        model.train(was_training)
+    return {"top1": round(top1_from_embeddings(g, q), 4), **similarity_gap(g, q)}
+
+
 def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int = 5, seed: int = 0) -> float:
     """Fraction of augmented queries whose nearest centre crop is their own image.
 
@@ -106,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(name, weights=args.weights)
         torch.manual_seed(0)
         random_model = build_tiny_model(getattr(model, "meta", {}).get("arch", {}) or _arch_of(model), name + "-random")
+        trained = retrieval_report(model, held, args.views)
         results[name] = {
             "heldout_images": len(held),
             "queries": len(held) * args.views,
-            "top1_trained": round(retrieval_top1(model, held, args.views), 4),
+            "top1_trained": trained.pop("top1"),
             "top1_random_weights": round(retrieval_top1(random_model.eval(), held, args.views), 4),
+            "similarity_gap": trained,
         }
         print(json.dumps({name: results[name]}), flush=True)
     return 0
