@@ -74,6 +74,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
         gm.graph.erase_node(node)
         folded += 1
     gm.graph.lint()
+    gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
 
