@@ -25,13 +25,20 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # run from a checkout without installing, too
-import authors_loops  # noqa: E402
+import authors_loops
 
-from ssl_widgets.attr import (AveragedTransforms, ConditionalOcclusion, ContextAgnosticOcclusion,  # noqa: E402
-                              PairInputXGradient, PairSmoothGrad, PairwiseOcclusion, PixelInvariance)
-from ssl_widgets.attr.cam import cam_variants  # noqa: E402
-from ssl_widgets.models import IMAGENET_MEAN, IMAGENET_STD, SSLModel  # noqa: E402
-from ssl_widgets.models.architectures import ResNetTrunk, mlp_head  # noqa: E402
+from ssl_widgets.attr import (
+    AveragedTransforms,
+    ConditionalOcclusion,
+    ContextAgnosticOcclusion,
+    PairInputXGradient,
+    PairSmoothGrad,
+    PairwiseOcclusion,
+    PixelInvariance,
+)
+from ssl_widgets.attr.cam import cam_variants
+from ssl_widgets.models import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from ssl_widgets.models.architectures import ResNetTrunk, mlp_head
 
 
 def randomize_bn(net: nn.Module) -> nn.Module:
@@ -123,7 +130,7 @@ def occlusion_rows(models, x1, x2, device, repeats, per_eval, precision_fast):
                    "max_abs_diff": max_abs_diff([m[0] for m in maps_o], maps_a), "authors_times": times_a,
                    "ours_times": times_o}
             if precision_fast:
-                t_f, times_f, maps_f = timed(lambda: ours(p="fast"), repeats, device)
+                t_f, _, maps_f = timed(lambda ours=ours: ours(p="fast"), repeats, device)
                 row.update(fast_s=t_f, fast_ratio=t_a / t_f, fast_max_abs_diff=max_abs_diff(maps_f, maps_o))
             rows.append(row)
             fast = (f" | fast {row['fast_s']:.2f} s ({row['fast_ratio']:.2f}x, diff {row['fast_max_abs_diff']:.1e})"
@@ -135,7 +142,7 @@ def occlusion_rows(models, x1, x2, device, repeats, per_eval, precision_fast):
 
 def method_cases(model: SSLModel, x1, x2, quick: bool):
     xt = (x1 * 0.6 + 0.2).clamp(0, 1)  # a photometric transform
-    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731  (CPU generators work for every device)
+    gen = lambda: torch.Generator().manual_seed(1)
     return {
         "conditional-occlusion w64/s8": lambda: ConditionalOcclusion(model).attribute((x1, x2), 64, 8),
         "context-agnostic-occlusion w64/s8": lambda: ContextAgnosticOcclusion(model).attribute((x1, x2), 64, 8),

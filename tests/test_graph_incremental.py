@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import arange_image, randomize_bn
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -14,8 +15,6 @@ from ssl_widgets.attr._fold import fold_batchnorm, private_trunk
 from ssl_widgets.attr.incremental import IncrementalTrunk, WindowEvaluator
 from ssl_widgets.models import SSLModel
 from ssl_widgets.models.architectures import ResNetTrunk
-
-from helpers import arange_image, randomize_bn
 
 
 def perturbed_batch(base, n=6, seed=0):

@@ -2,14 +2,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import arange_image, mean_color_model, small_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, PairwiseOcclusion, upsample
+from ssl_widgets.attr import (
+    ConditionalOcclusion,
+    ContextAgnosticOcclusion,
+    PairwiseOcclusion,
+    upsample,
+)
 from ssl_widgets.attr.incremental import IncrementalTrunk
 from ssl_widgets.data.augment import random_erasing_boxes
 from ssl_widgets.models import SSLModel
-
-from helpers import arange_image, mean_color_model, small_resnet
 
 
 def cos(a, b):
@@ -229,7 +233,7 @@ def test_pairwise_occlusion_channel_sum_quirk_and_mask_option():
     paper = PairwiseOcclusion(model).attribute((x1, x2), **{**kwargs, "generator": torch.Generator().manual_seed(0)})
     masked = PairwiseOcclusion(model).attribute((x1, x2), erased_pixels="mask",
                                                 **{**kwargs, "generator": torch.Generator().manual_seed(0)})
-    band = lambda m: float(m[0][0, :, :8].mean())  # noqa: E731
+    band = lambda m: float(m[0][0, :, :8].mean())
     if float(paper[0].sum()) > 0:
         assert band(paper) >= band(masked)
         assert float(paper[0][0, :, :8].min()) > 0  # every band pixel got credit with each map-1 sample

@@ -17,10 +17,10 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["private_trunk", "fold_batchnorm"]
+__all__ = ["fold_batchnorm", "private_trunk"]
 
 _LOCK = threading.Lock()
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _calls(graph: fx.Graph) -> dict[str, int]:
@@ -119,7 +119,7 @@ def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dt
         private = fx.symbolic_trace(private)
         fold_batchnorm(private)
         traced = True
-    except Exception:  # untraceable control flow: a plain copy, full forward passes
+    except Exception:  # noqa: BLE001  untraceable control flow: a plain copy, full forward passes
         traced = False
     private = private.to(device=device, dtype=dtype)
     if channels_last:

@@ -17,8 +17,9 @@ Several base images can share one batch: each copy names its base (``bid``).
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -368,9 +369,9 @@ class GraphIncremental:
             return fallback
         # several spatial inputs: elementwise binary ops and channel concatenation
         d0 = dims[spatial[0]]
-        if any(dims[n] != d0 or env[n].shape != value.shape for n in spatial):
-            if not (node.target is torch.cat and all(dims[n] == d0 for n in spatial)):
-                return fallback
+        if any(dims[n] != d0 or env[n].shape != value.shape for n in spatial) and not (
+                node.target is torch.cat and all(dims[n] == d0 for n in spatial)):
+            return fallback
         if node.target is torch.cat:
             cat_dim = _arg(node, 1, "dim", 0) % value.dim()
             if cat_dim == 0 or cat_dim in d0 or any(env[n].shape[i] != value.shape[i] for n in spatial for i in d0):
@@ -439,7 +440,7 @@ class GraphIncremental:
                                          else env[n])
         return result
 
-    def _run_window(self, node, r: "Region", window: _Window, padded: torch.Tensor, base_out, cache) -> Region:
+    def _run_window(self, node, r: Region, window: _Window, padded: torch.Tensor, base_out, cache) -> Region:
         pads = window.padding
         sizes_in = (padded.shape[2] - 2 * pads[0], padded.shape[3] - 2 * pads[1])
         sizes_out = _out_size(sizes_in, window)
@@ -508,7 +509,7 @@ class _LazyBase:
 
 def _resolve(base):
     if isinstance(base, _LazyBase):
-        raise RuntimeError(f"base activation of {base.node.name} was not cached")
+        raise RuntimeError(f"base activation of {base.node.name} was not cached")  # noqa: TRY004
     return base
 
 

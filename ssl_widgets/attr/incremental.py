@@ -60,7 +60,7 @@ class IncrementalTrunk:
 
     @classmethod
     def from_trunk(cls, trunk: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                   channels_last: bool = True) -> "IncrementalTrunk | None":
+                   channels_last: bool = True) -> IncrementalTrunk | None:
         """The engine on a private BN-folded copy of ``trunk``, or ``None`` if ``torch.fx`` cannot trace it."""
         module, traced = private_trunk(trunk, device, dtype, channels_last)
         if not traced:

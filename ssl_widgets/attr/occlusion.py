@@ -8,8 +8,16 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, preserved_model_state, progress, resolve_fill
 from ._graph_incremental import _gather
+from .engine import (
+    PairAttribution,
+    check_model,
+    chunks,
+    cosine,
+    preserved_model_state,
+    progress,
+    resolve_fill,
+)
 from .incremental import WindowEvaluator
 from .maps import _pair, window_mean_map
 
@@ -112,7 +120,7 @@ class _WindowOcclusion(PerturbationAttribution):
             raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
-        per_eval = default_batch(model.device, perturbations_per_eval)
+        per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])
         n_windows = sum(c.shape[0] for c in corners) * self.copies_per_window
         steps = x1.shape[0] * -(-n_windows // per_eval)
         grids: list[list[torch.Tensor]] = [[], []]
@@ -147,12 +155,15 @@ class _WindowOcclusion(PerturbationAttribution):
         raise NotImplementedError
 
 
-def default_batch(device: torch.device, perturbations_per_eval: int | None) -> int:
-    """``perturbations_per_eval``, or the batch that runs fastest per copy when it is ``None``
-    (16 on CPU, where larger batches leave the caches; 128 on GPU)."""
+def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = 224 * 224) -> int:
+    """``perturbations_per_eval``, or the batch that ran fastest per copy when it is ``None``: on CPU
+    16 copies of 224 x 224 (larger batches leave the caches), scaled by the image area (64 at 112 px);
+    128 on GPU."""
     if perturbations_per_eval is not None:
         return perturbations_per_eval
-    return 128 if torch.device(device).type == "cuda" else 16
+    if torch.device(device).type == "cuda":
+        return 128
+    return int(min(64, max(8, round(16 * 224 * 224 / max(pixels, 1)))))
 
 
 _ATTRIBUTE_DOC = """
@@ -162,7 +173,8 @@ _ATTRIBUTE_DOC = """
             strides: window stride (int) or ``(h, w)``; default 8; must not exceed the window.
             baselines: fill in pixel space; ``None`` = the neutral fill (0 in the model's input space).
             perturbations_per_eval: perturbed copies per forward pass (both images' windows share
-                batches); bounds the memory. ``None``: the fastest batch for the device (16 on CPU, 128 on GPU).
+                batches); bounds the memory. ``None``: the fastest batch measured for the device (on CPU 16 at
+                224 px, scaled by the image area up to 64; 128 on GPU).
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
