@@ -169,6 +169,7 @@ def main() -> int:
     parser.add_argument("--methods", action="store_true", help="also time every method of the package")
     parser.add_argument("--vit", action="store_true", help="also time the methods on a timm ViT-S/16")
     parser.add_argument("--fast", action="store_true", help="also time precision='fast' occlusion")
+    parser.add_argument("--trunks", default="Sequential,ResNetTrunk", help="trunk styles to compare")
     parser.add_argument("--per-eval", type=int, default=None, help="perturbations_per_eval (default: tuned)")
     parser.add_argument("--out", default=None, help="write results.json and results.md into this directory")
     args = parser.parse_args()
@@ -177,14 +178,14 @@ def main() -> int:
     if args.quick:
         args.repeats = args.occlusion_repeats = 1
     models = resnet50_models(device)
-    if args.quick:
-        models = {"Sequential": models["Sequential"]}
+    styles = ["Sequential"] if args.quick else args.trunks.split(",")
+    models = {style: models[style] for style in styles}
     g = torch.Generator().manual_seed(0)
     x1 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     x2 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     header = (f"device={device} ({torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor()})"
               f" threads={args.threads} size={args.size} torch={torch.__version__} model=ResNet-50 (random weights)")
-    print(header)
+    print(header, flush=True)
     results = {"header": header, "args": vars(args), "occlusion": [], "methods": []}
     lines = [header, ""]
     if not args.no_compare:
@@ -199,7 +200,8 @@ def main() -> int:
         lines += [f"| {r['method']} (precision='fast') | {r['trunk']} | {r['authors_s']:.2f} | {r['fast_s']:.2f} | "
                   f"{r['fast_ratio']:.2f}x | {r['fast_max_abs_diff']:.1e} vs exact |" for r in rows if "fast_s" in r]
     if args.methods or args.vit:
-        targets = ([("ResNet-50", models["Sequential"])] if args.methods else []) + (
+        resnet = models.get("Sequential", next(iter(models.values())))
+        targets = ([("ResNet-50", resnet)] if args.methods else []) + (
             [("ViT-S/16", vit_model(device, args.size))] if args.vit else [])
         print("\n| model | method | seconds (median) |\n|---|---|---|")
         lines += ["", "| model | method | seconds (median) |", "|---|---|---|"]

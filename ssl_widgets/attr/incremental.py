@@ -18,7 +18,8 @@ from torch import fx, nn
 
 from ..models.wrapper import SSLModel
 from ._fold import private_trunk
-from ._graph_incremental import GraphIncremental, Region, _gather
+from ._graph_incremental import GraphIncremental
+from ._regions import Region, gather
 
 __all__ = ["IncrementalTrunk", "WindowEvaluator", "fast_dtype"]
 
@@ -98,7 +99,7 @@ class IncrementalTrunk:
         w = int((boxes[:, 3] - boxes[:, 1]).max())
         y0 = boxes[:, 0].clamp(max=images.shape[2] - h)
         x0 = boxes[:, 1].clamp(max=images.shape[3] - w)
-        local = _gather(images, torch.arange(images.shape[0]), y0, x0, h, w, (2, 3))
+        local = gather(images, torch.arange(images.shape[0]), y0, x0, h, w, (2, 3))
         return self.run(cache, local, y0, x0)
 
 

@@ -8,7 +8,7 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from ._graph_incremental import _gather
+from ._regions import gather
 from .engine import (
     PairAttribution,
     check_model,
@@ -57,7 +57,7 @@ class _WindowOcclusion(PerturbationAttribution):
         """The window-sized crops of ``src`` ``(1 or n, C, H, W)`` at the corners (one per window)."""
         if src.stride(2) == 0 and src.stride(3) == 0:  # a uniform colour, expanded
             return src[:, :, :1, :1].expand(y0.shape[0], -1, *window)
-        return _gather(src, torch.zeros_like(y0), y0, x0, window[0], window[1], (2, 3))
+        return gather(src, torch.zeros_like(y0), y0, x0, window[0], window[1], (2, 3))
 
     def _evaluate(self, evaluator, images, bases_of, items_of, window, per_eval, bar):
         """Embeddings of every view's perturbed copies and of the two images.
