@@ -108,7 +108,8 @@ def max_abs_diff(a, b) -> float:
                for x, y in zip(a, b))
 
 
-def occlusion_rows(models, x1, x2, device, repeats, per_eval, precision_fast):
+def occlusion_rows(models, x1, x2, device, repeats, per_eval, precision_fast, variants=("conditional",
+                                                                                     "context-agnostic")):
     rows = []
     for style, model in models.items():
         cases = [
@@ -124,6 +125,8 @@ def occlusion_rows(models, x1, x2, device, repeats, per_eval, precision_fast):
                                                                               precision=p)),
         ]
         for name, authors, ours in cases:
+            if not any(name.startswith(v + "-occlusion") for v in variants):
+                continue
             t_a, times_a, maps_a = timed(authors, repeats, device)
             t_o, times_o, maps_o = timed(ours, repeats, device)
             row = {"method": name, "trunk": style, "authors_s": t_a, "ours_s": t_o, "ratio": t_a / t_o,
@@ -169,6 +172,7 @@ def main() -> int:
     parser.add_argument("--methods", action="store_true", help="also time every method of the package")
     parser.add_argument("--vit", action="store_true", help="also time the methods on a timm ViT-S/16")
     parser.add_argument("--fast", action="store_true", help="also time precision='fast' occlusion")
+    parser.add_argument("--cases", default="conditional,context-agnostic", help="occlusion variants to compare")
     parser.add_argument("--trunks", default="Sequential,ResNetTrunk", help="trunk styles to compare")
     parser.add_argument("--per-eval", type=int, default=None, help="perturbations_per_eval (default: tuned)")
     parser.add_argument("--out", default=None, help="write results.json and results.md into this directory")
@@ -191,7 +195,8 @@ def main() -> int:
     if not args.no_compare:
         print("| method | trunk | authors' loop (s) | ssl_widgets (s) | ratio | max abs map difference |")
         print("|---|---|---|---|---|---|")
-        rows = occlusion_rows(models, x1, x2, device, args.occlusion_repeats, args.per_eval, args.fast)
+        rows = occlusion_rows(models, x1, x2, device, args.occlusion_repeats, args.per_eval, args.fast,
+                              args.cases.split(","))
         results["occlusion"] = rows
         lines += ["| method | trunk | authors' loop (s) | ssl_widgets (s) | ratio | max abs map difference |",
                   "|---|---|---|---|---|---|"]
