@@ -1,101 +1,45 @@
-"""Exact incremental inference for occlusion: recompute only what a window changes.
+"""Fast, exact evaluation of a model on copies of a few images that differ only inside boxes.
 
-When an image differs from a base image only inside a box, each layer's output differs from the
-base activation only inside the box's image through that layer (its receptive field, divided by
-the stride). Eval-mode BatchNorm and ReLU are per-pixel, so the perturbed activation equals the
-base activation outside that region, and the region itself can be recomputed exactly from a crop
-of the layer's input ("overlap-tile" evaluation, cf. Nakandala et al., SIGMOD 2019).
+Occlusion evaluates thousands of copies of an image that differ from it only inside a window.
+:class:`WindowEvaluator` does that on a private inference copy of the trunk (traced with
+``torch.fx``, BatchNorm folded into the convolutions, channels-last; the user's model is never
+modified) and, where the trunk's graph allows, incrementally: each node recomputes only the region
+the window changes (:class:`~ssl_widgets.attr._graph_incremental.GraphIncremental`; overlap-tile
+evaluation, cf. Nakandala et al., SIGMOD 2019). Nodes the engine does not know are recomputed in
+full from there on, so results always equal a full forward pass up to float rounding.
 
-This module does that per ResNet block for trunks with torchvision's layout (``conv1``, ``bn1``,
-``relu``, ``maxpool``, ``layer1..4`` of ``BasicBlock`` / ``Bottleneck``): for a batch of
-perturbed images it gathers each image's crop (with the halo the block needs), runs the block on
-the crops only, and pastes the result into the cached base activation. Results equal a full
-forward pass up to floating-point rounding. Other trunks fall back to full recomputation.
+``precision="fast"`` runs the copy in bfloat16 on CPU or float16 on CUDA (not exact; see the README
+for the measured difference).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
-from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torch import fx, nn
 
-__all__ = ["IncrementalTrunk", "Footprint"]
+from ..models.wrapper import SSLModel
+from ._fold import private_trunk
+from ._graph_incremental import GraphIncremental
+from ._regions import Region, gather
 
-
-@dataclass(frozen=True)
-class Footprint:
-    """Effective kernel, stride and padding of a stack of layers along one axis."""
-
-    kernel: int
-    stride: int
-    padding: int
-
-    def then(self, other: "Footprint") -> "Footprint":
-        """The footprint of ``self`` followed by ``other``."""
-        return Footprint(self.kernel + (other.kernel - 1) * self.stride, self.stride * other.stride,
-                         self.padding + other.padding * self.stride)
+__all__ = ["IncrementalTrunk", "WindowEvaluator", "fast_dtype"]
 
 
-def _footprint(layer: nn.Module) -> Footprint | None:
-    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-        def single(v):
-            return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
-        k, s, p = single(layer.kernel_size), single(layer.stride), single(layer.padding)
-        d = single(layer.dilation)
-        if None in (k, s, p) or d != 1 or isinstance(p, str):
-            return None
-        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
-            return None
-        if isinstance(layer, nn.MaxPool2d) and layer.ceil_mode:
-            return None
-        return Footprint(k, s, p)
-    if isinstance(layer, nn.Identity):
-        return Footprint(1, 1, 0)
-    return None
-
-
-def _compose(layers: list[nn.Module]) -> Footprint | None:
-    total = Footprint(1, 1, 0)
-    for layer in layers:
-        fp = _footprint(layer)
-        if fp is None:
-            return None
-        total = total.then(fp)
-    return total
-
-
-@dataclass
-class _Unit:
-    run: Callable[[torch.Tensor], torch.Tensor]
-    footprint: Footprint
-
-
-def _gather(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Per-item crops ``x[b, :, y0[b]:y0[b]+h, x0[b]:x0[b]+w]`` as one ``(B,C,h,w)`` tensor."""
-    arange = torch.arange(max(h, w), device=x.device)
-    rows = (y0[:, None] + arange[:h])[:, :, None]
-    cols = (x0[:, None] + arange[:w])[:, None, :]
-    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
-    return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def _scatter(dst: torch.Tensor, src: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor) -> None:
-    """Write ``src[b]`` into ``dst[b, :, y0[b]:, x0[b]:]`` (in place)."""
-    h, w = src.shape[2], src.shape[3]
-    arange = torch.arange(max(h, w), device=dst.device)
-    rows = (y0[:, None] + arange[:h])[:, :, None]
-    cols = (x0[:, None] + arange[:w])[:, None, :]
-    batch = torch.arange(dst.shape[0], device=dst.device)[:, None, None]
-    dst.permute(0, 2, 3, 1)[batch, rows, cols] = src.permute(0, 2, 3, 1)
+def fast_dtype(device: torch.device | str) -> torch.dtype:
+    """The reduced precision of ``precision="fast"``: float16 on CUDA, bfloat16 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
 
 
 class IncrementalTrunk:
-    """Incremental evaluation of a ResNet-style trunk for images that differ from a base image in a box.
+    """Incremental evaluation of any ``torch.fx``-traceable trunk for images that differ from a base in a box.
 
-    Build with :meth:`from_trunk` (``None`` when the trunk's layout is not supported), call
-    :meth:`prepare` once per base image, then :meth:`__call__` for batches of perturbed images.
+    Build with :meth:`from_trunk` (``None`` when the trunk cannot be traced), call :meth:`prepare`
+    once per base image (or a batch of bases), then :meth:`__call__` (full perturbed images and their
+    boxes) or :meth:`run` (only each box's content).
+
+    Attributes:
+        module: the private traced copy that is evaluated.
+        fallback_nodes: after :meth:`prepare`, the graph nodes recomputed in full (unsupported ops
+            and everything after them that cannot return to a local region).
 
     Examples:
         >>> from ssl_widgets.models.architectures import tiny_resnet18_trunk
@@ -107,102 +51,123 @@ class IncrementalTrunk:
         >>> boxes = torch.tensor([[8, 8, 24, 24], [8, 8, 24, 24]])
         >>> torch.allclose(inc(x, boxes, cache), trunk(x), atol=1e-5)
         True
+        >>> inc.fallback_nodes
+        []
     """
 
-    def __init__(self, units: list[_Unit]) -> None:
-        self.units = units
+    def __init__(self, module: fx.GraphModule) -> None:
+        self.module = module
+        self.engine = GraphIncremental(module)
 
     @classmethod
-    def from_trunk(cls, trunk: nn.Module) -> "IncrementalTrunk | None":
-        """Units (stem, then each residual block) of a torchvision-layout ResNet trunk, or ``None``."""
-        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        if not all(hasattr(trunk, n) for n in names):
+    def from_trunk(cls, trunk: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                   channels_last: bool = True) -> IncrementalTrunk | None:
+        """The engine on a private BN-folded copy of ``trunk``, or ``None`` if ``torch.fx`` cannot trace it."""
+        module, traced = private_trunk(trunk, device, dtype, channels_last)
+        if not traced:
             return None
-        stem_fp = _compose([trunk.conv1, trunk.maxpool])
-        if stem_fp is None or not isinstance(trunk.bn1, nn.BatchNorm2d):
+        try:
+            return cls(module)
+        except ValueError:
             return None
-        units = [_Unit(lambda x, t=trunk: t.maxpool(t.relu(t.bn1(t.conv1(x)))), stem_fp)]
-        for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
-            for block in stage:
-                if type(block) is Bottleneck:
-                    fp = _compose([block.conv1, block.conv2, block.conv3])
-                elif type(block) is BasicBlock:
-                    fp = _compose([block.conv1, block.conv2])
-                else:
-                    return None
-                if fp is None:
-                    return None
-                units.append(_Unit(block, fp))
-        # the forward must be exactly these units in order (a subclass may add layers)
-        forward = type(trunk).forward
-        if getattr(forward, "__qualname__", "").split(".")[0] not in ("ResNetTrunk",):
-            return None
-        return cls(units)
 
-    def supports(self, height: int, width: int) -> bool:
-        """Whether every unit's input size is divisible by its stride (needed for aligned crops)."""
-        h, w = height, width
-        for unit in self.units:
-            fp = unit.footprint
-            if h % fp.stride or w % fp.stride:
-                return False
-            h, w = h // fp.stride, w // fp.stride
-        return True
+    @property
+    def fallback_nodes(self) -> list[str]:
+        return [n.name for n, kind in self.engine.plan.items() if kind == "fallback"]
 
-    @torch.no_grad()
-    def prepare(self, base: torch.Tensor) -> list[torch.Tensor]:
-        """Cache the base image's activation at every unit boundary (input first)."""
-        acts = [base]
-        for unit in self.units:
-            acts.append(unit.run(acts[-1]))
-        return acts
+    def prepare(self, base: torch.Tensor) -> dict:
+        """Cache the base images' ``(n,C,H,W)`` activations (run the full graph once)."""
+        return self.engine.prepare(base.to(_dtype(self.module)))
 
-    @staticmethod
-    def _axis(lo: torch.Tensor, hi: torch.Tensor, size_in: int, size_out: int, fp: Footprint):
-        """Output region and input crop along one axis for dirty input interval ``[lo, hi)``."""
-        k, s, p = fp.kernel, fp.stride, fp.padding
-        o0 = torch.div(lo + p - k + 1 + s - 1, s, rounding_mode="floor").clamp(min=0)
-        o1 = (torch.div(hi - 1 + p, s, rounding_mode="floor") + 1).clamp(max=size_out)
-        out_len = int((o1 - o0).max())
-        o0 = o0.clamp(max=size_out - out_len)
-        need0 = (o0 * s - p).clamp(min=0)
-        need1 = ((o0 + out_len - 1) * s - p + k).clamp(max=size_in)
-        c0 = torch.div(need0, s, rounding_mode="floor") * s
-        crop_len = int((need1 - c0).max())
-        crop_len = min(size_in, -(-crop_len // s) * s)
-        c0 = c0.clamp(max=size_in - crop_len)
-        return o0, out_len, c0, crop_len
+    def run(self, cache: dict, local: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
+            bid: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk output for copies of base ``bid`` whose box at ``(y0, x0)`` holds ``local``."""
+        if bid is None:
+            bid = torch.zeros(local.shape[0], dtype=torch.long)
+        return self.engine.run(cache, local.to(_dtype(self.module)), y0.cpu(), x0.cpu(), bid.cpu())
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, boxes: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
-        """The trunk output for ``images`` that equal ``cache[0]`` outside ``boxes``.
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor, cache: dict) -> torch.Tensor:
+        """The trunk output for ``images`` that equal the (single) base image outside ``boxes``.
 
         Args:
             images: ``(B,3,H,W)`` perturbed images in the trunk's input space.
-            boxes: ``(B,4)`` long tensor ``(y0, x0, y1, x1)``: where each image may differ from the base.
-            cache: :meth:`prepare`'s output for the base image.
-
-        Returns:
-            The trunk's feature map ``(B,C,h,w)``.
+            boxes: ``(B,4)`` ``(y0, x0, y1, x1)``: where each image may differ from the base.
+            cache: :meth:`prepare`'s output for one base image.
         """
-        x = images
-        y0, x0, y1, x1 = (boxes[:, i].to(images.device) for i in range(4))
-        for unit, base_out in zip(self.units, cache[1:]):
-            fp = unit.footprint
-            (_, _, h_in, w_in), (_, _, h_out, w_out) = x.shape, base_out.shape
-            oy, ly, cy, cly = self._axis(y0, y1, h_in, h_out, fp)
-            ox, lx, cx, clx = self._axis(x0, x1, w_in, w_out, fp)
-            if cly == h_in and clx == w_in:
-                out = unit.run(x)
-                out_local = None
-            else:
-                out_local = unit.run(_gather(x, cy, cx, cly, clx))
-                jy, jx = oy - torch.div(cy, fp.stride, rounding_mode="floor"), ox - torch.div(cx, fp.stride, rounding_mode="floor")
-                region = _gather(out_local, jy, jx, ly, lx)
-                out = base_out.expand(x.shape[0], -1, -1, -1).clone(memory_format=torch.channels_last
-                                                                     if x.is_contiguous(memory_format=torch.channels_last)
-                                                                     else torch.contiguous_format)
-                _scatter(out, region, oy, ox)
-            x = out
-            y0, y1, x0, x1 = oy, oy + ly, ox, ox + lx
-        return x
+        boxes = boxes.cpu().long()
+        h = int((boxes[:, 2] - boxes[:, 0]).max())
+        w = int((boxes[:, 3] - boxes[:, 1]).max())
+        y0 = boxes[:, 0].clamp(max=images.shape[2] - h)
+        x0 = boxes[:, 1].clamp(max=images.shape[3] - w)
+        local = gather(images, torch.arange(images.shape[0]), y0, x0, h, w, (2, 3))
+        return self.run(cache, local, y0, x0)
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+class WindowEvaluator:
+    """Embeddings of box-perturbed copies of a few base images, with an :class:`SSLModel`'s head.
+
+    Args:
+        model: the model (its trunk is copied, never modified).
+        incremental: recompute only what each box changes where the trunk's graph allows it.
+        channels_last: run the private trunk copy in channels-last memory format.
+        precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA).
+
+    Examples:
+        >>> from ssl_widgets.models.zoo import build_tiny_model
+        >>> model = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32}).eval()
+        >>> ev = WindowEvaluator(model)
+        >>> bases = torch.rand(2, 3, 32, 32)
+        >>> state, z = ev.prepare(bases)
+        >>> patch = torch.zeros(1, 3, 8, 8)
+        >>> out = ev.embed(state, patch, torch.tensor([4]), torch.tensor([6]), torch.tensor([1]))
+        >>> x = bases[1:].clone(); x[:, :, 4:12, 6:14] = 0
+        >>> torch.allclose(out, model.forward_normalized(x), atol=1e-5)
+        True
+    """
+
+    def __init__(self, model: SSLModel, incremental: bool = True, channels_last: bool = True,
+                 precision: str = "exact") -> None:
+        if precision not in ("exact", "fast"):
+            raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
+        self.model = model
+        device = model.device
+        self.dtype = torch.float32 if precision == "exact" else fast_dtype(device)
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
+        self.engine = IncrementalTrunk.from_trunk(model.trunk, device, self.dtype, channels_last) if incremental \
+            else None
+        self.trunk = self.engine.module if self.engine is not None else \
+            private_trunk(model.trunk, device, self.dtype, channels_last)[0]
+
+    @property
+    def incremental(self) -> bool:
+        return self.engine is not None
+
+    def _embed(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_features(fmap.float())
+
+    @torch.no_grad()
+    def prepare(self, bases_n: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Run the base images (model input space, ``(n,3,H,W)``) once: ``(state, embeddings (n, D))``."""
+        bases = bases_n.to(self.dtype).contiguous(memory_format=self.format)
+        if self.engine is not None:
+            cache = self.engine.engine.prepare(bases)
+            return {"cache": cache, "bases": bases}, self._embed(cache["output"])
+        return {"bases": bases}, self._embed(self.trunk(bases))
+
+    @torch.no_grad()
+    def embed(self, state: dict, local: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
+              bid: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, D)`` of copies of base ``bid[b]`` whose box at ``(y0[b], x0[b])`` holds ``local[b]``."""
+        local = local.to(self.dtype)
+        y0, x0, bid = y0.cpu(), x0.cpu(), bid.cpu()
+        if self.engine is not None:
+            fmap = self.engine.engine.run(state["cache"], local, y0, x0, bid)
+        else:
+            bases = state["bases"]
+            region = Region(local, y0, x0, bid, bases, (2, 3))
+            fmap = self.trunk(region.full().contiguous(memory_format=self.format))
+        return self._embed(fmap)

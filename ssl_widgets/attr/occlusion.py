@@ -8,8 +8,17 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, preserved_model_state, progress, resolve_fill
-from .incremental import IncrementalTrunk
+from ._regions import gather
+from .engine import (
+    PairAttribution,
+    check_model,
+    chunks,
+    cosine,
+    preserved_model_state,
+    progress,
+    resolve_fill,
+)
+from .incremental import WindowEvaluator
 from .maps import _pair, window_mean_map
 
 __all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "window_grid"]
@@ -43,32 +52,55 @@ class _WindowOcclusion(PerturbationAttribution):
         self.model = model
 
     # -- evaluation helpers -------------------------------------------------------------
-    def _embed_windows(self, image_n: torch.Tensor, corners: torch.Tensor, window: tuple[int, int],
-                       fill_n: torch.Tensor, keep_inside: bool, incremental: IncrementalTrunk | None,
-                       cache: list[torch.Tensor] | None, memory_format: torch.memory_format) -> torch.Tensor:
-        """Embeddings of the window-perturbed copies of one normalised image.
+    @staticmethod
+    def _crops(src: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        """The window-sized crops of ``src`` ``(1 or n, C, H, W)`` at the corners (one per window)."""
+        if src.stride(2) == 0 and src.stride(3) == 0:  # a uniform colour, expanded
+            return src[:, :, :1, :1].expand(y0.shape[0], -1, *window)
+        return gather(src, torch.zeros_like(y0), y0, x0, window[0], window[1], (2, 3))
 
-        ``keep_inside=False``: the window is filled (the image with the patch removed).
-        ``keep_inside=True``: everything but the window is filled (the patch alone).
+    def _evaluate(self, evaluator, images, bases_of, items_of, window, per_eval, bar):
+        """Embeddings of every view's perturbed copies and of the two images.
+
+        ``bases_of(v)``: the base images of view ``v`` (the image first); ``items_of(v)``: its
+        ``(content, y0, x0, j)`` groups of windows: ``content``'s windows pasted onto the ``j``-th base. Both views
+        share batches when the images have the same size.
         """
-        n = corners.shape[0]
-        wh, ww = window
-        if keep_inside:
-            batch = fill_n.expand(n, -1, image_n.shape[2], image_n.shape[3]).clone()
-        else:
-            batch = image_n.expand(n, -1, -1, -1).clone()
-        for i, (y, x) in enumerate(corners.tolist()):
-            if keep_inside:
-                batch[i, :, y:y + wh, x:x + ww] = image_n[0, :, y:y + wh, x:x + ww]
-            else:
-                batch[i, :, y:y + wh, x:x + ww] = fill_n[0, :, y:y + wh, x:x + ww]
-        batch = batch.contiguous(memory_format=memory_format)
-        if incremental is not None and cache is not None:
-            boxes = torch.cat([corners, corners + torch.tensor([wh, ww])], dim=1)
-            fmap = incremental(batch, boxes, cache)
-        else:
-            fmap = self.model.trunk(batch)
-        return self.model.embed_features(fmap)
+        views = [(0, 1)] if images[0].shape == images[1].shape else [(0,), (1,)]
+        embs, z = [None, None], [None, None]
+        for group in views:
+            bases = [b for v in group for b in bases_of(v)]
+            first = [sum(len(bases_of(u)) for u in group[:k]) for k in range(len(group))]
+            state, zb = evaluator.prepare(torch.cat(bases))
+            items, counts = [], []
+            for k, v in enumerate(group):
+                z[v] = zb[first[k]:first[k] + 1]
+                view_items = [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items_of(v)]
+                items.extend(view_items)
+                counts.append(sum(i[1].shape[0] for i in view_items))
+            emb = self._embed_items(evaluator, state, items, window, per_eval, bar)
+            for v, part in zip(group, emb.split(counts)):
+                embs[v] = part
+        return embs, z
+
+    def _embed_items(self, evaluator: WindowEvaluator, state: dict, items: list, window: tuple[int, int],
+                     per_eval: int, bar) -> torch.Tensor:
+        """Embeddings of all perturbed copies, ``per_eval`` at a time (both images' windows share batches).
+
+        ``items``: ``(content, y0, x0, bid)`` per group of windows; ``content`` is the image whose window
+        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone").
+        """
+        y0 = torch.cat([i[1] for i in items])
+        x0 = torch.cat([i[2] for i in items])
+        bid = torch.cat([i[3] for i in items])
+        owner = torch.cat([torch.full_like(i[1], k) for k, i in enumerate(items)])
+        out = []
+        for part in chunks(y0.shape[0], per_eval):
+            local = torch.cat([self._crops(items[k][0], y0[part][owner[part] == k], x0[part][owner[part] == k], window)
+                               for k in range(len(items)) if bool((owner[part] == k).any())])
+            out.append(evaluator.embed(state, local, y0[part], x0[part], bid[part]))
+            bar.update(1)
+        return torch.cat(out)
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
         x1, x2 = check_pair(inputs)
@@ -83,28 +115,28 @@ class _WindowOcclusion(PerturbationAttribution):
         return x1, x2, window, stride, corners, fills
 
     def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-             show_progress, incremental, channels_last) -> PairAttribution:
-        if perturbations_per_eval < 1:
+             show_progress, incremental, channels_last, precision="exact") -> PairAttribution:
+        if perturbations_per_eval is not None and perturbations_per_eval < 1:
             raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental else None
-        n_windows = [c.shape[0] for c in corners]
-        steps = x1.shape[0] * sum(-(-n // perturbations_per_eval) for n in n_windows)
+        per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])
+        n_windows = sum(c.shape[0] for c in corners) * self.copies_per_window
+        steps = x1.shape[0] * -(-n_windows // per_eval)
         grids: list[list[torch.Tensor]] = [[], []]
-        with preserved_model_state(model, requires_grad=False, channels_last=channels_last), torch.no_grad():
-            z1, z2 = model(x1), model(x2)
-            base = cosine(z1, z2)
+        similarities = []
+        with preserved_model_state(model, requires_grad=False), torch.no_grad():
+            evaluator = WindowEvaluator(model, incremental, channels_last, precision)
             with progress(steps, show_progress, self.method_name) as bar:
                 for b in range(x1.shape[0]):
-                    for view, (x, other, fill) in enumerate(((x1, z2, fills[0]), (x2, z1, fills[1]))):
-                        image_n = model.normalize(x[b:b + 1]).contiguous(memory_format=fmt)
-                        fill_n = model.normalize(fill.expand(x[b:b + 1].shape) if fill.shape[0] == 1
-                                                 else fill[b:b + 1]).contiguous(memory_format=fmt)
-                        values = self._grid_values(image_n, fill_n, corners[view], window, other[b:b + 1],
-                                                   base[b], engine, perturbations_per_eval, fmt, bar)
-                        grids[view].append(values)
+                    images = [model.normalize(x[b:b + 1]) for x in (x1, x2)]
+                    fill_n = [model.normalize(fill if fill.shape[0] == 1 else fill[b:b + 1]).expand(
+                        1, -1, *x.shape[2:]) for fill, x in zip(fills, (x1, x2))]
+                    values, sim = self._grid_values(evaluator, images, fill_n, corners, window, per_eval, bar)
+                    grids[0].append(values[0])
+                    grids[1].append(values[1])
+                    similarities.append(sim)
+        base = torch.cat(similarities)
         maps = []
         for view, x in enumerate((x1, x2)):
             h, w = x.shape[2:]
@@ -113,17 +145,25 @@ class _WindowOcclusion(PerturbationAttribution):
             g = torch.stack(grids[view]).view(-1, n_h, n_w)
             maps.append(g if grid else window_mean_map(g, (h, w), window, stride))
         meta = {"method": self.method_name, "sliding_window_shapes": window, "strides": stride, "grid": grid,
-                "baselines": "neutral" if baselines is None else baselines, "incremental": engine is not None}
+                "baselines": "neutral" if baselines is None else baselines, "incremental": evaluator.incremental,
+                "precision": precision}
         return PairAttribution(maps, base, meta)
 
-    def _grid_values(self, image_n, fill_n, corners, window, other, base, engine, per_eval, fmt, bar):
+    copies_per_window = 1
+
+    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
         raise NotImplementedError
 
 
-def _engine_cache(engine: IncrementalTrunk | None, base_image: torch.Tensor) -> list[torch.Tensor] | None:
-    if engine is None or not engine.supports(*base_image.shape[2:]):
-        return None
-    return engine.prepare(base_image)
+def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = 224 * 224) -> int:
+    """``perturbations_per_eval``, or the batch that ran fastest per copy when it is ``None``: on CPU
+    16 copies of 224 x 224 (larger batches leave the caches), scaled by the image area (64 at 112 px);
+    128 on GPU."""
+    if perturbations_per_eval is not None:
+        return perturbations_per_eval
+    if torch.device(device).type == "cuda":
+        return 128
+    return int(min(64, max(8, round(16 * 224 * 224 / max(pixels, 1)))))
 
 
 _ATTRIBUTE_DOC = """
@@ -132,12 +172,17 @@ _ATTRIBUTE_DOC = """
             sliding_window_shapes: window side (int) or ``(h, w)``; default 64.
             strides: window stride (int) or ``(h, w)``; default 8; must not exceed the window.
             baselines: fill in pixel space; ``None`` = the neutral fill (0 in the model's input space).
-            perturbations_per_eval: perturbed copies per forward pass; bounds the memory.
+            perturbations_per_eval: perturbed copies per forward pass (both images' windows share
+                batches); bounds the memory. ``None``: the fastest batch measured for the device (on CPU 16 at
+                224 px, scaled by the image area up to 64; 128 on GPU).
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
-            incremental: recompute only the region each window changes (exact; ResNet trunks),
-                else full forward passes.
-            channels_last: run the trunk in channels-last memory format (faster on CPU and GPU).
+            incremental: recompute only the region each window changes (exact, for any trunk
+                ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes.
+                Either way the trunk runs as a private copy with BatchNorm folded into the convolutions.
+            channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
+            precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA: not exact;
+                only faster on hardware with native support for the type).
 
         Returns:
             :class:`PairAttribution` ``(map1, map2)`` with ``.similarity`` and ``.meta``.
@@ -160,21 +205,19 @@ class ConditionalOcclusion(_WindowOcclusion):
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], sliding_window_shapes: Any = 64,
                   strides: Any = 8, baselines: float | torch.Tensor | None = None,
-                  perturbations_per_eval: int = 32, grid: bool = False, show_progress: bool = False,
-                  incremental: bool = True, channels_last: bool = True) -> PairAttribution:
+                  perturbations_per_eval: int | None = None, grid: bool = False, show_progress: bool = False,
+                  incremental: bool = True, channels_last: bool = True, precision: str = "exact") -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last)
+                         show_progress, incremental, channels_last, precision)
 
     attribute.__doc__ = "Occlusion maps of both images." + _ATTRIBUTE_DOC
 
-    def _grid_values(self, image_n, fill_n, corners, window, other, base, engine, per_eval, fmt, bar):
-        cache = _engine_cache(engine, image_n)
-        values = []
-        for part in chunks(corners.shape[0], per_eval):
-            z = self._embed_windows(image_n, corners[part], window, fill_n, False, engine, cache, fmt)
-            values.append(base - cosine(z, other.expand_as(z)))
-            bar.update(1)
-        return torch.cat(values)
+    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
+        embs, z = self._evaluate(evaluator, images, lambda v: [images[v]],
+                                 lambda v: [(fills[v], corners[v][:, 0], corners[v][:, 1], 0)],
+                                 window, per_eval, bar)
+        base = cosine(z[0], z[1])
+        return (base - cosine(embs[0], z[1]), base - cosine(embs[1], z[0])), base
 
 
 class ContextAgnosticOcclusion(_WindowOcclusion):
@@ -189,20 +232,24 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], sliding_window_shapes: Any = 64,
                   strides: Any = 8, baselines: float | torch.Tensor | None = None,
-                  perturbations_per_eval: int = 32, grid: bool = False, show_progress: bool = False,
-                  incremental: bool = True, channels_last: bool = True) -> PairAttribution:
+                  perturbations_per_eval: int | None = None, grid: bool = False, show_progress: bool = False,
+                  incremental: bool = True, channels_last: bool = True, precision: str = "exact") -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last)
+                         show_progress, incremental, channels_last, precision)
 
     attribute.__doc__ = "Context-agnostic occlusion maps of both images." + _ATTRIBUTE_DOC
 
-    def _grid_values(self, image_n, fill_n, corners, window, other, base, engine, per_eval, fmt, bar):
-        removed_cache = _engine_cache(engine, image_n)
-        alone_cache = _engine_cache(engine, fill_n)
-        values = []
-        for part in chunks(corners.shape[0], per_eval):
-            removed = self._embed_windows(image_n, corners[part], window, fill_n, False, engine, removed_cache, fmt)
-            alone = self._embed_windows(image_n, corners[part], window, fill_n, True, engine, alone_cache, fmt)
-            values.append(cosine(alone - removed, other.expand_as(alone)))
-            bar.update(1)
-        return torch.cat(values)
+    copies_per_window = 2
+
+    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
+        # per view, bases: the image and the fill; "removed" pastes the fill's window onto the
+        # image, "alone" pastes the image's window onto the fill
+        def items(v):
+            y0, x0 = corners[v][:, 0], corners[v][:, 1]
+            return [(fills[v], y0, x0, 0), (images[v], y0, x0, 1)]
+
+        embs, z = self._evaluate(evaluator, images, lambda v: [images[v], fills[v]], items, window, per_eval, bar)
+        n1, n2 = corners[0].shape[0], corners[1].shape[0]
+        d1 = embs[0][n1:] - embs[0][:n1]
+        d2 = embs[1][n2:] - embs[1][:n2]
+        return (cosine(d1, z[1]), cosine(d2, z[0])), cosine(z[0], z[1])
