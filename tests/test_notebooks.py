@@ -55,8 +55,8 @@ def test_a_returned_figure_shows_once_as_png(tmp_path):
     and the library does not switch the kernel's backend away from inline."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in (
-        "import torch\nfrom ssl_widgets.plotting import pair_figure\n"
-        "x = torch.rand(1, 3, 16, 16)\npair_figure(x, x, torch.rand(1, 4, 4) - 0.5, None, 0.5)",
+        ("import torch\nfrom ssl_widgets.plotting import pair_figure\n"
+         "x = torch.rand(1, 3, 16, 16)\npair_figure(x, x, torch.rand(1, 4, 4) - 0.5, None, 0.5)"),
         "import matplotlib, matplotlib.pyplot as plt\nfig = pair_figure(x, x, None, None, 0.5)\nfig",
         "print(matplotlib.get_backend())",
         "fig, ax = plt.subplots()\nax.plot([0, 1]);",

@@ -1,4 +1,4 @@
-"""Averaged Transforms (methods.md section 6): gradients averaged along a photometric path."""
+"""Averaged Transforms (Sammani et al. 2022): gradients averaged along a photometric path."""
 from __future__ import annotations
 
 import torch

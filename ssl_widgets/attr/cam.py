@@ -1,4 +1,4 @@
-"""Grad-CAM adapted to similarity and Interaction-CAM (methods.md section 3).
+"""Grad-CAM adapted to similarity and Interaction-CAM (Sammani et al. 2022, arXiv 2206.09753).
 
 Both use the element-wise form of the paper's code: ``CAM = sum_c w_c * A[c] * ReLU(G[c])`` with
 ``A`` a layer's activation and ``G = dS/dA`` for ``S = cos(f(x1), f(x2))``. All variants of one

@@ -1,4 +1,4 @@
-"""Feature visualisation of a pair (methods.md section 4): synthesise an image whose partial
+"""Feature visualisation of a pair (the paper's multi-octave gradient ascent): synthesise an image whose partial
 embedding matches another view's."""
 from __future__ import annotations
 

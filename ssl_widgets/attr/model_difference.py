@@ -1,4 +1,4 @@
-"""Model-difference visualisation (methods.md section 5): invert the same image from two models."""
+"""Model-difference visualisation (the paper's feature inversion from several depths): invert the same image from two models."""
 from __future__ import annotations
 
 from typing import Callable, Sequence

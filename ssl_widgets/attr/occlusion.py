@@ -1,4 +1,4 @@
-"""Conditional occlusion and its context-agnostic variant (methods.md sections 2.1 and 2.2)."""
+"""Conditional occlusion and its context-agnostic variant (Sammani et al. 2022's pair occlusion methods)."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,4 @@
-"""Pairwise occlusion (methods.md section 2.3): random rectangles erased from both images at once."""
+"""Pairwise occlusion (Sammani et al. 2022): random rectangles erased from both images at once."""
 from __future__ import annotations
 
 import torch

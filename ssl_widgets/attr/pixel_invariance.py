@@ -1,4 +1,4 @@
-"""Pixel invariance (methods.md section 7): a linear surrogate of the similarity under augmentation."""
+"""Pixel invariance (Sammani et al. 2022): a linear surrogate of the similarity under augmentation."""
 from __future__ import annotations
 
 import torch

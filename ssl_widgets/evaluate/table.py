@@ -42,7 +42,8 @@ def format_table(summary: dict[str, dict[str, float | None]], title: str = "") -
 
 def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None:
     """Mean simultaneous insertion and deletion curves per method (conditional where only those exist)."""
-    from matplotlib.figure import Figure  # object-oriented: no pyplot, no backend switch (safe in a kernel)
+    # object-oriented: no pyplot, no backend switch (safe in a Jupyter kernel)
+    from matplotlib.figure import Figure
 
     records = list(records)
     fig = Figure(figsize=(11, 4))

@@ -1,4 +1,4 @@
-"""Average drop and increase in confidence for pairs (methods.md section 8.2)."""
+"""Average drop and increase in confidence for pairs (the Grad-CAM++ metrics of Chattopadhay et al. 2018, adapted to pairs)."""
 from __future__ import annotations
 
 import torch

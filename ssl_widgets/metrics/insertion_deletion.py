@@ -1,4 +1,8 @@
-"""Insertion and deletion AUC for pairs (methods.md section 8.1), batched over curve steps."""
+"""Insertion and deletion AUC for pairs, batched over curve steps.
+
+Petsiuk et al. (2018)'s metrics as the paper adapts them to pairs: simultaneous (both images
+perturbed, each by its own map) and conditional (one image perturbed, the other fixed).
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Max-sensitivity of a pair explanation (Yeh et al. 2019; methods.md section 8.3)."""
+"""Max-sensitivity of a pair explanation (Yeh et al. 2019): the largest change of the maps under small input noise."""
 from __future__ import annotations
 
 import inspect
