@@ -64,7 +64,7 @@ def image_label(image: Any, width: int = 28) -> str:
         >>> image_label("chelsea")
         'chelsea'
         >>> image_label("a_very_long_file_name_that_never_ends_at_all.png", width=20)
-        'a_very_long_fi….png'
+        'a_very_long_fil….png'
     """
     if isinstance(image, (str, os.PathLike)):
         name = Path(image).name or str(image)

@@ -45,7 +45,7 @@ class FeatureVisualization(LayerAttribution):
         layer: trunk layer whose activation is matched (e.g. ``"layer3"``).
 
     Examples:
-        >>> image = FeatureVisualization(model, "layer3").visualize(x2, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> image = FeatureVisualization(model, "layer3").visualize(x2, generator=torch.Generator().manual_seed(0))
     """
 
     def __init__(self, model: SSLModel, layer: str) -> None:

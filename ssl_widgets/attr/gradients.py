@@ -44,7 +44,7 @@ class PairInputXGradient(GradientAttribution):
     """Input x Gradient of the pair similarity: ``map_k = max_c |x_k * dS/dx_k|``.
 
     Examples:
-        >>> m1, m2 = PairInputXGradient(model).attribute((x1, x2), guided=True)  # doctest: +SKIP
+        >>> m1, m2 = PairInputXGradient(model).attribute((x1, x2), guided=True)
     """
 
     def __init__(self, model: SSLModel) -> None:

@@ -44,7 +44,7 @@ class PixelInvariance(PerturbationAttribution):
     target of the authors' later code (weight 1).
 
     Examples:
-        >>> heat = PixelInvariance(model).attribute(x, n_samples=200, epochs=100)  # doctest: +SKIP
+        >>> heat = PixelInvariance(model).attribute(x, n_samples=200, epochs=100)
     """
 
     def __init__(self, model: SSLModel) -> None:

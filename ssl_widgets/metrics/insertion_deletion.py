@@ -59,7 +59,7 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
         :class:`MetricResult` with ``score`` ``(B,)``, ``curve`` ``(B, T+1)`` and ``base``.
 
     Examples:
-        >>> result = insertion_deletion(model, x1, x2, m1, m2, mode="insertion")  # doctest: +SKIP
+        >>> result = insertion_deletion(model, x1, x2, m1, m2, mode="insertion")
     """
     check_model(model)
     checked_pair(x1, x2)

@@ -131,8 +131,8 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
 
     Examples:
         >>> m = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32})
-        >>> m(torch.rand(1, 3, 32, 32)).shape
-        torch.Size([1, 32])
+        >>> m(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
     """
     trunk = tiny_resnet18_trunk(int(arch.get("width", 32)))
     dims = [trunk.out_channels] + [int(d) for d in arch.get("head_dims", [512, 128])]
