@@ -58,7 +58,7 @@ def test_insertion_deletion_matches_slow_loop(mode, simultaneous):
     if mode == "deletion":  # the end state is all neutral fill: 0 in input space
         assert float(result.curve[0, 0]) == pytest.approx(float(result.base[0]), abs=1e-5)
     else:  # the end state is the original image
-        expected_end = float(result.base[0]) if simultaneous else float(cos(model(x1), model(x2)))
+        expected_end = float(result.base[0]) if simultaneous else float(cos(model(x1), model(x2)).detach())
         assert float(result.curve[0, -1]) == pytest.approx(expected_end, abs=1e-5)
 
 
