@@ -36,8 +36,10 @@ stays intact, and record how much the similarity drops: `drop(i, j) = s(x1, x2) 
 filled), f(x2))`. Then the same for image 2. Large drops mark the regions the *pair's* similarity
 depends on (it is conditional on the other image).
 
-**How to read it.** Red = occluding here lowers the similarity most. Negative values (blue) are
-patches whose removal *raises* the similarity: they distract from what the two views share.
+**How to read it.** The map's colour bar says how it is drawn: where some drops are negative, a
+diverging colour map centred on zero (red = occluding here lowers the similarity, blue = occluding
+here *raises* it: those patches distract from what the two views share); where none is, a
+sequential one from zero (brighter = a larger drop).
 """),
         code('MODEL = "tiny-simclr"\nIMAGE = "chelsea"\nPATCH = 32\nSTRIDE = 8\nTHREADS = 1', parameters=True),
         code(SETUP),
@@ -47,7 +49,9 @@ from ssl_widgets.plotting import pair_figure
 
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=0)
 result = ConditionalOcclusion(model).attribute((x1, x2), sliding_window_shapes=PATCH, strides=STRIDE)
-fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity), title="conditional occlusion")
+fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity), title="conditional occlusion",
+                  labels=(IMAGE, f"augmented view of {IMAGE}"))
+fig  # a figure as the last expression of a cell shows as an image
 """),
         md("""
 **A small experiment.** Bigger patches remove whole parts; small ones find details. How does the
@@ -79,13 +83,15 @@ OcclusionPanel(model=model, images=IMAGE, method="conditional-occlusion")
         code(SETUP),
         code("""
 from ssl_widgets.attr import ContextAgnosticOcclusion, PairwiseOcclusion, normalize_map
+from IPython.display import display
 from ssl_widgets.plotting import pair_figure
 
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=1)
 caco = ContextAgnosticOcclusion(model).attribute((x1, x2), PATCH, STRIDE)
 po = PairwiseOcclusion(model).attribute((x1, x2), n_samples=SAMPLES, generator=torch.Generator().manual_seed(0))
-pair_figure(x1, x2, caco[0], caco[1], float(caco.similarity), title="context-agnostic occlusion")
-pair_figure(x1, x2, po[0], po[1], float(po.similarity), title="pairwise occlusion");
+labels = (IMAGE, f"augmented view of {IMAGE}")
+display(pair_figure(x1, x2, caco[0], caco[1], float(caco.similarity), title="context-agnostic occlusion", labels=labels))
+display(pair_figure(x1, x2, po[0], po[1], float(po.similarity), title="pairwise occlusion", labels=labels))
 """),
         md("""
 **Experiment.** Do the two methods agree? Compare the rank correlation of their maps for image 1.
@@ -110,16 +116,15 @@ count more. All variants come from a single forward and backward pass.
         code(SETUP),
         code("""
 from ssl_widgets.attr import cam_variants, upsample
-import matplotlib.pyplot as plt
-from ssl_widgets.plotting import overlay
+from ssl_widgets.plotting import maps_figure
 
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=2)
 variants = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam", "interaction-cam:max", "interaction-cam:attention"])
-fig, axes = plt.subplots(2, 4, figsize=(12, 6))
-for column, (name, result) in enumerate(variants.items()):
-    overlay(axes[0, column], x1, upsample(result[0], 112))
-    overlay(axes[1, column], x2, upsample(result[1], 112))
-    axes[0, column].set_title(name, fontsize=9)
+size = model.input_size
+maps_figure([x1] * 4 + [x2] * 4,
+            [upsample(r[0], size) for r in variants.values()] + [upsample(r[1], size) for r in variants.values()],
+            [f"{name}: {IMAGE}" for name in variants] + [f"{name}: augmented view" for name in variants],
+            ncols=4)
 """),
         md("**Experiment.** Which layer gives the sharpest maps? Compare `layer3` (14x14) with the trunk output (7x7)."),
         code("""
@@ -146,12 +151,14 @@ back-propagation; `noise=True` adds noise to the interior path points.
         code(SETUP),
         code("""
 from ssl_widgets.attr import AveragedTransforms
+from IPython.display import display
 from ssl_widgets.plotting import pair_figure
 
 x, x_t = make_pair(IMAGE, TRANSFORM, model.input_size, seed=3)
 for guided in (False, True):
     r = AveragedTransforms(model).attribute((x, x_t), steps=STEPS, guided=guided, blur=True)
-    pair_figure(x, x_t, r[0], r[1], float(r.similarity), title=f"averaged transforms, guided={guided}")
+    display(pair_figure(x, x_t, r[0], r[1], float(r.similarity), title=f"averaged transforms, guided={guided}",
+                        labels=(IMAGE, f"{TRANSFORM} view of {IMAGE}")))
 """),
         md("**Experiment.** Which transform does the model tolerate best? Compare the similarities."),
         code("""
@@ -173,6 +180,7 @@ images, as in the paper's code); guided back-propagation rectifies gradients at 
         code(SETUP),
         code("""
 from ssl_widgets.attr import PairInputXGradient, PairSmoothGrad
+from IPython.display import display
 from ssl_widgets.plotting import pair_figure
 
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=4)
@@ -181,7 +189,8 @@ guided = PairInputXGradient(model).attribute((x1, x2), guided=True, blur=True)
 smooth = PairSmoothGrad(model).attribute((x1, x2), n_samples=SAMPLES, guided=True, blur=True,
                                          generator=torch.Generator().manual_seed(0))
 for title, r in (("input x gradient", plain), ("guided", guided), ("smoothgrad (guided)", smooth)):
-    pair_figure(x1, x2, r[0], r[1], float(r.similarity), title=title)
+    display(pair_figure(x1, x2, r[0], r[1], float(r.similarity), title=title,
+                        labels=(IMAGE, f"augmented view of {IMAGE}")))
 """),
         md("**Experiment.** How stable are the maps? Max-sensitivity (lower is more stable):"),
         code("""
@@ -204,14 +213,12 @@ the augmented image; its weights form the map (one per image; values under the t
         code(SETUP),
         code("""
 from ssl_widgets.attr import PixelInvariance
-import matplotlib.pyplot as plt
-from ssl_widgets.plotting import overlay
+from ssl_widgets.plotting import maps_figure
 
 x = make_view(IMAGE, "no-shift", model.input_size)
 heat = PixelInvariance(model).attribute(x, n_samples=SAMPLES, epochs=EPOCHS, generator=torch.Generator().manual_seed(0))
-fig, ax = plt.subplots(figsize=(4, 4))
-overlay(ax, x, heat[0])
 print("map", tuple(heat.shape), "non-zero fraction", float((heat > 0).float().mean()))
+maps_figure([x, x], [None, heat[0]], [IMAGE, f"pixel invariance of {IMAGE}"], ncols=2)
 """),
     ],
     "07_correspondence_and_sweeps.ipynb": [
@@ -286,6 +293,11 @@ out = folder / "eval"
 evaluate(EvaluationConfig(data=str(folder), model=MODEL, methods=["grad-cam", "interaction-cam:max"], pairs=2,
                           out=str(out), sensitivity_samples=2, show_progress=False))
 print((out / "table.md").read_text())
+"""),
+        md("The driver also plots the mean insertion and deletion curves of each method (`curves.png`):"),
+        code("""
+from IPython.display import Image
+Image(filename=str(out / "curves.png"))
 """),
     ],
     "09_published_weights.ipynb": [
@@ -377,7 +389,8 @@ from ssl_widgets.plotting import pair_figure
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=6)
 with torch.no_grad():
     similarity = float(model.similarity(x1, x2))
-pair_figure(x1, x2, None, None, similarity, title="which patch matters?");
+pair_figure(x1, x2, None, None, similarity, title="which patch matters?",
+            labels=(IMAGE, f"augmented view of {IMAGE}"))
 """),
         code("""
 MY_GUESS = (40, 40)  # <- change me: (row, col) of the patch's top-left corner

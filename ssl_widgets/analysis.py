@@ -41,7 +41,7 @@ def dense_correspondence(model: SSLModel, x_query: torch.Tensor, x_target: torch
         ``(h, w)`` map of cosine similarities in ``[-1, 1]`` at the layer's resolution.
 
     Examples:
-        >>> heat = dense_correspondence(model, x1, x2, (40, 60))  # doctest: +SKIP
+        >>> heat = dense_correspondence(model, x1, x2, (40, 60))
     """
     check_model(model)
     check_images(x_query, "x_query")

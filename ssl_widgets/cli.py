@@ -3,19 +3,41 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["main", "build_parser"]
+__all__ = ["DEFAULT_METHOD", "build_parser", "main"]
+
+#: the method of ``ssl-widgets explain`` without ``--method``
+DEFAULT_METHOD = "interaction-cam:max"
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models.zoo import available_models, model_info
 
-    print(f"{'name':22s} {'licence of the weights':42s} description")
-    for name in available_models():
-        spec = model_info(name)
-        print(f"{name:22s} {spec.license:42s} {spec.description}")
+    rows = [("name", "licence of the weights", "description")]
+    rows += [(name, model_info(name).license, model_info(name).description) for name in available_models()]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, licence, description in rows:
+        print(f"{name:{widths[0]}s}  {licence:{widths[1]}s}  {description}")
     return 0
+
+
+def _second_view(args: argparse.Namespace, default: str) -> tuple[str, str]:
+    """The transform of the second view and its panel label.
+
+    Without a second image: ``--transform`` (or ``default``) makes an augmented view of the first.
+    A second image is used as given (the same resize and centre crop as the first) unless
+    ``--augment`` or an explicit ``--transform`` asks for a transform.
+    """
+    from .plotting import image_label
+
+    if args.image2 is None:
+        transform = args.transform or default
+        return transform, f"{transform} view of {image_label(args.image)} (seed {args.seed})"
+    if args.transform or args.augment:
+        transform = args.transform or default
+        return transform, f"{image_label(args.image2)} ({transform} view, seed {args.seed})"
+    return "pure", image_label(args.image2)
 
 
 def _cmd_similarity(args: argparse.Namespace) -> int:
@@ -23,16 +45,17 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
 
     from .data import make_pair
     from .models import load_model
+    from .plotting import image_label
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    transform, other = _second_view(args, "aug")
     for name in args.models.split(","):
         model = load_model(name, weights=args.weights)
-        x1, x2 = make_pair(args.image, args.transform, model.input_size, seed=args.seed, image2=args.image2)
+        x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
         with torch.no_grad():
             sim = float(model.similarity(x1, x2))
-        other = args.image2 or f"{args.transform} view (seed {args.seed})"
-        print(f"{name:18s} cos(f({args.image}), f({other})) = {sim:+.4f}")
+        print(f"{name:18s} cos(f({image_label(args.image)}), f({other})) = {sim:+.4f}")
     return 0
 
 
@@ -42,15 +65,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .attr.averaged_transforms import AveragedTransforms
     from .attr.registry import get_method
     from .data import make_pair
-    from .explain import explain_pair
+    from .explain import explain_pair, sign_note
     from .models import load_model
-    from .plotting import pair_figure
+    from .plotting import image_label, pair_figure
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cls, _ = get_method(args.method)
     model = load_model(args.model, weights=args.weights)
-    transform = args.transform or ("combine" if cls is AveragedTransforms else "aug")
+    transform, second = _second_view(args, "combine" if cls is AveragedTransforms else "aug")
     x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
     overrides = {}
     if args.window:
@@ -59,13 +82,35 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overrides["strides"] = args.stride
     generator = torch.Generator().manual_seed(args.seed)
     result = explain_pair(model, args.method, x1, x2, layer=args.layer, generator=generator, **overrides)
-    second = args.image2 or f"{transform} view of {args.image} (seed {args.seed})"
     settings = {k: v for k, v in result.meta.items() if k != "method"}
     fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]),
                       title=f"{args.method} on {args.model}", settings=settings,
-                      labels=(str(args.image), second))
+                      labels=(image_label(args.image), second), sign_note=sign_note(args.method))
     fig.savefig(args.out, dpi=110)
     print(f"{args.method} on {args.model}: cos similarity {float(result.similarity[0]):+.4f}; wrote {args.out}")
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import SAMPLE_IMAGES, sample_image
+
+    names = args.names or list(SAMPLE_IMAGES)
+    unknown = [n for n in names if n not in SAMPLE_IMAGES]
+    if unknown:
+        raise ValueError(f"unknown sample image(s) {', '.join(unknown)}; available: {', '.join(SAMPLE_IMAGES)}")
+    if args.format not in ("png", "jpg"):
+        raise ValueError(f"--format must be png or jpg, not {args.format!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = out / f"{name}.{args.format}"
+        if args.format == "jpg":
+            sample_image(name).save(path, quality=95)
+        else:
+            sample_image(name).save(path)
+        print(f"wrote {path}")
     return 0
 
 
@@ -81,6 +126,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _view_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--transform", default=None,
+                   help=f"view transform of the second view (default: {default}); with a second image it "
+                        "transforms that image")
+    p.add_argument("--augment", action="store_true",
+                   help="augment the second image too (by --transform or the default); without it a second "
+                        "image is only resized and centre-cropped like the first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-widgets", description="Explain pairwise similarity of self-supervised vision models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,28 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("similarity", help="cosine similarity of an image pair under one or more models")
     p.add_argument("image", nargs="?", default="chelsea", help="sample name or image path (default: chelsea)")
-    p.add_argument("image2", nargs="?", default=None, help="second image (default: an augmented view of IMAGE)")
+    p.add_argument("image2", nargs="?", default=None,
+                   help="second image, used as given (default: an augmented view of IMAGE)")
     p.add_argument("--models", default="tiny-simclr,tiny-barlow-twins", help="comma-separated zoo names")
     p.add_argument("--weights", default=None, help="weight file (for a single model)")
-    p.add_argument("--transform", default="aug", help="view transform for the second view (see ssl_widgets.data.views)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    _view_arguments(p, "aug")
+    p.add_argument("--seed", type=int, default=0, help="seed of the view transform (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_similarity)
 
     p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure")
     p.add_argument("image", help="sample name (chelsea, coffee, astronaut, rocket, motorcycle, grace_hopper) or path")
-    p.add_argument("image2", nargs="?", default=None, help="second image (default: an augmented view of IMAGE)")
-    p.add_argument("--method", default="interaction-cam:max", help="method name, e.g. conditional-occlusion, grad-cam")
-    p.add_argument("--model", default="tiny-simclr")
+    p.add_argument("image2", nargs="?", default=None,
+                   help="second image, used as given (default: an augmented view of IMAGE)")
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"method name (default: {DEFAULT_METHOD}); e.g. conditional-occlusion, grad-cam, "
+                        "input-x-gradient, averaged-transforms")
+    p.add_argument("--model", default="tiny-simclr", help="zoo name (default: tiny-simclr)")
     p.add_argument("--weights", default=None, help="weight file for --model")
-    p.add_argument("--out", default="explanation.png", help="figure file to write")
-    p.add_argument("--transform", default=None, help="view transform of the second view (default aug; combine for averaged transforms)")
+    p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")
+    _view_arguments(p, "aug; combine for averaged transforms")
     p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the trunk output)")
     p.add_argument("--window", type=int, default=None, help="occlusion window (default 64 px scaled to the model size)")
     p.add_argument("--stride", type=int, default=None, help="occlusion stride (default 8 px scaled)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the view transform and random methods (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("samples", help="write the shipped sample images to a folder (e.g. for evaluate --data)")
+    p.add_argument("names", nargs="*", help="sample names (default: all of them)")
+    p.add_argument("--out", default="samples", help="folder to write (default: samples)")
+    p.add_argument("--format", default="png", help="png (default) or jpg")
+    p.set_defaults(func=_cmd_samples)
 
     p = sub.add_parser("evaluate", help="pair metrics of methods over an image folder (paper-style table; torchrun-ready)")
     from .evaluate.cli import add_arguments

@@ -13,11 +13,37 @@ from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
 from .models.wrapper import SSLModel
 
-__all__ = ["explain_pair", "default_settings"]
+__all__ = ["default_settings", "explain_pair", "sign_note"]
+
+_SIGN_NOTES = {
+    "conditional-occlusion": "red: hiding this region lowers the similarity; blue: hiding it raises the similarity",
+    "pairwise-occlusion": "red: erasing this region lowers the similarity; blue: erasing it raises the similarity",
+    "context-agnostic-occlusion": "red: this patch alone points towards the other image; blue: it points away",
+}
+
+
+def sign_note(name: str) -> str | None:
+    """What the sign of a method's map means (``None`` for methods whose maps are never negative).
+
+    The figure shows the note only where a map actually has negative values.
+
+    Examples:
+        >>> sign_note("conditional-occlusion")
+        'red: hiding this region lowers the similarity; blue: hiding it raises the similarity'
+        >>> sign_note("grad-cam") is None
+        True
+    """
+    return _SIGN_NOTES.get(name.partition(":")[0])
 
 
 def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
-    """Per-method defaults scaled to the model's input size (the paper's values at 224 px)."""
+    """Per-method defaults scaled to the model's input size (the paper's values at 224 px).
+
+    Examples:
+        >>> from ssl_widgets.models import load_model
+        >>> default_settings("conditional-occlusion", load_model("tiny-simclr"))
+        {'sliding_window_shapes': 32, 'strides': 4}
+    """
     cls, settings = get_method(name)
     settings = dict(settings)
     scale = model.input_size / 224

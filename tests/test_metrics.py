@@ -58,7 +58,7 @@ def test_insertion_deletion_matches_slow_loop(mode, simultaneous):
     if mode == "deletion":  # the end state is all neutral fill: 0 in input space
         assert float(result.curve[0, 0]) == pytest.approx(float(result.base[0]), abs=1e-5)
     else:  # the end state is the original image
-        expected_end = float(result.base[0]) if simultaneous else float(cos(model(x1), model(x2)))
+        expected_end = float(result.base[0]) if simultaneous else float(cos(model(x1), model(x2)).detach())
         assert float(result.curve[0, -1]) == pytest.approx(expected_end, abs=1e-5)
 
 
@@ -69,7 +69,7 @@ def test_conditional_keeps_the_condition_fixed():
     conditional = insertion_deletion(model, x1, x2, m, mode="deletion", step=32)
     # deleting everything of x1: the last score is cos(f(fill image), f(x2)) with x2 intact
     fill = model.fill_value.view(1, 3, 1, 1).expand_as(x1)
-    assert float(conditional.curve[0, -1]) == pytest.approx(float(cos(model(fill), model(x2))), abs=1e-5)
+    assert float(conditional.curve[0, -1]) == pytest.approx(float(cos(model(fill), model(x2)).detach()), abs=1e-5)
     simultaneous = insertion_deletion(model, x1, x2, m, m, mode="deletion", step=32)
     # both images fully deleted: identical fill images, cosine 1
     assert float(simultaneous.curve[0, -1]) == pytest.approx(1.0, abs=1e-5)

@@ -1,4 +1,6 @@
-"""Every notebook runs top to bottom (with its parameters cell kept as is: they are CI-sized)."""
+"""Every notebook runs top to bottom (with its parameters cell kept as is: they are CI-sized), and every
+cell that draws shows its figure (an ``image/png`` output), as a reader of the notebook would see it."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -7,17 +9,65 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
+#: a code cell "draws" when it calls a figure helper of ssl_widgets.plotting, creates a figure or uses pyplot
+DRAWS = re.compile(r"\b(pair_figure|maps_figure|overlay|DisplayFigure|plot_curves)\(|\bplt\.|\bFigure\(|\.imshow\(")
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
-    nb = nbformat.read(path, as_version=4)
+
+def draws(source: str) -> bool:
+    """Whether a code cell's source draws a figure (comments ignored)."""
+    code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+    return bool(DRAWS.search(code))
+
+
+def png_outputs(cell) -> int:
+    return sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
+
+
+def execute(nb, tmp_path) -> None:
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def test_draws_detects_figure_code():
+    assert draws("fig = pair_figure(x1, x2, m1, m2, 0.5)")
+    assert draws("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()")
+    assert draws("maps_figure([x], [m], ['a'])")
+    assert not draws("print(similarity)  # pair_figure( is not called here")
+    assert not draws("from ssl_widgets.plotting import pair_figure")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_and_shows_its_figures(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    execute(nb, tmp_path)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
-    sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    sources = "\n".join(c.source for c in code_cells)
     if "Panel(" in sources or "Explorer(" in sources:
         assert nb.metadata.get("widgets"), "the notebook displayed no widget"
+    blind = [c.source.splitlines()[0] for c in code_cells if draws(c.source) and png_outputs(c) == 0]
+    assert not blind, f"{path.name}: cells that draw but show no image/png output: {blind}"
+
+
+def test_a_returned_figure_shows_once_as_png(tmp_path):
+    """A helper's figure as the last expression of a cell shows exactly once, with or without pyplot,
+    and the library does not switch the kernel's backend away from inline."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
+        ("import torch\nfrom ssl_widgets.plotting import pair_figure\n"
+         "x = torch.rand(1, 3, 16, 16)\npair_figure(x, x, torch.rand(1, 4, 4) - 0.5, None, 0.5)"),
+        "import matplotlib, matplotlib.pyplot as plt\nfig = pair_figure(x, x, None, None, 0.5)\nfig",
+        "print(matplotlib.get_backend())",
+        "fig, ax = plt.subplots()\nax.plot([0, 1]);",
+    )]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    execute(nb, tmp_path)
+    first, second, backend, pyplot = nb.cells
+    assert png_outputs(first) == 1
+    assert png_outputs(second) == 1
+    assert "inline" in "".join(o.get("text", "") for o in backend.outputs)
+    assert png_outputs(pyplot) == 1
 
 
 def test_there_is_a_quickstart():

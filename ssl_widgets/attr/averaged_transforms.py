@@ -1,4 +1,4 @@
-"""Averaged Transforms (methods.md section 6): gradients averaged along a photometric path."""
+"""Averaged Transforms (Sammani et al. 2022): gradients averaged along a photometric path."""
 from __future__ import annotations
 
 import torch
@@ -34,8 +34,8 @@ class AveragedTransforms(GradientAttribution):
     ``noise=True`` adds Gaussian noise of sigma ``0.15 / (max(x) - min(x))`` to the interior points.
 
     Examples:
-        >>> x1, x2 = ssl_widgets.make_pair("chelsea", "combine", 112)  # doctest: +SKIP
-        >>> m1, m2 = AveragedTransforms(model).attribute((x1, x2), guided=True)  # doctest: +SKIP
+        >>> x1, x2 = ssl_widgets.make_pair("chelsea", "combine", 112)
+        >>> m1, m2 = AveragedTransforms(model).attribute((x1, x2), guided=True)
     """
 
     def __init__(self, model: SSLModel) -> None:

@@ -1,4 +1,4 @@
-"""Grad-CAM adapted to similarity and Interaction-CAM (methods.md section 3).
+"""Grad-CAM adapted to similarity and Interaction-CAM (Sammani et al. 2022, arXiv 2206.09753).
 
 Both use the element-wise form of the paper's code: ``CAM = sum_c w_c * A[c] * ReLU(G[c])`` with
 ``A`` a layer's activation and ``G = dS/dA`` for ``S = cos(f(x1), f(x2))``. All variants of one
@@ -135,7 +135,7 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
         ``{variant: PairAttribution}`` with maps at the layer's resolution.
 
     Examples:
-        >>> maps = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam:max"])  # doctest: +SKIP
+        >>> maps = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam:max"])
     """
     check_model(model)
     x1, x2 = (x.to(model.device) for x in check_pair(inputs))
@@ -158,7 +158,7 @@ class PairGradCAM(LayerAttribution):
         layer: trunk layer name (see ``model.layer_names()``); ``None`` = the trunk's output.
 
     Examples:
-        >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))  # doctest: +SKIP
+        >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))
     """
 
     def __init__(self, model: SSLModel, layer: str | None = None) -> None:
@@ -187,7 +187,7 @@ class InteractionCAM(LayerAttribution):
     ``gradient_interaction`` the gradients become per-channel maxima of ``G1^T G2``.
 
     Examples:
-        >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")  # doctest: +SKIP
+        >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
     """
 
     def __init__(self, model: SSLModel, layer: str | None = None) -> None:

@@ -95,9 +95,9 @@ class SimilarityForward(nn.Module):
         reference: ``(1,3,H,W)`` or ``(B,3,H,W)`` images to compare with.
 
     Examples:
-        >>> from captum.attr import IntegratedGradients  # doctest: +SKIP
-        >>> ig = IntegratedGradients(SimilarityForward(model, x2))  # doctest: +SKIP
-        >>> attributions = ig.attribute(x1, baselines=x1 * 0)  # doctest: +SKIP
+        >>> from captum.attr import IntegratedGradients
+        >>> ig = IntegratedGradients(SimilarityForward(model, x2))
+        >>> attributions = ig.attribute(x1, baselines=x1 * 0)
     """
 
     def __init__(self, model: SSLModel, reference: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Feature visualisation of a pair (methods.md section 4): synthesise an image whose partial
+"""Feature visualisation of a pair (the paper's multi-octave gradient ascent): synthesise an image whose partial
 embedding matches another view's."""
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class FeatureVisualization(LayerAttribution):
         layer: trunk layer whose activation is matched (e.g. ``"layer3"``).
 
     Examples:
-        >>> image = FeatureVisualization(model, "layer3").visualize(x2, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> image = FeatureVisualization(model, "layer3").visualize(x2, generator=torch.Generator().manual_seed(0))
     """
 
     def __init__(self, model: SSLModel, layer: str) -> None:

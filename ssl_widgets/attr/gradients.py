@@ -1,4 +1,4 @@
-"""Input x Gradient and SmoothGrad for a pair (methods.md section 6.3), and their shared core.
+"""Input x Gradient and SmoothGrad for a pair (the paper's gradient baselines), and their shared core.
 
 Gradients are taken in the model's input space (after normalisation), as the paper's code does,
 and maps are ``max_c |x * g|``; ``guided=True`` rectifies gradients at every ReLU; ``blur=True``
@@ -44,7 +44,7 @@ class PairInputXGradient(GradientAttribution):
     """Input x Gradient of the pair similarity: ``map_k = max_c |x_k * dS/dx_k|``.
 
     Examples:
-        >>> m1, m2 = PairInputXGradient(model).attribute((x1, x2), guided=True)  # doctest: +SKIP
+        >>> m1, m2 = PairInputXGradient(model).attribute((x1, x2), guided=True)
     """
 
     def __init__(self, model: SSLModel) -> None:

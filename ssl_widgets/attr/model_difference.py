@@ -1,4 +1,4 @@
-"""Model-difference visualisation (methods.md section 5): invert the same image from two models."""
+"""Model-difference visualisation (the paper's feature inversion from several depths): invert the same image from two models."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -35,8 +35,11 @@ class ModelDifference(Attribution):
         model_b: usually the supervised one; both need the trunk layers named in ``layers``.
 
     Examples:
-        >>> pairs = ModelDifference(ssl, supervised).invert(x, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-        >>> img_a, img_b = pairs["layer1"]  # doctest: +SKIP
+        >>> other = ssl_widgets.load_model("tiny-barlow-twins")  # or e.g. "resnet50-supervised"
+        >>> pairs = ModelDifference(model, other).invert(x, iterations=5, generator=torch.Generator().manual_seed(0))
+        >>> img_a, img_b = pairs["layer1"]
+        >>> img_a.shape == img_b.shape == x.shape
+        True
     """
 
     def __init__(self, model_a: SSLModel, model_b: SSLModel) -> None:

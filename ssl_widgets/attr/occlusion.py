@@ -1,4 +1,4 @@
-"""Conditional occlusion and its context-agnostic variant (methods.md sections 2.1 and 2.2)."""
+"""Conditional occlusion and its context-agnostic variant (Sammani et al. 2022's pair occlusion methods)."""
 from __future__ import annotations
 
 from typing import Any
@@ -197,8 +197,8 @@ class ConditionalOcclusion(_WindowOcclusion):
     ``grid=False`` each pixel is the mean of the drops of the windows covering it.
 
     Examples:
-        >>> model = ssl_widgets.load_model("tiny-simclr")  # doctest: +SKIP
-        >>> m1, m2 = ConditionalOcclusion(model).attribute((x1, x2), sliding_window_shapes=32, strides=8)  # doctest: +SKIP
+        >>> model = ssl_widgets.load_model("tiny-simclr")
+        >>> m1, m2 = ConditionalOcclusion(model).attribute((x1, x2), sliding_window_shapes=32, strides=8)
     """
 
     method_name = "conditional-occlusion"

@@ -1,4 +1,4 @@
-"""Pairwise occlusion (methods.md section 2.3): random rectangles erased from both images at once."""
+"""Pairwise occlusion (Sammani et al. 2022): random rectangles erased from both images at once."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +25,7 @@ class PairwiseOcclusion(PerturbationAttribution):
     0 anyway count too); that is the default, ``erased_pixels="mask"`` uses the drawn rectangle.
 
     Examples:
-        >>> m1, m2 = PairwiseOcclusion(model).attribute((x1, x2), generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> m1, m2 = PairwiseOcclusion(model).attribute((x1, x2), generator=torch.Generator().manual_seed(0))
     """
 
     def __init__(self, model: SSLModel) -> None:

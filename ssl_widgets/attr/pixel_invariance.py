@@ -1,4 +1,4 @@
-"""Pixel invariance (methods.md section 7): a linear surrogate of the similarity under augmentation."""
+"""Pixel invariance (Sammani et al. 2022): a linear surrogate of the similarity under augmentation."""
 from __future__ import annotations
 
 import torch
@@ -44,7 +44,7 @@ class PixelInvariance(PerturbationAttribution):
     target of the authors' later code (weight 1).
 
     Examples:
-        >>> heat = PixelInvariance(model).attribute(x, n_samples=200, epochs=100)  # doctest: +SKIP
+        >>> heat = PixelInvariance(model).attribute(x, n_samples=200, epochs=100)
     """
 
     def __init__(self, model: SSLModel) -> None:

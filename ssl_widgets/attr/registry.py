@@ -26,7 +26,7 @@ _FLAGS = {
 
 PAIR_METHOD_NAMES: tuple[str, ...] = (
     "conditional-occlusion", "context-agnostic-occlusion", "pairwise-occlusion", "grad-cam", "interaction-cam",
-    "interaction-cam:max", "interaction-cam:attention", "interaction-cam:max+gi", "interaction-cam:attention+gi",
+    "interaction-cam:max", "interaction-cam:attention", "interaction-cam:mean+gi", "interaction-cam:max+gi", "interaction-cam:attention+gi",
     "averaged-transforms", "averaged-transforms:guided", "averaged-transforms:noise",
     "averaged-transforms:guided+noise", "input-x-gradient", "input-x-gradient:guided", "smoothgrad",
     "smoothgrad:guided",
@@ -40,6 +40,8 @@ def get_method(name: str) -> tuple[type, dict[str, Any]]:
     Examples:
         >>> get_method("interaction-cam:max+gi")
         (<class 'ssl_widgets.attr.cam.InteractionCAM'>, {'pooling': 'max', 'gradient_interaction': True})
+        >>> get_method("interaction-cam+gi")[1]  # mean pooling is the default
+        {'pooling': 'mean', 'gradient_interaction': True}
         >>> get_method("averaged-transforms:guided+noise")[1]
         {'guided': True, 'noise': True}
 
@@ -50,6 +52,8 @@ def get_method(name: str) -> tuple[type, dict[str, Any]]:
         return _SIMPLE[name], {}
     if name == "grad-cam":
         return PairGradCAM, {}
+    if name == "interaction-cam+gi":
+        name = "interaction-cam:mean+gi"
     base, _, options = name.partition(":")
     try:
         if base == "interaction-cam":

@@ -1,4 +1,4 @@
-"""The paper's view transforms (methods.md section 1.3) as named, seeded transforms.
+"""The paper's view transforms (its SimCLR-style augmentations and photometric-only variants) as named, seeded transforms.
 
 ``make_pair(image, "aug", size=224, seed=0)`` gives ``(x1, x2)``: the plain centre crop and a
 second view made by the named transform. Sizes other than 224 scale the crop and blur kernels.

@@ -33,9 +33,50 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(args)
 
 
+def _estimate(out: str, methods: list[str], pairs: int) -> float | None:
+    """Seconds the remaining (pair, method) records will take, from the median time of those written."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    records = []
+    for path in [Path(out) / "results.jsonl", *sorted((Path(out) / "partial").glob("rank*.jsonl"))]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    done = {(r.get("pair"), r.get("method")) for r in records}
+    total = 0.0
+    for method in methods:
+        times = [r["seconds"] for r in records if r.get("method") == method and "seconds" in r]
+        if not times:
+            return None
+        remaining = sum((i, method) not in done for i in range(pairs))
+        total += statistics.median(times) * remaining
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run_from_args(args) -> int:
+    """Run the evaluation of parsed ``args``: warn when pairs cycle, time one pair, print an estimate, run."""
+    import os
+    import sys
+    import time
+    from dataclasses import replace
+    from pathlib import Path
+
     import torch
 
+    from ..data import list_images
     from .driver import EvaluationConfig, evaluate
 
     if args.threads:
@@ -44,9 +85,25 @@ def run_from_args(args) -> int:
                            methods=[m for m in args.methods.split(",") if m], pairs=args.pairs, seed=args.seed,
                            out=args.out, transform=args.transform, step=args.step,
                            sensitivity_samples=args.sensitivity_samples, show_progress=not args.no_progress)
+    lead = int(os.environ.get("RANK", "0")) == 0
+    images = len(list_images(args.data))
+    if args.pairs > images and lead:
+        print(f"warning: --pairs {args.pairs} exceeds the {images} images under {args.data}: the pairs cycle "
+              f"through the same images (each time with a new augmented view)", file=sys.stderr)
+    fresh = not (Path(args.out) / "results.jsonl").exists() and not list(Path(args.out).glob("partial/rank*.jsonl"))
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and args.pairs > 1 and fresh:
+        # the first pair is a normal record of the run (the full run skips it), timed for the estimate
+        started = time.perf_counter()
+        evaluate(replace(cfg, pairs=1, show_progress=False))
+        print(f"the first pair took {time.perf_counter() - started:.1f} s for {len(cfg.methods)} method(s)",
+              file=sys.stderr)
+    if lead:
+        estimate = _estimate(args.out, cfg.methods, cfg.pairs)
+        if estimate is not None:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            print(f"estimated time for the remaining pairs: about {_duration(estimate / world)}"
+                  + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     summary = evaluate(cfg)
     if summary:
-        from pathlib import Path
-
         print((Path(args.out) / "table.md").read_text())
     return 0

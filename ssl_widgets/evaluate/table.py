@@ -42,13 +42,12 @@ def format_table(summary: dict[str, dict[str, float | None]], title: str = "") -
 
 def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None:
     """Mean simultaneous insertion and deletion curves per method (conditional where only those exist)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # object-oriented: no pyplot, no backend switch (safe in a Jupyter kernel)
+    from matplotlib.figure import Figure
 
     records = list(records)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, kind in zip(axes, ("insertion", "deletion")):
         for method in methods:
             curves = [r["curves"].get(f"S-{kind}") or r["curves"].get(f"C-{kind}") for r in records
@@ -66,4 +65,3 @@ def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None
     axes[1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

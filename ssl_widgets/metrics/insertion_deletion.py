@@ -1,4 +1,8 @@
-"""Insertion and deletion AUC for pairs (methods.md section 8.1), batched over curve steps."""
+"""Insertion and deletion AUC for pairs, batched over curve steps.
+
+Petsiuk et al. (2018)'s metrics as the paper adapts them to pairs: simultaneous (both images
+perturbed, each by its own map) and conditional (one image perturbed, the other fixed).
+"""
 from __future__ import annotations
 
 import torch
@@ -55,7 +59,7 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
         :class:`MetricResult` with ``score`` ``(B,)``, ``curve`` ``(B, T+1)`` and ``base``.
 
     Examples:
-        >>> result = insertion_deletion(model, x1, x2, m1, m2, mode="insertion")  # doctest: +SKIP
+        >>> result = insertion_deletion(model, x1, x2, m1, m2, mode="insertion")
     """
     check_model(model)
     checked_pair(x1, x2)

@@ -1,4 +1,4 @@
-"""Max-sensitivity of a pair explanation (Yeh et al. 2019; methods.md section 8.3)."""
+"""Max-sensitivity of a pair explanation (Yeh et al. 2019): the largest change of the maps under small input noise."""
 from __future__ import annotations
 
 import inspect
@@ -33,7 +33,10 @@ def max_sensitivity(method: Any, inputs: tuple[torch.Tensor, torch.Tensor], *, n
         ``(B,)`` tensor; lower is more stable.
 
     Examples:
-        >>> max_sensitivity(PairInputXGradient(model), (x1, x2), guided=True)  # doctest: +SKIP
+        >>> from ssl_widgets.attr import PairInputXGradient
+        >>> ms = max_sensitivity(PairInputXGradient(model), (x1, x2), n_samples=2, guided=True)
+        >>> ms.shape
+        torch.Size([1])
     """
     x1, x2 = check_pair(inputs)
     if x1.shape != x2.shape:

@@ -2,8 +2,8 @@
 
 Each function takes the object stored in the checkpoint file and returns
 ``(trunk_state_dict, head_state_dict)`` for a :class:`~ssl_widgets.models.architectures.ResNetTrunk`
-and the matching ``mlp_head``. The mappings are written from the layouts documented in
-``environment.md`` (no third-party converter code is used).
+and the matching ``mlp_head``. The mappings are written from the key layouts of the published checkpoint files
+(no third-party converter code is used).
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class SSLModel(nn.Module):
         self.name = name
         self.input_size = int(input_size)
         #: head used by the CAM methods' paper-faithful mode; ``None`` means ``head``. The SimSiam
-        #: loader sets the predictor alone here, as the paper's code does (methods.md section 3).
+        #: loader sets the predictor alone here, as the paper's Interaction-CAM code does.
         self.cam_head: nn.Module | None = None
         self.normalized = mean is not None
         mean_t = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)

@@ -293,7 +293,8 @@ def _cached_download(spec: ModelSpec) -> Path:
         except Exception as error:  # network errors come in many types
             raise FileNotFoundError(
                 f"could not download the weights of {spec.name!r} from {spec.url} ({type(error).__name__}: {error}). "
-                f"For offline use, download that file yourself and place it at {path}, or pass weights=PATH."
+                f"For offline use, download that file yourself and place it at {path}, or give its path: "
+                f"--weights PATH on the command line, weights=PATH in Python (load_model)."
             ) from error
     _verify_checksum(path, spec)
     return path

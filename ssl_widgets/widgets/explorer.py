@@ -45,7 +45,9 @@ class Explorer(W.VBox):
 
     Examples:
         >>> from ssl_widgets.widgets import Explorer
-        >>> Explorer()  # doctest: +SKIP
+        >>> explorer = Explorer(threaded=False)  # in a notebook, end a cell with it to show it
+        >>> -1 <= explorer.similarity <= 1
+        True
     """
 
     tabs: tuple[type[MethodControls], ...] | None = None

@@ -1,0 +1,28 @@
+"""Shared by the tests and the docstring examples (run as doctests: ``--doctest-modules`` in pyproject).
+
+Docstring examples of the methods and metrics use these names, as Captum's examples use ``net``:
+``model`` (the shipped ``tiny-simclr``, 112 px), ``x1, x2`` (the centre crop of ``chelsea`` and a
+seeded augmented view), ``x`` (``chelsea`` resized to 112 x 112), ``m1, m2`` (their Interaction-CAM
+maps), and the modules ``torch`` and ``ssl_widgets``.
+"""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request):
+    if type(request.node).__name__ != "DoctestItem":
+        return
+    import ssl_widgets
+    from ssl_widgets.attr import InteractionCAM
+
+    namespace = request.getfixturevalue("doctest_namespace")
+    model = ssl_widgets.load_model("tiny-simclr")
+    x1, x2 = ssl_widgets.make_pair("chelsea", "aug", model.input_size, seed=0)
+    m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
+    x = ssl_widgets.make_view("chelsea", "no-shift", model.input_size)
+    namespace.update(torch=torch, ssl_widgets=ssl_widgets, model=model, x1=x1, x2=x2, m1=m1, m2=m2, x=x)

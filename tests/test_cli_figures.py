@@ -1,0 +1,159 @@
+"""The command line and the figures: what a newcomer following the README meets."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_widgets import plotting
+from ssl_widgets.attr import get_method
+from ssl_widgets.cli import DEFAULT_METHOD, build_parser, main
+from ssl_widgets.data import SAMPLE_IMAGES, make_view
+from ssl_widgets.evaluate.cli import _estimate
+from ssl_widgets.plotting import image_label, pair_figure
+
+
+def _image_file(path, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_second_image_is_used_as_given(capsys):
+    assert main(["similarity", "chelsea", "chelsea", "--models", "tiny-simclr"]) == 0
+    assert "= +1.0000" in capsys.readouterr().out
+    assert main(["similarity", "chelsea", "chelsea", "--models", "tiny-simclr", "--augment"]) == 0
+    out = capsys.readouterr().out
+    assert "aug view" in out and "= +1.0000" not in out
+
+
+def test_explain_two_images_titles_name_both(tmp_path, monkeypatch, capsys):
+    long_dir = tmp_path / "a_rather_long_folder_name" / "and_another_one"
+    long_dir.mkdir(parents=True)
+    first = _image_file(long_dir / "first_photo.png", 0)
+    second = _image_file(long_dir / "second_photo.png", 1)
+    seen = {}
+
+    def spy(x1, x2, *args, **kwargs):
+        seen.update(x2=x2, fig=pair_figure(x1, x2, *args, **kwargs))
+        return seen["fig"]
+
+    monkeypatch.setattr(plotting, "pair_figure", spy)
+    out = tmp_path / "fig.png"
+    assert main(["explain", str(first), str(second), "--method", "grad-cam", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 500
+    titles = [ax.get_title() for ax in seen["fig"].axes[:4]]
+    assert "first_photo.png" in titles[0] and "second_photo.png" in titles[1]
+    assert not any("a_rather_long_folder_name" in t for t in titles)
+    # used as given: the plain resize and centre crop, no augmentation
+    assert torch.equal(seen["x2"], make_view(str(second), "pure", 112, seed=None))
+
+
+def test_panel_titles_do_not_overlap():
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    long = image_label("/some/dir/" + "very_long_image_file_name_" * 3 + ".jpg")
+    fig = pair_figure(x, x, torch.rand(1, 4, 4), torch.rand(1, 4, 4), 0.5, title="conditional-occlusion on m",
+                      labels=(long, f"aug view of {long} (seed 0)"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:4]]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not boxes[i].overlaps(boxes[j]), (i, j)
+
+
+def test_signed_maps_are_centred_on_zero_and_say_so():
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    signed = torch.arange(16.0).reshape(1, 4, 4) - 4  # -4 .. 11
+    positive = torch.arange(16.0).reshape(1, 4, 4)
+    fig = pair_figure(x, x, signed, positive, 0.5, title="t", sign_note="red: hiding it lowers the similarity")
+    images = [ax.images[-1] for ax in fig.axes[2:4]]
+    assert images[0].get_cmap().name == plotting.SIGNED_CMAP and images[0].get_clim() == (-11.0, 11.0)
+    assert images[1].get_cmap().name == plotting.POSITIVE_CMAP and images[1].get_clim() == (0.0, 15.0)
+    labels = [ax.get_ylabel() for ax in fig.axes[4:]]
+    assert any("blue < 0" in label for label in labels) and any("≥ 0" in label for label in labels)
+    assert "red: hiding" in fig._suptitle.get_text()
+    unsigned = pair_figure(x, x, positive, positive, 0.5, sign_note="red: hiding it lowers the similarity")
+    assert "red: hiding" not in unsigned._suptitle.get_text()  # no "blue = negative" where nothing is negative
+
+
+def test_figures_do_not_touch_the_backend():
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    x = torch.rand(1, 3, 8, 8)
+    fig = pair_figure(x, x, None, None, 0.0)
+    assert isinstance(fig, plotting.DisplayFigure)
+    assert fig._repr_png_().startswith(b"\x89PNG")
+    assert matplotlib.get_backend() == before
+    with pytest.raises(ValueError, match="as many maps and titles as images"):
+        plotting.maps_figure([x, x], [None], ["a", "b"])
+
+
+@pytest.mark.parametrize("name", ["interaction-cam+gi", "interaction-cam:mean+gi"])
+def test_interaction_cam_gi_names(name, tmp_path):
+    assert get_method(name)[1] == {"pooling": "mean", "gradient_interaction": True}
+    assert main(["explain", "coffee", "--method", name, "--out", str(tmp_path / "f.png")]) == 0
+
+
+def test_samples_command(tmp_path, capsys):
+    assert main(["samples", "--out", str(tmp_path / "s")]) == 0
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == sorted(f"{n}.png" for n in SAMPLE_IMAGES)
+    assert Image.open(tmp_path / "s" / "chelsea.png").size == (451, 300)
+    assert main(["samples", "coffee", "--out", str(tmp_path / "j"), "--format", "jpg"]) == 0
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["coffee.jpg"]
+    assert main(["samples", "dog", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown sample image(s) dog" in capsys.readouterr().err
+
+
+def test_models_table_is_aligned(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts = {line.index("Apache") if "Apache" in line else line.index("licence") for line in lines
+              if "Apache" in line or "licence" in line}
+    assert len(starts) == 1 and len(lines) >= 3
+
+
+def test_explain_help_states_the_default_method():
+    text = build_parser()._subparsers._group_actions[0].choices["explain"].format_help()
+    assert f"default: {DEFAULT_METHOD}" in re.sub(r"\s+", " ", text)
+
+
+def test_failed_download_names_both_ways_to_give_a_file(torch_home, monkeypatch):
+    from ssl_widgets import load_model
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FileNotFoundError, match=r"--weights PATH.*weights=PATH"):
+        load_model("resnet50-supervised")
+
+
+def test_evaluate_warns_about_cycling_and_estimates(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        _image_file(folder / f"{i}.png", i)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(folder), "--methods", "grad-cam", "--pairs", "3", "--out", str(out),
+                 "--step", "4000", "--sensitivity-samples", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--pairs 3 exceeds the 2 images" in err
+    assert "the first pair took" in err and "estimated time for the remaining pairs" in err
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # the timed first pair is part of the run, not computed twice or dropped
+
+
+def test_estimate_uses_median_times_of_the_remaining_records(tmp_path):
+    rows = [{"pair": 0, "method": "a", "seconds": 2.0}, {"pair": 1, "method": "a", "seconds": 4.0},
+            {"pair": 2, "method": "a", "seconds": 30.0}, {"pair": 0, "method": "b", "seconds": 1.0}]
+    (tmp_path / "results.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
+    # a: median 4 s x 7 remaining pairs; b: 1 s x 9
+    assert _estimate(str(tmp_path), ["a", "b"], 10) == pytest.approx(4 * 7 + 1 * 9)
+    assert _estimate(str(tmp_path), ["a", "c"], 10) is None
