@@ -1,0 +1,94 @@
+"""The documentation site in a real browser: ``mkdocs build --strict`` builds it (warnings are errors),
+a local HTTP server serves it on 127.0.0.1, Debian's Chromium renders the pages, and the test checks that
+the API reference and a tutorial render with their images.
+
+Needs the ``docs`` extra (mkdocs-material, mkdocstrings-python, mkdocs-jupyter), ``/usr/bin/chromium``
+and the ``test`` extra (playwright).
+"""
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def site_url(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode == 0, "mkdocs build --strict failed:\n" + build.stderr[-4000:]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(site_url):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_context(viewport={"width": 1300, "height": 1000}).new_page()
+        # the site must work offline: anything not served locally is refused
+        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
+                   else route.continue_())
+        yield page
+        browser.close()
+
+
+def loaded_images(page) -> list[int]:
+    """Natural widths of the page's content images (0 for an image that failed to load)."""
+    page.wait_for_load_state("load")
+    return page.eval_on_selector_all("article img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+
+
+def test_home_page_shows_the_two_commands_and_its_figure(browser_page, site_url):
+    browser_page.goto(site_url)
+    text = browser_page.inner_text("article")
+    assert "voila notebooks/00_quickstart.ipynb" in text and "python -m pytest -q" in text
+    widths = loaded_images(browser_page)
+    assert widths and all(w > 0 for w in widths)
+
+
+def test_api_reference_renders_the_method_classes(browser_page, site_url):
+    browser_page.goto(site_url + "api/attr/")
+    headings = browser_page.eval_on_selector_all("article h2, article h3", "els => els.map(e => e.innerText)")
+    for name in ("ConditionalOcclusion", "InteractionCAM", "PairAttribution", "get_method"):
+        assert any(name in h for h in headings), f"{name} missing from the API page: {headings[:20]}"
+    body = browser_page.inner_text("article")
+    assert "Args" in body or "Parameters" in body
+    assert "Returns" in body
+
+
+def test_a_tutorial_page_renders_with_its_figures(browser_page, site_url):
+    browser_page.goto(site_url + "tutorials/01_conditional_occlusion/")
+    body = browser_page.inner_text("article")
+    assert "occlusion" in body.lower()
+    widths = loaded_images(browser_page) + browser_page.eval_on_selector_all(
+        ".jp-OutputArea img, .output_png img, img[src^='data:image/png']",
+        "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert widths and all(w > 0 for w in widths), "the tutorial page shows no figure"
+
+
+def test_the_gallery_shows_one_figure_per_method(browser_page, site_url):
+    browser_page.goto(site_url + "gallery/")
+    widths = loaded_images(browser_page)
+    assert len(widths) >= 8 and all(w > 0 for w in widths)
