@@ -67,7 +67,7 @@ class _WindowOcclusion(PerturbationAttribution):
             boxes = torch.cat([corners, corners + torch.tensor([wh, ww])], dim=1)
             fmap = incremental(batch, boxes, cache)
         else:
-            fmap = self.model.trunk(batch)
+            fmap = self.model.run_trunk(batch)
         return self.model.embed_features(fmap)
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
@@ -89,7 +89,8 @@ class _WindowOcclusion(PerturbationAttribution):
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental else None
+        # a token trunk (ViT) mixes every patch in every block: exact full forwards only
+        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and not model.is_token_model else None
         n_windows = [c.shape[0] for c in corners]
         steps = x1.shape[0] * sum(-(-n // perturbations_per_eval) for n in n_windows)
         grids: list[list[torch.Tensor]] = [[], []]
@@ -136,7 +137,7 @@ _ATTRIBUTE_DOC = """
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact; ResNet trunks),
-                else full forward passes.
+                else full forward passes (always for a ViT, where every token sees every patch).
             channels_last: run the trunk in channels-last memory format (faster on CPU and GPU).
 
         Returns:
