@@ -7,12 +7,11 @@ by hand from their weights (``g * v / ||v||`` for a weight-normalised last layer
 import pytest
 import torch
 import torch.nn.functional as F
-from test_loaders import MEAN, STD, randomize, torchvision_trunk, trunk_features
+from test_loaders import MEAN, STD, torchvision_trunk, trunk_features
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from ssl_widgets.models import CheckpointError, load_model
-from ssl_widgets.models import zoo
+from ssl_widgets.models import CheckpointError, load_model, zoo
 
 
 def random_vit(seed, **arch):
@@ -27,8 +26,8 @@ def random_vit(seed, **arch):
     return vit.eval()
 
 
-VITS16 = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6)
-V2 = dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5)
+VITS16 = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
+V2 = {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5}
 
 
 def images(size, seed=3):

@@ -11,7 +11,8 @@ Nothing here downloads: names build random weights; pass ``weights=PATH`` for a 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from .architectures import ResNetTrunk
 from .converters import CheckpointError
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
-__all__ = ["from_timm", "from_torchvision", "make_dynamic", "TorchvisionViTTrunk"]
+__all__ = ["TorchvisionViTTrunk", "from_timm", "from_torchvision", "make_dynamic"]
 
 
 def make_dynamic(vit: nn.Module) -> nn.Module:
@@ -104,7 +105,7 @@ def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Mo
     cfg = getattr(net, "pretrained_cfg", None) or {}
     if mean is None and std is None:
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-    common = dict(mean=mean, std=std, name=name or arch)
+    common = {"mean": mean, "std": std, "name": name or arch}
     if _is_timm_vit(net):
         make_dynamic(net)
         if pooling is None:

@@ -20,7 +20,8 @@ other than the training size embeddings agree with the reference code closely, n
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +31,23 @@ from .architectures import resnet50_trunk
 from .converters import CheckpointError, convert_torchvision_resnet, strip_prefix
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
-__all__ = ["DINOHead", "VIT_ARCHS", "dino_head_from_state", "split_dino_checkpoint", "build_dino_vit",
-           "dino_vit_builder", "build_dino_r50"]
+__all__ = [
+    "VIT_ARCHS",
+    "DINOHead",
+    "build_dino_r50",
+    "build_dino_vit",
+    "dino_head_from_state",
+    "dino_vit_builder",
+    "split_dino_checkpoint",
+]
 
 #: timm ``VisionTransformer`` arguments of each released ViT.
 VIT_ARCHS: dict[str, dict[str, Any]] = {
-    "dino-vits16": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "dino-vitb16": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "dinov2-vits14": dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5),
-    "dinov2-vits14-reg": dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
-                              reg_tokens=4, no_embed_class=True),
+    "dino-vits16": {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "dino-vitb16": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "dinov2-vits14": {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5},
+    "dinov2-vits14-reg": {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5,
+                              "reg_tokens": 4, "no_embed_class": True},
 }
 
 
@@ -116,7 +124,7 @@ def dino_head_from_state(state: Mapping[str, torch.Tensor]) -> DINOHead:
 
 
 def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k.removeprefix("module.")): v for k, v in state.items()}
 
 
 def split_dino_checkpoint(checkpoint: Any, model_name: str, backbone_key: str) -> tuple[dict, dict | None]:
@@ -151,7 +159,9 @@ def split_dino_checkpoint(checkpoint: Any, model_name: str, backbone_key: str) -
 
 
 def _strict() -> Callable:
-    from .zoo import _load_strict  # the zoo's strict loader names the model, the part and the keys
+    from .zoo import (
+        _load_strict,  # the zoo's strict loader names the model, the part and the keys
+    )
 
     return _load_strict
 

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import check_images
 
-__all__ = ["SSLModel", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSLModel"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -250,7 +251,7 @@ class SSLModel(nn.Module):
         return f"blocks.{max(blocks)}" if blocks else None
 
     @classmethod
-    def from_timm(cls, model: nn.Module | str, **kwargs: Any) -> "SSLModel":
+    def from_timm(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
         """Wrap a timm model (an instance, or a name built with random weights): see
         :func:`ssl_widgets.models.adapters.from_timm`."""
         from .adapters import from_timm
@@ -258,7 +259,7 @@ class SSLModel(nn.Module):
         return from_timm(model, **kwargs)
 
     @classmethod
-    def from_torchvision(cls, model: nn.Module | str, **kwargs: Any) -> "SSLModel":
+    def from_torchvision(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
         """Wrap a torchvision ResNet or ViT (an instance or a name): see
         :func:`ssl_widgets.models.adapters.from_torchvision`."""
         from .adapters import from_torchvision
