@@ -33,6 +33,11 @@ def _map(m: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(m, dtype=np.float32)
 
 
+def _is_rgb(m: torch.Tensor | np.ndarray) -> bool:
+    """A ``(B,3,H,W)`` map (feature PCA's RGB result), as opposed to ``(B,H,W)`` heat maps."""
+    return isinstance(m, torch.Tensor) and m.dim() == 4 and m.shape[1] == 3
+
+
 def overlay(ax, image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.ndarray | None = None,
             alpha: float = 0.5, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None):
     """Draw ``image`` and, over it, ``heatmap`` (any size; stretched to the image extent).
@@ -44,6 +49,10 @@ def overlay(ax, image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.nda
     ax.imshow(img, extent=(0, img.shape[1], img.shape[0], 0))
     ax.set_axis_off()
     if heatmap is None:
+        return None
+    if _is_rgb(heatmap):  # an RGB map (feature PCA): drawn as colours, no colour map
+        ax.imshow(to_image(heatmap), alpha=max(alpha, 0.85), extent=(0, img.shape[1], img.shape[0], 0),
+                  interpolation="nearest")
         return None
     return ax.imshow(_map(heatmap), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax,
                      extent=(0, img.shape[1], img.shape[0], 0), interpolation="bilinear")
@@ -73,7 +82,8 @@ def pair_figure(x1: torch.Tensor, x2: torch.Tensor, map1: torch.Tensor, map2: to
             ax.set_title(f"{label}: no map")
             continue
         image = overlay(ax, x, m, alpha=alpha, cmap=cmap)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+        if image is not None:
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
         ax.set_title(f"{label}: map")
     text = f"{title}   cos similarity = {similarity:+.3f}"
     if settings:
