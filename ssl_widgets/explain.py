@@ -14,7 +14,7 @@ from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
 from .models.wrapper import SSLModel
 
-__all__ = ["explain_pair", "default_settings"]
+__all__ = ["default_settings", "explain_pair"]
 
 
 def default_settings(name: str, model: SSLModel) -> dict[str, Any]:

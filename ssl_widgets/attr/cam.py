@@ -55,7 +55,7 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
             try:
                 if same_size:
                     z1, z2 = model(torch.cat([x1, x2])).chunk(2)
-                    outputs = [captured[-1]]
+                    outputs = [captured[-1]] if captured else None
                 else:
                     z1 = model(x1)
                     z2 = model(x2)

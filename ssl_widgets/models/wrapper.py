@@ -176,9 +176,11 @@ class SSLModel(nn.Module):
         Raises:
             ValueError: the output is neither (e.g. a tuple, or a pooled vector).
         """
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
-            return output
         grid = self.grid_size(image_size)
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if grid is not None and tuple(output.shape[1:3]) == grid and tuple(output.shape[2:]) != grid:
+                return output.permute(0, 3, 1, 2)  # channels-last patch grid (timm's dynamic patch_embed)
+            return output
         if grid is not None and isinstance(output, torch.Tensor) and output.dim() == 3:
             n_patch = grid[0] * grid[1]
             if output.shape[1] != self.num_prefix_tokens + n_patch:
