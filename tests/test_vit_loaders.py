@@ -251,3 +251,19 @@ def test_dino_head_module_layouts():
     torch.testing.assert_close(head(x), head_forward(x))
     with pytest.raises(CheckpointError, match="expected 'mlp"):
         dino_head_from_state({"last_layer.weight": torch.zeros(2, 2)})
+
+
+@pytest.mark.parametrize("method", ["cls-attention", "feature-pca"])
+def test_cli_explains_a_dino_vit(tmp_path, vits16, method, capsys):
+    from ssl_widgets.cli import main
+
+    weights = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(vits16.state_dict(), weights)
+    out = tmp_path / f"{method}.png"
+    code = main(["explain", "chelsea", "--model", "dino-vits16", "--weights", str(weights), "--method", method,
+                 "--out", str(out)])
+    assert code == 0 and out.stat().st_size > 10_000
+    assert f"{method} on dino-vits16" in capsys.readouterr().out
+    assert main(["explain", "chelsea", "--model", "tiny-simclr", "--method", "cls-attention",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "applies to Vision Transformers" in capsys.readouterr().err

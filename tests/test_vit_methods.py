@@ -28,7 +28,7 @@ from ssl_widgets.models import SSLModel
 
 def tiny_vit(seed=0, **extra):
     torch.manual_seed(seed)
-    arch = dict(img_size=16, patch_size=4, embed_dim=12, depth=2, num_heads=2, num_classes=0, global_pool="token")
+    arch = {"img_size": 16, "patch_size": 4, "embed_dim": 12, "depth": 2, "num_heads": 2, "num_classes": 0, "global_pool": "token"}
     vit = VisionTransformer(**{**arch, **extra})
     with torch.no_grad():
         for p in vit.parameters():
@@ -163,7 +163,7 @@ def hand_cam(model, x1, x2, layer_module, prefix, pooling=None):
     handle.remove()
     sim = F.cosine_similarity(z[:1], z[1:], eps=1e-8).sum()
     (g,) = torch.autograd.grad(sim, captured)
-    a, g = captured[0].detach(), g
+    a = captured[0].detach()
     maps = []
     for k in range(2):
         ak, gk = grid(a[k:k + 1], prefix, 4, 4), grid(g[k:k + 1], prefix, 4, 4)
