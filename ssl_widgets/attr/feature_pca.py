@@ -102,7 +102,7 @@ class PatchFeaturePCA(Attribution):
             (p1, p2), ratio = joint_pca(rows, n_components)
             maps1.append(p1.T.reshape(n_components, *f1.shape[2:]))
             maps2.append(p2.T.reshape(n_components, *f2.shape[2:]))
-            ratios.append(ratio.tolist())
+            ratios.append([round(v, 3) for v in ratio.tolist()])
         meta = {"method": "feature-pca", "layer": layer or "trunk output", "n_components": n_components,
                 "explained_variance_ratio": ratios}
         return PairAttribution((torch.stack(maps1), torch.stack(maps2)), sims, meta)
