@@ -266,3 +266,17 @@ def test_explain_pair_on_vit(name):
     expected = (1, 3, 16, 16) if name == "feature-pca" else (1, 16, 16)
     assert result[0].shape == expected and result.meta["method"] == name
     assert get_method(name)[0] is not None
+
+
+def test_explorer_lists_token_layers_and_explains_a_vit():
+    from ssl_widgets.widgets.explorer import Explorer
+
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=12, depth=2, num_heads=2, num_classes=0,
+                            dynamic_img_size=True).eval()
+    model = SSLModel.from_timm(vit, name="tiny-test-vit")
+    e = Explorer(model=model, threaded=False, display_size=64, method="grad-cam")
+    layers = [value for _, value in e.layer_select.options]
+    assert {"blocks.1", "blocks.1.norm1", "blocks.1.attn", "norm"} <= set(layers)
+    assert e.last_error is None and e.maps[0].shape == (32, 32)
+    e.layer_select.value = "blocks.0"
+    assert e.last_error is None and e.maps[0].shape == (32, 32)
