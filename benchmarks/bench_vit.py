@@ -22,12 +22,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # run from a checkout without installing, too
 
-from bench_methods import build_model as build_resnet50  # noqa: E402
+from bench_methods import build_model as build_resnet50
 
-from ssl_widgets.attr import ClassTokenAttention  # noqa: E402
-from ssl_widgets.attr.cam import cam_variants  # noqa: E402
-from ssl_widgets.models import IMAGENET_MEAN, IMAGENET_STD, SSLModel  # noqa: E402
-from ssl_widgets.models.dino import VIT_ARCHS  # noqa: E402
+from ssl_widgets.attr import ClassTokenAttention
+from ssl_widgets.attr.cam import cam_variants
+from ssl_widgets.models import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from ssl_widgets.models.dino import VIT_ARCHS
 
 VARIANTS = ["grad-cam", "interaction-cam:max"]
 
@@ -71,9 +71,9 @@ def main() -> None:
             times[key].append(timed(fn))
     medians = {k: statistics.median(v) for k, v in times.items()}
     ratio = medians["vit-s16: CAM update"] / medians["resnet50: CAM update"]
-    lines = [f"CAM update at 224 px ({', '.join(VARIANTS)}; one forward + one backward of the pair), "
-             f"{args.device}, {args.threads} threads, median of {args.repeats}, random weights",
-             "", "| task | median (s) |", "|---|---|"]
+    header = (f"CAM update at 224 px ({', '.join(VARIANTS)}; one forward + one backward of the pair), "
+              f"{args.device}, {args.threads} threads, median of {args.repeats}, random weights")
+    lines = [header, "", "| task | median (s) |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in medians.items()]
     lines += ["", f"ViT-S/16 / ResNet-50 CAM update: {ratio:.2f}x (target: within 2x)"]
     text = "\n".join(lines)

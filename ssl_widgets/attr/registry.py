@@ -13,7 +13,7 @@ from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
 
-__all__ = ["get_method", "METHOD_NAMES", "PAIR_METHOD_NAMES", "VIT_METHOD_NAMES"]
+__all__ = ["METHOD_NAMES", "PAIR_METHOD_NAMES", "VIT_METHOD_NAMES", "get_method"]
 
 _SIMPLE = {
     "conditional-occlusion": ConditionalOcclusion,
