@@ -9,6 +9,7 @@ import torch
 from .attr import PairAttribution, get_method, upsample
 from .attr.cam import InteractionCAM, PairGradCAM
 from .attr.engine import eval_similarity
+from .attr.feature_pca import PatchFeaturePCA
 from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
 from .models.wrapper import SSLModel
@@ -54,6 +55,14 @@ def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
     return settings
 
 
+def _to_image_size(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``(B,h,w)`` map upsampled (bilinear, centre-aligned); an RGB map ``(B,3,h,w)`` (feature PCA)
+    enlarged with nearest-neighbour so each patch stays one colour."""
+    if m.dim() == 4:
+        return m if m.shape[2:] == size else torch.nn.functional.interpolate(m, size=size, mode="nearest")
+    return upsample(m, size) if m.shape[1:] != size else m
+
+
 def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor, layer: str | None = None,
                  generator: torch.Generator | None = None, **overrides: Any) -> PairAttribution:
     """Run the named method on a pair and bring both maps to image size.
@@ -67,7 +76,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         overrides: ``attribute`` keyword arguments replacing the defaults.
 
     Returns:
-        :class:`PairAttribution` with ``(B,H,W)`` maps at the images' sizes; ``.meta`` has the settings.
+        :class:`PairAttribution` with ``(B,H,W)`` maps at the images' sizes (``feature-pca``: RGB maps
+        ``(B,3,H,W)``); ``.meta`` has the settings.
     """
     cls, settings = get_method(name)
     settings = {**default_settings(name, model), **overrides}
@@ -75,6 +85,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         method = cls(model, layer)
     else:
         method = cls(model)
+    if cls is PatchFeaturePCA and layer is not None:
+        settings.setdefault("layer", layer)
     if "generator" in inspect.signature(cls.attribute).parameters:
         settings.setdefault("generator", generator)
     if cls is PixelInvariance:
@@ -84,6 +96,6 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         settings.pop("generator", None)
         return PairAttribution(maps, sim, {"method": name, **settings})
     result = method.attribute((x1, x2), **settings)
-    maps = tuple(upsample(m, tuple(x.shape[2:])) if m.shape[1:] != x.shape[2:] else m for m, x in zip(result, (x1, x2)))
+    maps = tuple(_to_image_size(m, tuple(x.shape[2:])) for m, x in zip(result, (x1, x2)))
     meta = {**result.meta, "method": name, **({"layer": layer} if layer else {})}
     return PairAttribution(maps, result.similarity, meta)

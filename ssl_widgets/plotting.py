@@ -115,6 +115,11 @@ def _limits(m: np.ndarray) -> tuple[str, float, float, bool]:
     return POSITIVE_CMAP, 0.0, high if high > 0 else 1.0, False
 
 
+def _is_rgb(m: torch.Tensor | np.ndarray) -> bool:
+    """A ``(B,3,H,W)`` map (feature PCA's RGB result), as opposed to ``(B,H,W)`` heat maps."""
+    return isinstance(m, torch.Tensor) and m.dim() == 4 and m.shape[1] == 3
+
+
 def overlay(ax, image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.ndarray | None = None,
             alpha: float = 0.5, cmap: str | None = None, vmin: float | None = None, vmax: float | None = None,
             colorbar: bool = False):
@@ -143,6 +148,10 @@ def overlay(ax, image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.nda
     ax.imshow(img, extent=(0, img.shape[1], img.shape[0], 0))
     ax.set_axis_off()
     if heatmap is None:
+        return None
+    if _is_rgb(heatmap):  # an RGB map (feature PCA): drawn as colours, no colour map
+        ax.imshow(to_image(heatmap), alpha=max(alpha, 0.85), extent=(0, img.shape[1], img.shape[0], 0),
+                  interpolation="nearest")
         return None
     values = _map(heatmap)
     auto_cmap, auto_min, auto_max, signed = _limits(values)

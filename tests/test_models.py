@@ -81,7 +81,8 @@ def test_unknown_model_name_lists_the_zoo():
 def test_zoo_lists_every_model_of_the_api():
     assert set(available_models()) == {
         "tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "simclr-v2-r50-1x", "simclr-v2-r50-2x",
-        "barlow-twins-r50", "simsiam-r50", "resnet50-supervised",
+        "barlow-twins-r50", "simsiam-r50", "resnet50-supervised", "tiny-dino-vit", "dino-r50", "dino-vits16",
+        "dino-vitb16", "dinov2-vits14", "dinov2-vits14-reg",
     }
 
 

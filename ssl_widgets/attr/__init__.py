@@ -1,5 +1,8 @@
 """Explanation methods for pairwise similarity, Captum style: ``Method(model).attribute(...)``."""
+from .attention_rollout import AttentionRollout
 from .averaged_transforms import AveragedTransforms
+from .cls_attention import ClassTokenAttention
+from .feature_pca import PatchFeaturePCA
 from .cam import InteractionCAM, PairGradCAM, cam_variants
 from .feature_visualization import FeatureVisualization
 from .model_difference import ModelDifference
@@ -9,10 +12,14 @@ from .maps import normalize_map, upsample
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
-from .registry import METHOD_NAMES, PAIR_METHOD_NAMES, get_method
+from .registry import METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
 
 __all__ = [
+    "AttentionRollout",
     "AveragedTransforms",
+    "ClassTokenAttention",
+    "PatchFeaturePCA",
+    "VIT_METHOD_NAMES",
     "ConditionalOcclusion",
     "ContextAgnosticOcclusion",
     "FeatureVisualization",

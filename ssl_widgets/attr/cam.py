@@ -31,18 +31,23 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
     same_size = x1.shape == x2.shape
     # parameters are frozen for the pass; inputs that require grad keep the activations in the graph
     x1, x2 = x1.detach().requires_grad_(True), x2.detach().requires_grad_(True)
+    if layer is None:
+        layer = model.default_cam_layer  # a class-token ViT: the last block's attention input
     with preserved_model_state(model, requires_grad=False, channels_last=True), torch.enable_grad():
         if layer is None:
             embed_head = model.cam_head if (head == "paper" and model.cam_head is not None) else model.head
             batch = torch.cat([x1, x2]) if same_size else None
             if batch is not None:
-                acts = model.trunk(model.normalize(batch))
+                acts = model.run_trunk(model.normalize(batch))
                 a1, a2 = acts.chunk(2)
             else:
-                a1, a2 = model.trunk(model.normalize(x1)), model.trunk(model.normalize(x2))
-            z1, z2 = embed_head(a1.mean(dim=(2, 3))), embed_head(a2.mean(dim=(2, 3)))
+                a1, a2 = model.run_trunk(model.normalize(x1)), model.run_trunk(model.normalize(x2))
+            z1, z2 = embed_head(model.pool(a1)), embed_head(model.pool(a2))
             sims = cosine(z1, z2)
             g1, g2 = torch.autograd.grad(sims.sum(), [a1, a2])
+            if model.is_token_model:  # mean-pooled ViT: the patch tokens of the trunk output
+                a1, g1 = model.layer_map(a1, x1.shape[2:]), model.layer_map(g1, x1.shape[2:])
+                a2, g2 = model.layer_map(a2, x2.shape[2:]), model.layer_map(g2, x2.shape[2:])
         else:
             module = model.get_layer(layer)
             captured: list[torch.Tensor] = []
@@ -50,21 +55,27 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
             try:
                 if same_size:
                     z1, z2 = model(torch.cat([x1, x2])).chunk(2)
-                    outputs = [captured[-1]]
+                    outputs = [captured[-1]] if captured else None
                 else:
                     z1 = model(x1)
                     z2 = model(x2)
                     outputs = [captured[0], captured[-1]] if len(captured) == 2 else None
             finally:
                 handle.remove()
-            if outputs is None or not all(isinstance(o, torch.Tensor) and o.dim() == 4 for o in outputs):
-                raise ValueError(f"layer {layer!r} does not output one (B, C, h, w) feature map per forward pass")
+            kinds = "(B, C, h, w) feature map" + (" or (B, N, C) token sequence" if model.is_token_model else "")
+            if outputs is None or not all(isinstance(o, torch.Tensor) and o.dim() in (3, 4) for o in outputs):
+                raise ValueError(f"layer {layer!r} does not output one {kinds} per forward pass")
             sims = cosine(z1, z2)
             grads = torch.autograd.grad(sims.sum(), outputs)
             if same_size:
                 (a1, a2), (g1, g2) = outputs[0].chunk(2), grads[0].chunk(2)
             else:
                 (a1, a2), (g1, g2) = outputs, grads
+            try:  # a token layer's patch tokens become the (B, C, h, w) patch grid
+                a1, g1 = model.layer_map(a1, x1.shape[2:]), model.layer_map(g1, x1.shape[2:])
+                a2, g2 = model.layer_map(a2, x2.shape[2:]), model.layer_map(g2, x2.shape[2:])
+            except ValueError as error:
+                raise ValueError(f"layer {layer!r} does not output a {kinds}: {error}") from error
     return a1.detach(), a2.detach(), g1.detach(), g2.detach(), sims.detach()
 
 
@@ -127,7 +138,9 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
         model: the :class:`SSLModel`.
         inputs: ``(x1, x2)``.
         variants: names such as ``"grad-cam"``, ``"interaction-cam:max"``, ``"interaction-cam:max+gi"``.
-        layer: trunk layer (dot path); ``None`` = the trunk's output.
+        layer: trunk layer (dot path); ``None`` = the trunk's output (a class-token ViT: its
+            ``default_cam_layer``, the last block's ``norm1``). A ViT token layer is read as its
+            patch-token grid.
         head: ``"paper"`` uses the model's ``cam_head`` where it has one (SimSiam: the predictor
             alone, as the authors' code); ``"model"`` always uses the model's own head.
 
@@ -144,7 +157,8 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
     results = {}
     for name, (pooling, gi) in parsed.items():
         maps = _variant_maps(a1, a2, g1, g2, pooling, gi)
-        meta = {"method": name.split(":")[0], "variant": name, "layer": layer or "trunk output", "pooling": pooling,
+        meta = {"method": name.split(":")[0], "variant": name,
+                "layer": layer or model.default_cam_layer or "trunk output", "pooling": pooling,
                 "gradient_interaction": gi, "head": head}
         results[name] = PairAttribution(maps, sims, meta)
     return results

@@ -206,10 +206,20 @@ def guided_relus(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     on the instance; functional ``F.relu`` / ``torch.relu`` calls are redirected for the duration
     (under a lock, since that swap is process-wide). All is restored on exit, also on error.
     No ``register_backward_hook`` is used.
+
+    Guided back-propagation is defined for ReLU networks only: a model with GELU activations (a
+    Vision Transformer) is refused with a ``ValueError`` rather than silently given plain gradients
+    (GELU is not a rectifier, so "pass positive gradients where the unit is active" has no single
+    meaning there).
     """
     if not enabled:
         yield
         return
+    if any(isinstance(m, nn.GELU) for m in model.modules()):
+        raise ValueError(
+            "guided backpropagation is defined for ReLU networks; this model uses GELU activations (a Vision "
+            "Transformer?). Use the method without ':guided' (plain gradients)"
+        )
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     with _FUNCTIONAL_LOCK:
         original_f, original_t = F.relu, torch.relu

@@ -137,6 +137,12 @@ class WindowEvaluator:
         device = model.device
         self.dtype = torch.float32 if precision == "exact" else fast_dtype(device)
         self.format = torch.channels_last if channels_last else torch.contiguous_format
+        if model.is_token_model or model.trunk_method is not None:
+            # a token trunk (ViT) mixes every patch in every block, and its output is not the module's
+            # forward: exact full forward passes through the model's own trunk, in float32
+            self.dtype, self.format, self.engine = torch.float32, torch.contiguous_format, None
+            self.trunk = model.run_trunk
+            return
         self.engine = IncrementalTrunk.from_trunk(model.trunk, device, self.dtype, channels_last) if incremental \
             else None
         self.trunk = self.engine.module if self.engine is not None else \

@@ -178,7 +178,8 @@ _ATTRIBUTE_DOC = """
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
-                ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes.
+                ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes (always for a
+                token trunk such as a ViT, where every token sees every patch).
                 Either way the trunk runs as a private copy with BatchNorm folded into the convolutions.
             channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
             precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA: not exact;

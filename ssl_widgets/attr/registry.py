@@ -3,20 +3,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attention_rollout import AttentionRollout
 from .averaged_transforms import AveragedTransforms
 from .cam import InteractionCAM, PairGradCAM, parse_cam_variant
+from .cls_attention import ClassTokenAttention
+from .feature_pca import PatchFeaturePCA
 from .gradients import PairInputXGradient, PairSmoothGrad
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
 
-__all__ = ["get_method", "METHOD_NAMES", "PAIR_METHOD_NAMES"]
+__all__ = ["METHOD_NAMES", "PAIR_METHOD_NAMES", "VIT_METHOD_NAMES", "get_method"]
 
 _SIMPLE = {
     "conditional-occlusion": ConditionalOcclusion,
     "context-agnostic-occlusion": ContextAgnosticOcclusion,
     "pairwise-occlusion": PairwiseOcclusion,
     "pixel-invariance": PixelInvariance,
+    "cls-attention": ClassTokenAttention,
+    "attention-rollout": AttentionRollout,
+    "feature-pca": PatchFeaturePCA,
 }
 _FLAGS = {
     "averaged-transforms": (AveragedTransforms, {"guided", "noise"}),
@@ -32,6 +38,9 @@ PAIR_METHOD_NAMES: tuple[str, ...] = (
     "smoothgrad:guided",
 )
 METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",)
+#: ViT-native views (token trunks only; ``feature-pca`` also works on CNN maps). Accepted by
+#: :func:`get_method` and ``ssl-widgets explain``; not part of the pair-metric tables.
+VIT_METHOD_NAMES: tuple[str, ...] = ("cls-attention", "attention-rollout", "feature-pca")
 
 
 def get_method(name: str) -> tuple[type, dict[str, Any]]:
@@ -67,4 +76,4 @@ def get_method(name: str) -> tuple[type, dict[str, Any]]:
             return cls, {f: True for f in flags}
     except ValueError:
         pass
-    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
+    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES + VIT_METHOD_NAMES)}")

@@ -26,14 +26,17 @@ def partial_forward(model: SSLModel, x: torch.Tensor, layer: str) -> torch.Tenso
 
     handle = module.register_forward_hook(hook)
     try:
-        model.trunk(model.normalize(x))
+        model.run_trunk(model.normalize(x))
     except _Stop:
         pass
     finally:
         handle.remove()
     if not captured:
         raise ValueError(f"layer {layer!r} was not reached in the trunk's forward pass")
-    return captured[0]
+    out = captured[0]
+    if model.is_token_model and isinstance(out, torch.Tensor) and out.dim() == 3:
+        out = model.layer_map(out, x.shape[2:])  # a ViT token layer: its patch-token grid
+    return out
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

@@ -1,33 +1,54 @@
 """``SSLModel``: one interface over every self-supervised network the package explains."""
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import check_images
 
-__all__ = ["SSLModel", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSLModel"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+POOLINGS = ("avg", "cls", "mean")
+
+
 class SSLModel(nn.Module):
     """A trunk, a projection head and the input normalisation, wrapped as one module.
 
-    ``model(x) = head(global_avg_pool(trunk(normalise(x))))`` maps pixel-space images
-    ``(B,3,H,W)`` in ``[0,1]`` to embeddings ``(B,D)``; the pairwise similarity that every method
-    explains is the cosine of two such embeddings.
+    ``model(x) = head(pool(trunk(normalise(x))))`` maps pixel-space images ``(B,3,H,W)`` in
+    ``[0,1]`` to embeddings ``(B,D)``; the pairwise similarity that every method explains is the
+    cosine of two such embeddings. Two kinds of trunk are understood:
+
+    * a convolutional trunk ``(B,3,H,W) -> (B,C,h,w)``, pooled by global average pooling
+      (``pooling="avg"``, the default);
+    * a token trunk (a Vision Transformer) ``(B,3,H,W) -> (B,N,C)`` with ``num_prefix_tokens``
+      class/register tokens before the ``h*w`` patch tokens, pooled by its class token
+      (``pooling="cls"``) or by the mean of its patch tokens (``pooling="mean"``). Every method
+      that needs a spatial map sees the patch tokens as the grid ``(B,C,H/p,W/p)``
+      (:meth:`layer_map`), ``p`` being the patch size.
+
+    Use :meth:`from_timm` or :meth:`from_torchvision` to wrap an existing network in one line.
 
     Args:
-        trunk: ``(B,3,H,W) -> (B,C,h,w)``, e.g. a ResNet without pooling and classifier.
+        trunk: the trunk (see above), e.g. a ResNet without pooling and classifier.
         head: ``(B,C) -> (B,D)`` projector, or ``None`` to use the pooled trunk feature.
         mean: per-channel normalisation mean applied inside the wrapper, or ``None``.
         std: per-channel normalisation std, or ``None`` (requires ``mean`` to be ``None`` too).
         name: a display name (the zoo name for loaded models).
         input_size: the side length the model was trained at.
+        pooling: ``"avg"`` (maps), ``"cls"`` or ``"mean"`` (tokens); a token pooling makes the
+            trunk a token trunk.
+        num_prefix_tokens: class and register tokens before the patch tokens (token trunks).
+        patch_size: side of a patch in pixels (token trunks; inputs must be multiples of it).
+        trunk_method: name of the trunk's method that returns the token sequence (default:
+            ``forward_features`` when the trunk has one, e.g. a timm ViT; else the trunk's ``forward``).
 
     Examples:
         >>> trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
@@ -36,6 +57,11 @@ class SSLModel(nn.Module):
         torch.Size([2, 4])
         >>> model.fill_value.tolist()  # the colour that is 0 in the model's input space
         [0.5, 0.5, 0.5]
+        >>> import timm
+        >>> vit = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=0, dynamic_img_size=True)
+        >>> model = SSLModel(vit, pooling="cls", num_prefix_tokens=1, patch_size=16)
+        >>> model(torch.rand(2, 3, 32, 48)).shape, model.features(torch.rand(2, 3, 32, 48)).shape
+        (torch.Size([2, 192]), torch.Size([2, 192, 2, 3]))
     """
 
     def __init__(
@@ -47,8 +73,28 @@ class SSLModel(nn.Module):
         std: Sequence[float] | None = None,
         name: str = "custom",
         input_size: int = 224,
+        pooling: str = "avg",
+        num_prefix_tokens: int = 0,
+        patch_size: int | None = None,
+        trunk_method: str | None = None,
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        tokens = pooling != "avg"
+        if tokens and (patch_size is None or int(patch_size) < 1):
+            raise ValueError(f"a token trunk (pooling={pooling!r}) needs patch_size, the side of a patch in pixels")
+        if pooling == "cls" and num_prefix_tokens < 1:
+            raise ValueError("pooling='cls' needs a class token: num_prefix_tokens must be >= 1")
+        if trunk_method is None and tokens and hasattr(trunk, "forward_features"):
+            trunk_method = "forward_features"
+        if trunk_method is not None and not callable(getattr(trunk, trunk_method, None)):
+            raise ValueError(f"the trunk ({type(trunk).__name__}) has no method {trunk_method!r}")
+        #: ``"avg"`` (global average pooling of a map), ``"cls"`` or ``"mean"`` (token trunks).
+        self.pooling = pooling
+        self.num_prefix_tokens = int(num_prefix_tokens) if tokens else 0
+        self.patch_size = int(patch_size) if tokens else None
+        self.trunk_method = trunk_method
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std for input normalisation, or neither")
         self.trunk = trunk
@@ -84,6 +130,11 @@ class SSLModel(nn.Module):
         """
         return self.mean.view(3).clone()
 
+    @property
+    def is_token_model(self) -> bool:
+        """Whether the trunk returns a token sequence (a Vision Transformer) rather than a map."""
+        return self.pooling != "avg"
+
     # -- forward passes -----------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map pixel-space images to the model's input space."""
@@ -91,22 +142,88 @@ class SSLModel(nn.Module):
             return x
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk's feature map ``(B, C, h, w)`` for pixel-space images ``x``."""
-        check_images(x)
-        return self.trunk(self.normalize(x))
+    def check_input_size(self, height: int, width: int) -> None:
+        """A clear ``ValueError`` unless a token trunk can cut ``height x width`` into whole patches."""
+        p = self.patch_size
+        if p is not None and (height % p or width % p):
+            raise ValueError(
+                f"input size {height}x{width} is not a multiple of the patch size {p} of model {self.name!r}; "
+                f"resize or crop the images to multiples of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})"
+            )
 
-    def embed_features(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Head applied to the globally average-pooled feature map: ``(B,C,h,w) -> (B,D)``."""
-        return self.head(feature_map.mean(dim=(2, 3)))
+    def run_trunk(self, x_n: torch.Tensor) -> torch.Tensor:
+        """The trunk's raw output for inputs in the model's input space: a map ``(B,C,h,w)`` or
+        tokens ``(B,N,C)``."""
+        if self.patch_size is not None:
+            self.check_input_size(*x_n.shape[-2:])
+        if self.trunk_method is None:
+            return self.trunk(x_n)
+        return getattr(self.trunk, self.trunk_method)(x_n)
+
+    def grid_size(self, image_size: Sequence[int]) -> tuple[int, int] | None:
+        """The patch grid ``(h, w)`` of a token trunk for an image ``(H, W)`` (``None`` for a map trunk)."""
+        if self.patch_size is None:
+            return None
+        self.check_input_size(int(image_size[0]), int(image_size[1]))
+        return int(image_size[0]) // self.patch_size, int(image_size[1]) // self.patch_size
+
+    def layer_map(self, output: Any, image_size: Sequence[int]) -> torch.Tensor:
+        """A layer's output as a spatial map ``(B,C,h,w)``.
+
+        A 4-D map is returned as is; for a token trunk a token sequence ``(B,N,C)`` becomes the grid
+        of its patch tokens (the prefix tokens dropped), ``(B,C,H/p,W/p)``.
+
+        Raises:
+            ValueError: the output is neither (e.g. a tuple, or a pooled vector).
+        """
+        grid = self.grid_size(image_size)
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if grid is not None and tuple(output.shape[1:3]) == grid and tuple(output.shape[2:]) != grid:
+                return output.permute(0, 3, 1, 2)  # channels-last patch grid (timm's dynamic patch_embed)
+            return output
+        if grid is not None and isinstance(output, torch.Tensor) and output.dim() == 3:
+            n_patch = grid[0] * grid[1]
+            if output.shape[1] != self.num_prefix_tokens + n_patch:
+                raise ValueError(
+                    f"a token layer output of {output.shape[1]} tokens does not match {self.num_prefix_tokens} prefix "
+                    f"tokens + a {grid[0]}x{grid[1]} patch grid for input {tuple(image_size)}"
+                )
+            patches = output[:, self.num_prefix_tokens:]
+            return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], grid[0], grid[1])
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        kind = "(B, C, h, w) feature map or a (B, N, C) token sequence" if grid is not None else "(B, C, h, w) feature map"
+        raise ValueError(f"layer output {shape} is not a {kind}")
+
+    def pool(self, output: torch.Tensor) -> torch.Tensor:
+        """The trunk output pooled to ``(B, C)``: average of a map, class token, or mean of patch tokens."""
+        if self.pooling == "avg":
+            if output.dim() != 4:
+                raise ValueError(f"pooling 'avg' expects a (B, C, h, w) map, got shape {tuple(output.shape)}")
+            return output.mean(dim=(2, 3))
+        if output.dim() != 3:
+            raise ValueError(f"pooling {self.pooling!r} expects (B, N, C) tokens, got shape {tuple(output.shape)}")
+        if self.pooling == "cls":
+            return output[:, 0]
+        return output[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's feature map ``(B, C, h, w)`` for pixel-space images ``x`` (for a token trunk:
+        its patch-token grid)."""
+        check_images(x)
+        return self.layer_map(self.run_trunk(self.normalize(x)), x.shape[2:])
+
+    def embed_features(self, trunk_output: torch.Tensor) -> torch.Tensor:
+        """Head applied to the pooled trunk output: ``(B,C,h,w)`` or ``(B,N,C) -> (B,D)``."""
+        return self.head(self.pool(trunk_output))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, D)`` of pixel-space images ``x``."""
-        return self.embed_features(self.features(x))
+        check_images(x)
+        return self.forward_normalized(self.normalize(x))
 
     def forward_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
         """Embeddings of images already in the model's input space (gradient methods work there)."""
-        return self.embed_features(self.trunk(x_n))
+        return self.embed_features(self.run_trunk(x_n))
 
     def similarity(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``(B,)`` between the embeddings of two image batches."""
@@ -114,8 +231,42 @@ class SSLModel(nn.Module):
 
     def layer_names(self) -> list[str]:
         """Dot paths of the trunk's sub-modules, usable as ``layer=`` by the CAM and
-        feature-visualisation methods (e.g. ``"layer4"``, ``"layer3.1.conv2"``)."""
+        feature-visualisation methods (e.g. ``"layer4"``, ``"layer3.1.conv2"``; for a ViT
+        ``"blocks.11"``, ``"blocks.11.attn"``, ``"norm"``, whose tokens become the patch grid)."""
         return [name for name, _ in self.trunk.named_modules() if name]
+
+    @property
+    def default_cam_layer(self) -> str | None:
+        """The layer the CAM methods use when none is given (``None``: the trunk output).
+
+        For a class-token ViT the final tokens' patch positions do not reach the embedding (the
+        class token is read after a per-token norm), so CAMs use the input of the last block's
+        attention, ``blocks.{L-1}.norm1`` (as ViT Grad-CAM implementations do); with mean pooling
+        the trunk output is used, as for CNNs.
+        """
+        if self.pooling != "cls":
+            return None
+        names = set(self.layer_names())
+        blocks = [int(n.split(".")[1]) for n in names if re.fullmatch(r"blocks\.\d+", n)]
+        if blocks and f"blocks.{max(blocks)}.norm1" in names:
+            return f"blocks.{max(blocks)}.norm1"
+        return f"blocks.{max(blocks)}" if blocks else None
+
+    @classmethod
+    def from_timm(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
+        """Wrap a timm model (an instance, or a name built with random weights): see
+        :func:`ssl_widgets.models.adapters.from_timm`."""
+        from .adapters import from_timm
+
+        return from_timm(model, **kwargs)
+
+    @classmethod
+    def from_torchvision(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
+        """Wrap a torchvision ResNet or ViT (an instance or a name): see
+        :func:`ssl_widgets.models.adapters.from_torchvision`."""
+        from .adapters import from_torchvision
+
+        return from_torchvision(model, **kwargs)
 
     def get_layer(self, name: str) -> nn.Module:
         """The trunk sub-module at dot path ``name``; a clear ``ValueError`` if there is none."""
@@ -126,4 +277,5 @@ class SSLModel(nn.Module):
         return modules[name]
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, input_size={self.input_size}, normalized={self.normalized}"
+        extra = f", pooling={self.pooling!r}, patch_size={self.patch_size}" if self.is_token_model else ""
+        return f"name={self.name!r}, input_size={self.input_size}, normalized={self.normalized}{extra}"

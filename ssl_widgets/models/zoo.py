@@ -20,6 +20,7 @@ from .converters import (
     convert_simsiam,
     convert_torchvision_resnet,
 )
+from .dino import build_dino_r50, dino_vit_builder
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
 __all__ = ["ModelSpec", "available_models", "build_tiny_model", "load_model", "model_info", "save_tiny_checkpoint"]
@@ -129,6 +130,9 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
             standardises and SimSiam's projector does) and ``"predictor_dims": [hidden, out]`` (a SimSiam
             predictor after the projector: ``head = Sequential(projector, predictor)`` and
             ``cam_head = predictor``, like the ``simsiam-r50`` loader).
+            For the tiny ViT: ``{"type": "vit", "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3,
+            "input_size": 112, "normalized": True, "pooling": "cls"}`` (a timm VisionTransformer whose
+            embedding is its class token after the final norm).
         name: the model's name.
 
     Returns:
@@ -144,7 +148,20 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         torch.Size([2, 32])
         >>> s.cam_head is s.head[1]
         True
+        >>> vit = build_tiny_model({"type": "vit", "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2,
+        ...                         "input_size": 32}).eval()
+        >>> vit(torch.rand(1, 3, 32, 32)).shape, vit.features(torch.rand(1, 3, 32, 32)).shape
+        (torch.Size([1, 24]), torch.Size([1, 24, 4, 4]))
     """
+    normalized = bool(arch.get("normalized", True))
+    if arch.get("type") == "vit":
+        from .tiny_vit import build_tiny_vit_backbone
+
+        vit = build_tiny_vit_backbone(arch)
+        return SSLModel(vit, None, mean=IMAGENET_MEAN if normalized else None, std=IMAGENET_STD if normalized else None,
+                        name=name, input_size=int(arch.get("input_size", 112)), pooling=arch.get("pooling", "cls"),
+                        num_prefix_tokens=vit.num_prefix_tokens, patch_size=int(arch.get("patch_size", 8)),
+                        trunk_method="forward_features")
     trunk = tiny_resnet18_trunk(int(arch.get("width", 32)))
     dims = [trunk.out_channels] + [int(d) for d in arch.get("head_dims", [512, 128])]
     head: nn.Module = mlp_head(dims, last_bn=bool(arch.get("last_bn", False)), last_bn_affine=False)
@@ -152,7 +169,6 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
     if arch.get("predictor_dims"):
         predictor = mlp_head([dims[-1]] + [int(d) for d in arch["predictor_dims"]], last_bias=True)
         head = nn.Sequential(head, predictor)
-    normalized = bool(arch.get("normalized", True))
     model = SSLModel(
         trunk,
         head,
@@ -203,6 +219,9 @@ _SIMCLR_HELP = (
     "PyTorch layout (EMA variables) and pass weights=PATH"
 )
 
+_DINO = "https://dl.fbaipublicfiles.com/dino/"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/"
+
 _REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -235,6 +254,30 @@ _REGISTRY: dict[str, ModelSpec] = {
                   "BSD-3-Clause (torchvision)", "torchvision IMAGENET1K_V1", _build_supervised,
                   url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
                   file_name="resnet50-0676ba61.pth", sha256="0676ba61"),
+        ModelSpec("tiny-dino-vit", "ViT (patch 8, 192-d, 6 blocks) trained here with DINO, 112 px; class token",
+                  "Apache-2.0 (trained by ssl_widgets)", "shipped with the package", _tiny_builder("tiny-dino-vit"),
+                  file_name="tiny-dino-vit.pt"),
+        ModelSpec("dino-r50", "DINO ResNet-50, teacher with its DINO head (full checkpoint) or pooled backbone",
+                  "Apache-2.0 (facebookresearch/dino)", "facebookresearch/dino full checkpoint", build_dino_r50,
+                  url=_DINO + "dino_resnet50_pretrain/dino_resnet50_pretrain_full_checkpoint.pth",
+                  file_name="dino_resnet50_pretrain_full_checkpoint.pth"),
+        ModelSpec("dino-vits16", "DINO ViT-S/16, class token (teacher head with the full checkpoint)",
+                  "Apache-2.0 (facebookresearch/dino)", "facebookresearch/dino backbone", dino_vit_builder("dino-vits16"),
+                  url=_DINO + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+                  file_name="dino_deitsmall16_pretrain.pth"),
+        ModelSpec("dino-vitb16", "DINO ViT-B/16, class token (teacher head with the full checkpoint)",
+                  "Apache-2.0 (facebookresearch/dino)", "facebookresearch/dino backbone", dino_vit_builder("dino-vitb16"),
+                  url=_DINO + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+                  file_name="dino_vitbase16_pretrain.pth"),
+        ModelSpec("dinov2-vits14", "DINOv2 ViT-S/14 (LVD-142M), class token; 224 px by default",
+                  "Apache-2.0 (facebookresearch/dinov2)", "facebookresearch/dinov2 release",
+                  dino_vit_builder("dinov2-vits14"), url=_DINOV2 + "dinov2_vits14/dinov2_vits14_pretrain.pth",
+                  file_name="dinov2_vits14_pretrain.pth"),
+        ModelSpec("dinov2-vits14-reg", "DINOv2 ViT-S/14 with 4 register tokens, class token; 224 px by default",
+                  "Apache-2.0 (facebookresearch/dinov2)", "facebookresearch/dinov2 release",
+                  dino_vit_builder("dinov2-vits14-reg"),
+                  url=_DINOV2 + "dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
+                  file_name="dinov2_vits14_reg4_pretrain.pth"),
     ]
 }
 

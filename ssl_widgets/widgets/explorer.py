@@ -1,6 +1,7 @@
 """``Explorer``: the interactive panel for pairwise-similarity explanations."""
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -192,7 +193,8 @@ class Explorer(W.VBox):
 
     def _update_layers(self) -> None:
         model = self._model()
-        names = [n for n in model.layer_names() if n.startswith("layer") and n.count(".") <= 1]
+        names = [n for n in model.layer_names() if (n.startswith("layer") and n.count(".") <= 1)
+                 or re.fullmatch(r"blocks\.\d+(\.norm1|\.attn)?|norm", n)]  # ViT token layers: patch grids
         self.layer_select.options = [("trunk output", "")] + [(n, n) for n in names]
         self.layer_select.value = ""
 

@@ -1,0 +1,224 @@
+"""Loaders of the DINO and DINOv2 checkpoints in their published layouts.
+
+* DINO full checkpoints (``*_full_checkpoint.pth``): ``{'student', 'teacher', 'optimizer', 'epoch',
+  'args', 'dino_loss'}``; each network's keys are ``backbone.*`` and ``head.*``, with a ``module.``
+  prefix where the network was wrapped in DistributedDataParallel (the student always; the
+  ResNet-50's teacher too). The **teacher with its DINO head** is explained, as the authors' code
+  does. The head is ``mlp`` (Linear [-> BN] -> GELU ... -> Linear), an L2 normalisation, and
+  ``last_layer``, stored weight-normalised (``weight_g``/``weight_v``) or plain (``weight``).
+* DINO backbone files (``dino_resnet50_pretrain.pth``, ``dino_deitsmall16_pretrain.pth``,
+  ``dino_vitbase16_pretrain.pth``): a bare state dict of the backbone (torchvision ResNet-50
+  names without ``fc``, or timm-compatible ViT names); the embedding is the pooled feature / the
+  class token after the final norm.
+* DINOv2 releases (``dinov2_vits14[_reg4]_pretrain.pth``): timm-compatible ViT-S/14 names with
+  ``blocks.N.ls1.gamma`` layer scales, a ``mask_token`` (unused at inference), a 518 px
+  ``pos_embed`` (37x37 + class) and, for the register variant, ``register_tokens``.
+
+Position embeddings are interpolated for other input sizes by timm (bicubic, ``dynamic_img_size``);
+DINO's and DINOv2's own code interpolate with a slightly different rule (a 0.1 offset), so at sizes
+other than the training size embeddings agree with the reference code closely, not bit for bit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import resnet50_trunk
+from .converters import CheckpointError, convert_torchvision_resnet, strip_prefix
+from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+
+__all__ = [
+    "VIT_ARCHS",
+    "DINOHead",
+    "build_dino_r50",
+    "build_dino_vit",
+    "dino_head_from_state",
+    "dino_vit_builder",
+    "split_dino_checkpoint",
+]
+
+#: timm ``VisionTransformer`` arguments of each released ViT.
+VIT_ARCHS: dict[str, dict[str, Any]] = {
+    "dino-vits16": {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "dino-vitb16": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "dinov2-vits14": {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5},
+    "dinov2-vits14-reg": {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5,
+                              "reg_tokens": 4, "no_embed_class": True},
+}
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: ``last_layer(normalize(mlp(x)))`` (the logits before the softmax).
+
+    Examples:
+        >>> head = DINOHead(nn.Sequential(nn.Linear(8, 4)), nn.Linear(4, 16, bias=False))
+        >>> head(torch.rand(2, 8)).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(self, mlp: nn.Module, last_layer: nn.Linear) -> None:
+        super().__init__()
+        self.mlp, self.last_layer = mlp, last_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+
+def _last_layer_weight(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The effective last-layer weight: ``g * v / ||v||`` (per output row) or the plain weight."""
+    keys = {k for k in state if k.startswith("last_layer.")}
+    pairs = [("last_layer.weight_g", "last_layer.weight_v"),
+             ("last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1")]
+    for g_key, v_key in pairs:
+        if g_key in state and v_key in state:
+            g, v = state[g_key].float(), state[v_key].float()
+            norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+            return g * v / norm
+    if "last_layer.weight" in state:
+        return state["last_layer.weight"].float()
+    raise CheckpointError(
+        f"DINO head: no last layer found (expected last_layer.weight_g/weight_v or last_layer.weight), found {sorted(keys)}"
+    )
+
+
+def dino_head_from_state(state: Mapping[str, torch.Tensor]) -> DINOHead:
+    """Build a :class:`DINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
+    keys (prefix removed), and load it.
+
+    Raises:
+        CheckpointError: no ``mlp.*`` or last layer, or an unexpected key.
+    """
+    mlp_state = strip_prefix(state, "mlp.")
+    if not mlp_state:
+        raise CheckpointError(f"DINO head: expected 'mlp.*' keys, found {sorted(state)[:6]}")
+    if "weight" in mlp_state:  # nlayers=1: mlp is a single Linear
+        w = mlp_state["weight"]
+        mlp: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in mlp_state)
+    else:
+        indices = sorted({int(k.split(".")[0]) for k in mlp_state})
+        layers: list[nn.Module] = []
+        for i in range(indices[-1] + 1):
+            w = mlp_state.get(f"{i}.weight")
+            if w is not None and w.dim() == 2:
+                layers.append(nn.Linear(w.shape[1], w.shape[0], bias=f"{i}.bias" in mlp_state))
+            elif f"{i}.running_mean" in mlp_state:
+                layers.append(nn.BatchNorm1d(mlp_state[f"{i}.running_mean"].shape[0]))
+            else:
+                layers.append(nn.GELU())
+        mlp = nn.Sequential(*layers)
+    try:
+        mlp.load_state_dict(mlp_state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"DINO head: the 'mlp' keys do not form Linear/BN/GELU layers: {str(error)[:300]}") from error
+    weight = _last_layer_weight(state)
+    last = nn.Linear(weight.shape[1], weight.shape[0], bias="last_layer.bias" in state)
+    with torch.no_grad():
+        last.weight.copy_(weight)
+        if last.bias is not None:
+            last.bias.copy_(state["last_layer.bias"])
+    return DINOHead(mlp, last).eval()
+
+
+def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {(k.removeprefix("module.")): v for k, v in state.items()}
+
+
+def split_dino_checkpoint(checkpoint: Any, model_name: str, backbone_key: str) -> tuple[dict, dict | None]:
+    """``(backbone_state, head_state or None)`` of a DINO full checkpoint (its teacher) or backbone file.
+
+    Args:
+        checkpoint: the loaded file.
+        model_name: for error messages.
+        backbone_key: a key every backbone state of this model has (``"conv1.weight"``, ``"cls_token"``).
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{model_name}: expected a dict, found {type(checkpoint).__name__}")
+    if "teacher" in checkpoint:
+        teacher = checkpoint["teacher"]
+        if not isinstance(teacher, Mapping):
+            raise CheckpointError(f"{model_name} full checkpoint: 'teacher' is not a state dict")
+        teacher = _strip_module(teacher)
+        backbone, head = strip_prefix(teacher, "backbone."), strip_prefix(teacher, "head.")
+        if backbone_key not in backbone or not head:
+            raise CheckpointError(
+                f"{model_name} full checkpoint: expected 'backbone.{backbone_key}' and 'head.*' keys in 'teacher' "
+                f"(optionally prefixed by 'module.'), found {sorted(teacher)[:4]}"
+            )
+        return backbone, head
+    state = _strip_module(checkpoint)
+    if backbone_key in state:
+        return state, None
+    raise CheckpointError(
+        f"{model_name}: neither a DINO full checkpoint (with 'teacher') nor a backbone state dict with "
+        f"{backbone_key!r}; found keys {list(checkpoint)[:6]}"
+    )
+
+
+def _strict() -> Callable:
+    from .zoo import (
+        _load_strict,  # the zoo's strict loader names the model, the part and the keys
+    )
+
+    return _load_strict
+
+
+def build_dino_r50(checkpoint: Any) -> SSLModel:
+    """DINO ResNet-50: the teacher with its DINO head (full checkpoint) or the pooled backbone."""
+    backbone, head_state = split_dino_checkpoint(checkpoint, "dino-r50", "conv1.weight")
+    trunk_sd, _ = convert_torchvision_resnet(backbone)
+    trunk = resnet50_trunk()
+    _strict()(trunk, trunk_sd, "dino-r50", "trunk")
+    head = dino_head_from_state(head_state) if head_state is not None else None
+    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="dino-r50", input_size=224)
+    model.meta = {"head": "teacher DINO head" if head is not None else "none (backbone file)"}
+    return model
+
+
+def _convert_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv2 names -> timm's: drop ``mask_token``; with registers, timm's ``no_embed_class`` layout
+    (the class token's position embedding folded into the class token, ``register_tokens`` ->
+    ``reg_token``), which computes exactly DINOv2's forward."""
+    state = {k: v for k, v in state.items() if k != "mask_token"}
+    if "register_tokens" in state:
+        state["reg_token"] = state.pop("register_tokens")
+        pos = state.pop("pos_embed")
+        state["cls_token"] = state["cls_token"] + pos[:, :1]
+        state["pos_embed"] = pos[:, 1:]
+    return state
+
+
+def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
+    """A DINO / DINOv2 ViT from its checkpoint; see the module docstring for the layouts."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    arch = VIT_ARCHS[name]
+    backbone, head_state = split_dino_checkpoint(checkpoint, name, "cls_token")
+    if name.startswith("dinov2"):
+        if head_state is not None:
+            raise CheckpointError(f"{name}: expected a released DINOv2 backbone file, found a DINO full checkpoint")
+        if ("register_tokens" in backbone) != ("reg_tokens" in arch):
+            has = "has" if "register_tokens" in backbone else "has no"
+            other = "dinov2-vits14" if "reg_tokens" in arch else "dinov2-vits14-reg"
+            raise CheckpointError(f"{name}: this file {has} 'register_tokens'; load it as {other!r}")
+        backbone = _convert_dinov2(backbone)
+    backbone = {k: v for k, v in backbone.items() if not k.startswith("head.")}  # DINO's Identity head
+    vit = VisionTransformer(num_classes=0, global_pool="token", dynamic_img_size=True, **arch)
+    _strict()(vit, backbone, name, "backbone")
+    head = dino_head_from_state(head_state) if head_state is not None else None
+    model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=224, pooling="cls",
+                     num_prefix_tokens=vit.num_prefix_tokens, patch_size=arch["patch_size"],
+                     trunk_method="forward_features")
+    model.meta = {"head": "teacher DINO head" if head is not None else "none (class token)"}
+    return model
+
+
+def dino_vit_builder(name: str) -> Callable[[Any], SSLModel]:
+    """The zoo builder of ``name`` (a key of :data:`VIT_ARCHS`)."""
+    def build(checkpoint: Any) -> SSLModel:
+        return build_dino_vit(name, checkpoint)
+
+    return build
