@@ -8,7 +8,7 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, preserved_model_state, progress, resolve_fill
+from .engine import PairAttribution, check_count, check_model, chunks, cosine, preserved_model_state, progress, resolve_fill
 from .incremental import IncrementalTrunk
 from .maps import _pair, window_mean_map
 
@@ -71,7 +71,7 @@ class _WindowOcclusion(PerturbationAttribution):
         return self.model.embed_features(fmap)
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
-        x1, x2 = check_pair(inputs)
+        x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
         device = self.model.device
         x1, x2 = x1.to(device), x2.to(device)
         window, stride = _pair(sliding_window_shapes, "sliding_window_shapes"), _pair(strides, "strides")
@@ -84,8 +84,7 @@ class _WindowOcclusion(PerturbationAttribution):
 
     def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
              show_progress, incremental, channels_last) -> PairAttribution:
-        if perturbations_per_eval < 1:
-            raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
+        check_count(perturbations_per_eval, "perturbations_per_eval")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
         fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -93,7 +93,9 @@ class SSLModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's feature map ``(B, C, h, w)`` for pixel-space images ``x``."""
-        check_images(x)
+        # the range is not checked here, so that Captum's noise-adding wrappers (NoiseTunnel) work on
+        # SimilarityForward; every method and metric checks it on its inputs
+        x = check_images(x, dtype=self.mean.dtype, value_range=False)
         return self.trunk(self.normalize(x))
 
     def embed_features(self, feature_map: torch.Tensor) -> torch.Tensor:
