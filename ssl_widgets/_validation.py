@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["check_images", "check_pair", "PIXEL_TOLERANCE", "unchecked_pixel_range"]
+__all__ = ["PIXEL_TOLERANCE", "check_images", "check_pair", "unchecked_pixel_range"]
 
 #: how far pixel values may lie outside ``[0, 1]``: resampling overshoots a little and Captum's
 #: perturbation tools add small noise (``sensitivity_max`` uses a radius of 0.02); images in 0..255

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import small_resnet  # noqa: E402
+from helpers import small_resnet
 
-from ssl_widgets.attr import ConditionalOcclusion, PairGradCAM, PairInputXGradient  # noqa: E402
+from ssl_widgets.attr import ConditionalOcclusion, PairGradCAM, PairInputXGradient
 
 torch.set_num_threads(1)
 model = small_resnet(width=4)
@@ -48,7 +48,7 @@ def loop(i, f, n):
     try:
         for _ in range(n):
             results[i].append(f())
-    except Exception as error:  # reported below
+    except Exception as error:  # noqa: BLE001 - reported below
         errors.append(repr(error))
 
 

@@ -14,7 +14,8 @@ import contextlib
 import math
 import threading
 import weakref
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +131,7 @@ def _memory_format(module: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -171,9 +172,8 @@ def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
         channels_last: run the block with 4-D weights in channels-last memory format (faster
             convolutions on CPU and GPU); the original format is restored afterwards.
     """
-    with model_lock(model):
-        with _preserved_state_unlocked(model, requires_grad, channels_last):
-            yield model
+    with model_lock(model), _preserved_state_unlocked(model, requires_grad, channels_last):
+        yield model
 
 
 @contextlib.contextmanager
