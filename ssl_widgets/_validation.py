@@ -6,28 +6,67 @@ of surfacing as an obscure error deep inside a convolution.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["check_images", "check_pair"]
+__all__ = ["PIXEL_TOLERANCE", "check_images", "check_pair", "unchecked_pixel_range"]
+
+#: how far pixel values may lie outside ``[0, 1]``: resampling overshoots a little and Captum's
+#: perturbation tools add small noise (``sensitivity_max`` uses a radius of 0.02); images in 0..255
+#: or -1..1 are far beyond it and are refused.
+PIXEL_TOLERANCE = 0.05
 
 
-def check_images(x: object, name: str = "x") -> torch.Tensor:
+_RANGE = threading.local()
+
+
+@contextlib.contextmanager
+def unchecked_pixel_range() -> Iterator[None]:
+    """Skip the ``[0, 1]`` range check in this thread for the block.
+
+    For metrics that perturb valid images on purpose beyond the range (max-sensitivity adds
+    input-space noise, as the paper does); everything else is still checked.
+    """
+    previous = getattr(_RANGE, "off", False)
+    _RANGE.off = True
+    try:
+        yield
+    finally:
+        _RANGE.off = previous
+
+
+def check_images(x: object, name: str = "x", dtype: torch.dtype | None = None,
+                 value_range: bool = True) -> torch.Tensor:
     """Validate a batch of RGB images in pixel space.
 
     Args:
-        x: candidate tensor, expected shape ``(B, 3, H, W)``, floating point, finite.
+        x: candidate tensor, expected shape ``(B, 3, H, W)``, floating point, finite, values in
+            ``[0, 1]`` (up to :data:`PIXEL_TOLERANCE`).
         name: argument name used in error messages.
+        dtype: the model's dtype, if given: float tensors of another precision (``float64``,
+            ``float16``, ``bfloat16``) are converted to it.
+        value_range: refuse values outside ``[0, 1]`` (more than :data:`PIXEL_TOLERANCE`).
 
     Returns:
-        ``x`` unchanged.
+        ``x`` (converted to ``dtype`` if needed; the autograd graph is kept).
 
     Raises:
         TypeError: ``x`` is not a tensor or is not floating point (e.g. ``uint8``).
-        ValueError: wrong rank, channel count, empty batch, or non-finite values.
+        ValueError: wrong rank, channel count, empty batch, non-finite values, or values
+            clearly outside ``[0, 1]`` (the message says how to convert).
 
     Examples:
         >>> check_images(torch.zeros(1, 3, 8, 8)).shape
         torch.Size([1, 3, 8, 8])
+        >>> check_images(torch.zeros(1, 3, 8, 8, dtype=torch.float64), dtype=torch.float32).dtype
+        torch.float32
+        >>> check_images(torch.full((1, 3, 8, 8), 255.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: x has values in [255, 255], outside the pixel range [0, 1]: divide images in 0..255 by 255 (x / 255), map images in -1..1 with (x + 1) / 2, or undo a normalisation with x * std + mean (the model normalises internally)
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
@@ -44,18 +83,29 @@ def check_images(x: object, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} has an empty batch")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+    low, high = float(x.detach().min()), float(x.detach().max())
+    if value_range and not getattr(_RANGE, "off", False) and low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        raise ValueError(
+            f"{name} has values in [{low:.4g}, {high:.4g}], outside the pixel range [0, 1]: divide images in "
+            f"0..255 by 255 (x / 255), map images in -1..1 with (x + 1) / 2, or undo a normalisation with "
+            f"x * std + mean (the model normalises internally)"
+        )
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     return x
 
 
-def check_pair(inputs: object, names: tuple[str, str] = ("x1", "x2")) -> tuple[torch.Tensor, torch.Tensor]:
+def check_pair(inputs: object, names: tuple[str, str] = ("x1", "x2"),
+               dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a pair ``(x1, x2)`` of image batches with equal batch size.
 
     Args:
         inputs: a tuple or list of two image tensors.
         names: argument names for error messages.
+        dtype: the model's dtype (inputs of another float precision are converted to it).
 
     Returns:
-        The two validated tensors.
+        The two validated tensors (detached, converted to ``dtype`` if given).
 
     Raises:
         TypeError / ValueError: as :func:`check_images`, or when ``inputs`` is not a pair or the
@@ -66,8 +116,8 @@ def check_pair(inputs: object, names: tuple[str, str] = ("x1", "x2")) -> tuple[t
     """
     if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
         raise TypeError("inputs must be a pair (x1, x2) of image tensors of shape (B, 3, H, W)")
-    x1 = check_images(inputs[0], names[0])
-    x2 = check_images(inputs[1], names[1])
+    x1 = check_images(inputs[0], names[0], dtype).detach()  # methods never differentiate through their inputs
+    x2 = check_images(inputs[1], names[1], dtype).detach()
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"batch size mismatch: {names[0]} has {x1.shape[0]} images, {names[1]} has {x2.shape[0]}")
     return x1, x2

@@ -44,8 +44,8 @@ def dense_correspondence(model: SSLModel, x_query: torch.Tensor, x_target: torch
         >>> heat = dense_correspondence(model, x1, x2, (40, 60))
     """
     check_model(model)
-    check_images(x_query, "x_query")
-    check_images(x_target, "x_target")
+    x_query = check_images(x_query, "x_query", model.mean.dtype).detach()
+    x_target = check_images(x_target, "x_target", model.mean.dtype).detach()
     y, x = point
     height, width = x_query.shape[2:]
     if not (0 <= y < height and 0 <= x < width):
@@ -105,7 +105,7 @@ def similarity_sweep(model: SSLModel, x: torch.Tensor, kind: str,
         ``(len(strengths),)`` similarities (the first is 1 for ``s = 0``).
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x, dtype=model.mean.dtype).detach()
     views = torch.cat([sweep_view(x[:1], kind, s) for s in strengths]).to(model.device)
     with preserved_model_state(model, requires_grad=False), torch.no_grad():
         z = model(torch.cat([x[:1].to(model.device), views]))

@@ -186,7 +186,7 @@ def test_failed_download_names_url_and_path(torch_home, monkeypatch):
     def refuse(url, dst, *args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(zoo, "_download", refuse)
     spec = zoo.model_info("simsiam-r50")
     expected_path = torch_home / "hub" / "checkpoints" / spec.file_name
     with pytest.raises(FileNotFoundError) as info:

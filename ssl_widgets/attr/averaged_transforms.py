@@ -59,7 +59,7 @@ class AveragedTransforms(GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``; ``.similarity`` is ``cos(f(x), f(x_t))``.
         """
-        x, x_t = (v.to(self.model.device) for v in check_pair(inputs, ("x", "x_t")))
+        x, x_t = (v.to(self.model.device) for v in check_pair(inputs, ("x", "x_t"), self.model.mean.dtype))
         if x.shape != x_t.shape:
             raise ValueError(f"x and x_t must have the same shape (a photometric transform), got {tuple(x.shape)} "
                              f"and {tuple(x_t.shape)}")

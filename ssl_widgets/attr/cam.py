@@ -23,6 +23,38 @@ CAM_VARIANTS = ("grad-cam", "interaction-cam", "interaction-cam:max", "interacti
                 "interaction-cam:mean+gi", "interaction-cam:max+gi", "interaction-cam:attention+gi")
 
 
+def _checked_layer_outputs(model: SSLModel, layer: str, captured: list[tuple[torch.Tensor, int]],
+                           forwards: int) -> list[torch.Tensor]:
+    """The layer's outputs, refusing the two cases where a hook would give another layer's map.
+
+    * the module ran more than once per forward pass (a re-used module such as torchvision's
+      ``layer1.0.relu``): the hook cannot tell which call is meant;
+    * its output was changed in place later in the forward (torchvision's ``bn2``/``bn3`` get the
+      residual added in place, a ``bn1`` output goes through an in-place ReLU): the captured
+      tensor then holds, and gets the gradient of, that later result.
+    """
+    parent = layer.rpartition(".")[0]
+    instead = f"the enclosing block {parent!r}" if parent else "the layer after it"
+    if len(captured) != forwards:
+        raise ValueError(
+            f"layer {layer!r} of {model.name!r} runs {len(captured) / forwards:g} times per forward pass (a module "
+            f"re-used within the forward, such as a block's shared ReLU), so its map would silently be that of "
+            f"one call. Choose a layer that runs once, e.g. {instead}"
+        )
+    outputs = [out for out, _ in captured]
+    dims, kinds = ((3, 4), "(B, C, h, w) feature map or (B, N, C) token sequence") if model.is_token_model \
+        else ((4,), "(B, C, h, w) feature map")
+    if not all(isinstance(o, torch.Tensor) and o.dim() in dims for o in outputs):
+        raise ValueError(f"layer {layer!r} does not output one {kinds} per forward pass")
+    if any(out._version != version for out, version in captured):
+        raise ValueError(
+            f"the output of layer {layer!r} of {model.name!r} is modified in place later in the forward pass "
+            f"(e.g. a residual added in place or an in-place ReLU), so its map would be that of the later result, "
+            f"not of this layer. Choose {instead} or a layer whose output is not changed in place"
+        )
+    return outputs
+
+
 def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, layer: str | None,
                                head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``A1, A2, G1, G2, S`` from one forward of both images and one backward."""
@@ -50,21 +82,22 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
                 a2, g2 = model.layer_map(a2, x2.shape[2:]), model.layer_map(g2, x2.shape[2:])
         else:
             module = model.get_layer(layer)
-            captured: list[torch.Tensor] = []
-            handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            captured: list[tuple[torch.Tensor, int]] = []
+
+            def keep(_module, _inputs, out):
+                captured.append((out, out._version if isinstance(out, torch.Tensor) else 0))
+
+            handle = module.register_forward_hook(keep)
             try:
                 if same_size:
                     z1, z2 = model(torch.cat([x1, x2])).chunk(2)
-                    outputs = [captured[-1]] if captured else None
                 else:
                     z1 = model(x1)
                     z2 = model(x2)
-                    outputs = [captured[0], captured[-1]] if len(captured) == 2 else None
             finally:
                 handle.remove()
             kinds = "(B, C, h, w) feature map" + (" or (B, N, C) token sequence" if model.is_token_model else "")
-            if outputs is None or not all(isinstance(o, torch.Tensor) and o.dim() in (3, 4) for o in outputs):
-                raise ValueError(f"layer {layer!r} does not output one {kinds} per forward pass")
+            outputs = _checked_layer_outputs(model, layer, captured, 1 if same_size else 2)
             sims = cosine(z1, z2)
             grads = torch.autograd.grad(sims.sum(), outputs)
             if same_size:
@@ -151,7 +184,7 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
         >>> maps = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam:max"])
     """
     check_model(model)
-    x1, x2 = (x.to(model.device) for x in check_pair(inputs))
+    x1, x2 = (x.to(model.device) for x in check_pair(inputs, dtype=model.mean.dtype))
     parsed = {name: parse_cam_variant(name) for name in variants}
     a1, a2, g1, g2, sims = _activations_and_gradients(model, x1, x2, layer, head)
     results = {}

@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
-from typing import Any, Iterator, Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +28,13 @@ __all__ = [
     "Cancelled",
     "PairAttribution",
     "SimilarityForward",
+    "check_count",
     "check_model",
     "chunks",
     "cosine",
     "eval_similarity",
     "guided_relus",
+    "model_lock",
     "preserved_model_state",
     "progress",
     "progress_listener",
@@ -57,8 +62,9 @@ class PairAttribution(tuple):
     meta: dict[str, Any]
 
     def __new__(cls, maps: Sequence[torch.Tensor], similarity: torch.Tensor, meta: dict[str, Any] | None = None):
-        obj = super().__new__(cls, tuple(maps))
-        obj.similarity = similarity
+        # results never carry an autograd graph, even for inputs that require grad
+        obj = super().__new__(cls, tuple(m.detach() if isinstance(m, torch.Tensor) else m for m in maps))
+        obj.similarity = similarity.detach() if isinstance(similarity, torch.Tensor) else similarity
         obj.meta = dict(meta or {})
         return obj
 
@@ -103,7 +109,7 @@ class SimilarityForward(nn.Module):
     def __init__(self, model: SSLModel, reference: torch.Tensor) -> None:
         super().__init__()
         self.model = check_model(model)
-        check_images(reference, "reference")
+        reference = check_images(reference, "reference")
         with torch.no_grad():
             self.register_buffer("reference_embedding", model(reference.to(model.device)).detach())
 
@@ -125,6 +131,28 @@ def _memory_format(module: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises every method call on ``model`` (one per model object).
+
+    Kept in a weak dictionary beside the model, so the model's attributes and state dict are
+    untouched and the lock goes away with the model.
+
+    Examples:
+        >>> m = nn.Linear(2, 2)
+        >>> model_lock(m) is model_lock(m)
+        True
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
                           channels_last: bool = False) -> Iterator[nn.Module]:
@@ -133,6 +161,10 @@ def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
     Restores each module's ``training`` flag, each parameter's ``requires_grad`` and memory format,
     and removes any hook registered on the model's modules during the block, also when the block raises.
 
+    The block holds the model's :func:`model_lock`: calls on the same model from several threads
+    run one after the other (never interleaving their state changes), calls on different models
+    run in parallel, and a nested call in the same thread does not block.
+
     Args:
         model: the module.
         requires_grad: if given, set on every parameter for the block (``False`` for all methods:
@@ -140,6 +172,13 @@ def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
         channels_last: run the block with 4-D weights in channels-last memory format (faster
             convolutions on CPU and GPU); the original format is restored afterwards.
     """
+    with model_lock(model), _preserved_state_unlocked(model, requires_grad, channels_last):
+        yield model
+
+
+@contextlib.contextmanager
+def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None,
+                              channels_last: bool) -> Iterator[nn.Module]:
     modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
     hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -249,9 +288,13 @@ def resolve_fill(model: SSLModel, baselines: float | torch.Tensor | None, like: 
     """
     if baselines is None:
         fill = model.fill_value.view(1, 3, 1, 1)
-    elif isinstance(baselines, (int, float)):
+    elif isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        if not math.isfinite(baselines):
+            raise ValueError(f"baselines must be a finite grey level, got {baselines}")
         fill = torch.full((1, 3, 1, 1), float(baselines))
     elif isinstance(baselines, torch.Tensor):
+        if not bool(torch.isfinite(baselines).all()):
+            raise ValueError("baselines contain NaN or infinite values")
         fill = baselines.float()
         if fill.numel() == 3:
             fill = fill.reshape(1, 3, 1, 1)
@@ -264,10 +307,27 @@ def resolve_fill(model: SSLModel, baselines: float | torch.Tensor | None, like: 
     return fill.to(device=like.device, dtype=like.dtype)
 
 
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``; a ``TypeError`` / ``ValueError`` naming ``name`` otherwise.
+
+    Examples:
+        >>> check_count(4, "n_samples")
+        4
+        >>> check_count(0, "perturbations_per_eval")
+        Traceback (most recent call last):
+        ...
+        ValueError: perturbations_per_eval must be >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of ``range(n)`` of at most ``size`` items."""
-    if size < 1:
-        raise ValueError(f"perturbations_per_eval must be >= 1, got {size}")
+    check_count(size, "perturbations_per_eval")
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 

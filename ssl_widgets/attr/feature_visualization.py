@@ -77,7 +77,7 @@ class FeatureVisualization(LayerAttribution):
         Returns:
             ``(B,3,H,W)`` images in ``[0, 1]``.
         """
-        check_images(target, "target")
+        target = check_images(target, "target").detach()
         if mode not in ("score", "feature"):
             raise ValueError(f"mode must be 'score' or 'feature', got {mode!r}")
         if parametrization not in ("pixel", "fourier"):

@@ -12,7 +12,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
+from .engine import PairAttribution, check_count, check_model, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
 
 __all__ = ["PairInputXGradient", "PairSmoothGrad", "input_times_gradient_map", "blur_maps"]
 
@@ -63,7 +63,7 @@ class PairInputXGradient(GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
         """
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
+        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)
         g1, g2, sims = pair_gradients(self.model, x1_n, x2_n, guided)
         maps = (input_times_gradient_map(x1_n, g1, blur), input_times_gradient_map(x2_n, g2, blur))
@@ -103,11 +103,11 @@ class PairSmoothGrad(GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        check_count(n_samples, "n_samples")
+        check_count(perturbations_per_eval, "perturbations_per_eval")
         if sigma_from_range not in ("divide", "multiply"):
             raise ValueError("sigma_from_range must be 'divide' or 'multiply'")
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
+        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
         if shared_noise and x1.shape != x2.shape:
             raise ValueError("shared_noise needs x1 and x2 of the same shape")
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)

@@ -8,9 +8,12 @@ __all__ = ["upsample", "window_mean_map", "normalize_map"]
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    pair = (value, value) if is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(is_int(v) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints (pixels), got {value!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -61,19 +64,42 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int], *, window: int | t
     return out[0] if squeeze else out
 
 
+def _window_sums(values: torch.Tensor, span: tuple[int, int], window: tuple[int, int],
+                 stride: tuple[int, int]) -> torch.Tensor:
+    """``(B,*span)``: at each pixel, the sum of ``values[:, i, j]`` over the windows covering it.
+
+    Each value is placed at its window's top-left corner, then a running sum along each axis minus
+    the running sum ``window`` pixels earlier adds up the corners within one window's reach: memory
+    is a few image-size buffers, whatever the number of windows.
+    """
+    (wh, ww), (sh, sw) = window, stride
+    b, n_h, n_w = values.shape
+    corners = values.new_zeros(b, *span)
+    corners[:, : (n_h - 1) * sh + 1: sh, : (n_w - 1) * sw + 1: sw] = values
+    for dim, width in ((1, wh), (2, ww)):
+        running = corners.cumsum(dim)
+        corners = running.clone()
+        corners.narrow(dim, width, span[dim - 1] - width).sub_(running.narrow(dim, 0, span[dim - 1] - width))
+    return corners
+
+
 def window_mean_map(grid: torch.Tensor, size: tuple[int, int], window: tuple[int, int],
                     stride: tuple[int, int]) -> torch.Tensor:
     """Pixel map ``(B,H,W)``: each pixel the mean of the grid values of the windows covering it.
 
-    Pixels that no window covers (when the windows do not tile the image exactly) are 0.
+    Pixels that no window covers (when the windows do not tile the image exactly) are 0. Memory is
+    a few image-size buffers (the window values are accumulated, never expanded per pixel).
+
+    Examples:
+        >>> window_mean_map(torch.tensor([[[1.0, 3.0]]]), (1, 3), (1, 2), (1, 1))
+        tensor([[[1., 2., 3.]]])
     """
     b, n_h, n_w = grid.shape
     (wh, ww), (sh, sw) = window, stride
-    cols = grid.reshape(b, 1, n_h * n_w).expand(b, wh * ww, n_h * n_w)
     span = ((n_h - 1) * sh + wh, (n_w - 1) * sw + ww)
-    total = F.fold(cols, span, (wh, ww), stride=(sh, sw))
-    count = F.fold(torch.ones_like(cols[:1]), span, (wh, ww), stride=(sh, sw))
-    mean = (total / count.clamp(min=1))[:, 0]
+    total = _window_sums(grid.double(), span, window, stride)
+    count = _window_sums(torch.ones(1, n_h, n_w, dtype=torch.float64, device=grid.device), span, window, stride)
+    mean = (total / count.clamp(min=1)).to(grid.dtype)
     out = grid.new_zeros(b, *size)
     out[:, : span[0], : span[1]] = mean
     return out

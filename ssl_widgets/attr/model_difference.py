@@ -71,7 +71,7 @@ class ModelDifference(Attribution):
         Returns:
             ``{layer: (image_a, image_b)}``, each ``(B,3,H,W)`` in [0,1].
         """
-        check_images(x)
+        x = check_images(x).detach()
         layers = tuple(layers or DEFAULT_LAYERS)
         for model in self.models:
             for layer in layers:

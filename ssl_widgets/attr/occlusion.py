@@ -11,6 +11,7 @@ from ..models.wrapper import SSLModel
 from ._regions import gather
 from .engine import (
     PairAttribution,
+    check_count,
     check_model,
     chunks,
     cosine,
@@ -103,7 +104,7 @@ class _WindowOcclusion(PerturbationAttribution):
         return torch.cat(out)
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
-        x1, x2 = check_pair(inputs)
+        x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
         device = self.model.device
         x1, x2 = x1.to(device), x2.to(device)
         window, stride = _pair(sliding_window_shapes, "sliding_window_shapes"), _pair(strides, "strides")
@@ -116,8 +117,8 @@ class _WindowOcclusion(PerturbationAttribution):
 
     def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
              show_progress, incremental, channels_last, precision="exact") -> PairAttribution:
-        if perturbations_per_eval is not None and perturbations_per_eval < 1:
-            raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
+        if perturbations_per_eval is not None:
+            check_count(perturbations_per_eval, "perturbations_per_eval")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
         model = self.model
         per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])

@@ -7,9 +7,20 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_pair
 from ..data.augment import box_masks, random_erasing_boxes
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, chunks, cosine, preserved_model_state, progress
+from .engine import PairAttribution, check_count, check_model, chunks, cosine, preserved_model_state, progress
 
 __all__ = ["PairwiseOcclusion"]
+
+
+def _check_range(value: object, name: str, upper: float | None) -> None:
+    """A ``(low, high)`` pair of positive numbers with ``low <= high`` (and ``high <= upper``)."""
+    try:
+        low, high = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
+    if not (0 < low <= high) or (upper is not None and high > upper):
+        bound = f" and high <= {upper:g}" if upper is not None else ""
+        raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {value!r}")
 
 
 class PairwiseOcclusion(PerturbationAttribution):
@@ -40,8 +51,9 @@ class PairwiseOcclusion(PerturbationAttribution):
 
         Args:
             inputs: ``(x1, x2)``.
-            n_samples: number of erased pairs.
-            scale: erased area as a fraction of the image.
+            n_samples: number of erased pairs (memory does not grow with it: the softmax-weighted
+                maps are accumulated chunk by chunk).
+            scale: erased area as a fraction of the image, ``0 < low <= high <= 1``.
             ratio: aspect ratio range (sampled log-uniformly).
             perturbations_per_eval: pairs per forward pass (bounds the memory).
             generator: seeds the rectangles.
@@ -53,38 +65,47 @@ class PairwiseOcclusion(PerturbationAttribution):
         """
         if erased_pixels not in ("channel-sum", "mask"):
             raise ValueError("erased_pixels must be 'channel-sum' or 'mask'")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
+        check_count(n_samples, "n_samples")
+        check_count(perturbations_per_eval, "perturbations_per_eval")
+        _check_range(scale, "scale", upper=1.0)
+        _check_range(ratio, "ratio", upper=None)
+        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
         model = self.model
         maps = [torch.zeros(x.shape[0], *x.shape[2:], device=x.device) for x in (x1, x2)]
         with preserved_model_state(model, requires_grad=False, channels_last=True), torch.no_grad():
             x1_n, x2_n = model.normalize(x1), model.normalize(x2)
             base = cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
-            steps = x1.shape[0] * len(range(0, n_samples, perturbations_per_eval))
+            steps = x1.shape[0] * -(-n_samples // perturbations_per_eval)
             with progress(steps, show_progress, "pairwise-occlusion") as bar:
                 for b in range(x1.shape[0]):
-                    drops, credit1, erased = [], [], [[], []]
+                    # softmax(drops) accumulated chunk by chunk (running maximum, rescaled sums), so
+                    # memory stays bounded by perturbations_per_eval whatever n_samples is
+                    peak = torch.tensor(float("-inf"), device=x1.device)
+                    denominator = torch.zeros((), device=x1.device)
                     for part in chunks(n_samples, perturbations_per_eval):
                         n = part.stop - part.start
-                        perturbed, norms = [], []
-                        for k, x_n in enumerate((x1_n[b:b + 1], x2_n[b:b + 1])):
+                        perturbed, norms, erased = [], [], []
+                        for x_n in (x1_n[b:b + 1], x2_n[b:b + 1]):
                             boxes, found = random_erasing_boxes(n, x_n.shape[2], x_n.shape[3], scale, ratio, generator)
                             mask = box_masks(boxes.to(x_n.device), x_n.shape[2], x_n.shape[3]) & found.to(x_n.device).view(-1, 1, 1, 1)
                             batch = x_n.expand(n, -1, -1, -1).masked_fill(mask, 0.0)
                             z = model.forward_normalized(batch)
                             perturbed.append(z)
                             norms.append(z.norm(dim=1))
-                            hit = (batch.sum(1) == 0) if erased_pixels == "channel-sum" else mask[:, 0]
-                            erased[k].append(hit)
-                        drops.append(base[b] - cosine(perturbed[0], perturbed[1]))
-                        credit1.append(norms[0] < norms[1])
+                            erased.append((batch.sum(1) == 0) if erased_pixels == "channel-sum" else mask[:, 0])
+                        drops = base[b] - cosine(perturbed[0], perturbed[1])
+                        to_first = norms[0] < norms[1]
+                        new_peak = torch.maximum(peak, drops.max())
+                        rescale = torch.exp(peak - new_peak)  # 0 on the first chunk
+                        weights = torch.exp(drops - new_peak)
+                        denominator = denominator * rescale + weights.sum()
+                        for k, select in enumerate((to_first, ~to_first)):
+                            maps[k][b] = maps[k][b] * rescale + torch.einsum(
+                                "n,nhw->hw", weights * select.float(), erased[k].float())
+                        peak = new_peak
                         bar.update(1)
-                    weights = torch.softmax(torch.cat(drops), dim=0)
-                    to_first = torch.cat(credit1)
-                    for k, select in enumerate((to_first, ~to_first)):
-                        hits = torch.cat(erased[k]).float()
-                        maps[k][b] = (weights * select.float()).view(-1, 1, 1).mul(hits).sum(0)
+                    for k in range(2):
+                        maps[k][b] /= denominator
         maps = [m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-9) for m in maps]
         meta = {"method": "pairwise-occlusion", "n_samples": n_samples, "scale": scale, "ratio": ratio,
                 "erased_pixels": erased_pixels}

@@ -8,7 +8,7 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_images
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
 from ..models.wrapper import SSLModel
-from .engine import check_model, chunks, cosine, preserved_model_state, progress
+from .engine import check_count, check_model, chunks, cosine, preserved_model_state, progress
 from .gradients import blur_maps
 
 __all__ = ["PixelInvariance", "nmf"]
@@ -99,8 +99,10 @@ class PixelInvariance(PerturbationAttribution):
         Returns:
             ``(B, size, size)`` tensor in ``[0, 1]``.
         """
-        check_images(x)
-        x = x.to(self.model.device)
+        for value, name in ((n_samples, "n_samples"), (size, "size"), (epochs, "epochs"),
+                            (perturbations_per_eval, "perturbations_per_eval")):
+            check_count(value, name)
+        x = check_images(x, dtype=self.model.mean.dtype).detach().to(self.model.device)
         model = self.model
         out = []
         with preserved_model_state(model, requires_grad=False):
@@ -123,7 +125,7 @@ class PixelInvariance(PerturbationAttribution):
         low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
         maps = ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
         maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
-        return blur_maps(maps) if blur else maps
+        return (blur_maps(maps) if blur else maps).detach()
 
     @staticmethod
     def _fit(x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor | None, epochs: int,

@@ -20,6 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sensitivity-samples", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on an unreadable image instead of skipping it (skipped images are counted in "
+                             "the table's caption)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +87,8 @@ def run_from_args(args) -> int:
     cfg = EvaluationConfig(data=args.data, model=args.model, weights=args.weights,
                            methods=[m for m in args.methods.split(",") if m], pairs=args.pairs, seed=args.seed,
                            out=args.out, transform=args.transform, step=args.step,
-                           sensitivity_samples=args.sensitivity_samples, show_progress=not args.no_progress)
+                           sensitivity_samples=args.sensitivity_samples, show_progress=not args.no_progress,
+                           strict=getattr(args, "strict", False))
     lead = int(os.environ.get("RANK", "0")) == 0
     images = len(list_images(args.data))
     if args.pairs > images and lead:

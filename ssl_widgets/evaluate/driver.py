@@ -2,13 +2,21 @@
 
 Runs in one process, or under ``torchrun`` (pairs sharded across ranks, gloo on CPU and NCCL on
 GPU, one GPU per rank); rank 0 gathers and writes ``results.jsonl``, ``table.md`` and
-``curves.png``. Re-running skips the (pair, method) records already written.
+``curves.png``.
+
+Resuming: re-running into the same ``--out`` skips the (pair, method) records already written.
+Every record carries the settings that produced its numbers (model, weights, data folder, seed,
+view transform, step, sensitivity samples); when the records in ``--out`` were computed with other
+settings the run refuses with :class:`SettingsMismatch` (naming the differences) instead of
+mixing numbers or retitling old ones. Unreadable image files are skipped with a warning and
+counted in the table's caption (``strict=True`` / ``--strict`` fails instead).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +29,13 @@ from ..attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from ..attr.pairwise_occlusion import PairwiseOcclusion
 from ..attr.pixel_invariance import PixelInvariance
 from ..data import list_images, make_view
+from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
 from .table import format_table, plot_curves, summarize
 
-__all__ = ["EvaluationConfig", "build_pairs", "evaluate"]
+__all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "record_settings"]
 
 NO_SENSITIVITY = (ConditionalOcclusion, ContextAgnosticOcclusion, PairwiseOcclusion, PixelInvariance)
 
@@ -44,6 +53,52 @@ class EvaluationConfig:
     step: int | None = None
     sensitivity_samples: int = 10
     show_progress: bool = True
+    strict: bool = False
+
+
+class SettingsMismatch(ValueError):
+    """The output folder holds records computed with other settings than this run's."""
+
+
+class UnreadableImage(ValueError):
+    """An image of the data folder cannot be read (raised only with ``strict``)."""
+
+
+def record_settings(cfg: EvaluationConfig) -> dict[str, Any]:
+    """Everything besides the (pair, method) key that changes a record's numbers."""
+    return {"model": cfg.model, "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
+            "data": str(Path(cfg.data).resolve()), "seed": cfg.seed, "transform": cfg.transform,
+            "step": cfg.step or 224, "sensitivity_samples": cfg.sensitivity_samples}
+
+
+def _check_settings(records: list[dict], settings: dict[str, Any], out: Path) -> None:
+    """Refuse to resume from records that other settings produced (see :class:`SettingsMismatch`)."""
+    differences: dict[str, set] = {}
+    for record in records:
+        theirs = record.get("settings")
+        if theirs is None:
+            differences.setdefault("settings", set()).add("none recorded (written by an older version)")
+            continue
+        for key in sorted(set(settings) | set(theirs)):
+            if theirs.get(key) != settings.get(key):
+                differences.setdefault(key, set()).add(repr(theirs.get(key)))
+    if differences:
+        detail = "; ".join(f"{key}: {' / '.join(sorted(values))} in the records, {settings.get(key)!r} now"
+                           if key != "settings" else f"settings: {next(iter(values))}"
+                           for key, values in differences.items())
+        raise SettingsMismatch(
+            f"{out} holds results computed with other settings ({detail}); resuming would mix their numbers with "
+            f"this run's. Choose another --out, or delete {out / 'results.jsonl'} and {out / 'partial'} to start over"
+        )
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded as an image, or ``None`` if it can."""
+    try:
+        to_pil(path)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
 
 
 def build_pairs(folder: str, n: int, seed: int) -> list[tuple[int, Path]]:
@@ -131,9 +186,12 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     partial_dir = out / "partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
-    done = {(r["pair"], r["method"]) for r in _read_jsonl(out / "results.jsonl")}
+    settings = record_settings(cfg)
+    existing = _read_jsonl(out / "results.jsonl")
     for shard in partial_dir.glob("rank*.jsonl"):
-        done |= {(r["pair"], r["method"]) for r in _read_jsonl(shard)}
+        existing += _read_jsonl(shard)
+    _check_settings(existing, settings, out)
+    done = {(r["pair"], r["method"]) for r in existing if "skipped" not in r}  # skipped pairs are retried
     pairs = build_pairs(cfg.data, cfg.pairs, cfg.seed)
     mine = [(i, p) for i, p in pairs if i % world == rank]
     todo = [(i, p, m) for i, p in mine for m in cfg.methods if (i, m) not in done]
@@ -141,8 +199,23 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not cfg.show_progress or rank != 0, desc=f"evaluate {cfg.model}")
+    unreadable: dict[Path, str | None] = {}
     with open(partial_dir / f"rank{rank}.jsonl", "a") as shard_file:
         for index, path, name in todo:
+            if path not in unreadable:
+                unreadable[path] = _unreadable(path)
+                if unreadable[path] is not None:
+                    if cfg.strict:
+                        raise UnreadableImage(f"unreadable image in --data: {unreadable[path]} (without --strict it "
+                                              f"is skipped and counted in the table's caption)")
+                    warnings.warn(f"skipping unreadable image: {unreadable[path]}", stacklevel=2)
+            if unreadable[path] is not None:
+                skip = {"pair": index, "image": path.name, "method": name, "skipped": unreadable[path],
+                        "settings": settings}
+                shard_file.write(json.dumps(skip) + "\n")
+                shard_file.flush()
+                bar.update(1)
+                continue
             started = time.perf_counter()
             # averaged transforms explain a photometric pair (same geometry), as in the paper
             transform = "combine" if get_method(name)[0] is AveragedTransforms else cfg.transform
@@ -153,7 +226,8 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
             metrics, curves = _metrics_for(model, name, x1, x2, result, step, cfg.sensitivity_samples,
                                            cfg.seed * 7919 + index)
             record = {"pair": index, "image": path.name, "method": name, "similarity": float(result.similarity[0]),
-                      "metrics": metrics, "curves": curves, "seconds": round(time.perf_counter() - started, 3)}
+                      "metrics": metrics, "curves": curves, "seconds": round(time.perf_counter() - started, 3),
+                      "settings": settings}
             shard_file.write(json.dumps(record) + "\n")
             shard_file.flush()
             bar.update(1)
@@ -165,8 +239,13 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if rank == 0:
         records = {(r["pair"], r["method"]): r for r in _read_jsonl(out / "results.jsonl")}
+        skipped: dict[str, str] = {}
         for shard in sorted(partial_dir.glob("rank*.jsonl")):
-            records.update({(r["pair"], r["method"]): r for r in _read_jsonl(shard)})
+            for r in _read_jsonl(shard):
+                if "skipped" in r:
+                    skipped[r["image"]] = r["skipped"]
+                else:
+                    records[(r["pair"], r["method"])] = r
         wanted = {(i, m) for i, _ in pairs for m in cfg.methods}
         ordered = [records[k] for k in sorted(records) if k in wanted]
         with open(out / "results.jsonl", "w") as handle:
@@ -178,7 +257,14 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
         title = (f"**{cfg.model}** on `{Path(cfg.data).name}`: {cfg.pairs} pairs (centre crop + `{cfg.transform}` "
                  f"view, seed {cfg.seed}; `combine` view for averaged transforms), {step}-pixel steps; conditional "
                  f"metrics average both directions")
-        (out / "table.md").write_text(format_table(summary, title))
+        skipped_pairs = sorted({i for i, p in pairs if p.name in skipped and not any((i, m) in records
+                                                                                  for m in cfg.methods)})
+        caption = ""
+        if skipped_pairs:
+            names = sorted({p.name for i, p in pairs if i in skipped_pairs})
+            caption = (f"{len(skipped_pairs)} of {cfg.pairs} pairs skipped: {len(names)} unreadable image"
+                       f"{'s' if len(names) > 1 else ''} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        (out / "table.md").write_text(format_table(summary, title, caption))
         plot_curves(ordered, cfg.methods, out / "curves.png")
     if distributed:
         import torch.distributed as dist

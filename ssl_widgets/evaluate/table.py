@@ -27,8 +27,8 @@ def summarize(records: Iterable[dict], methods: list[str]) -> dict[str, dict[str
     return summary
 
 
-def format_table(summary: dict[str, dict[str, float | None]], title: str = "") -> str:
-    """Markdown table: one row per method, NA where a metric does not apply."""
+def format_table(summary: dict[str, dict[str, float | None]], title: str = "", caption: str = "") -> str:
+    """Markdown table: one row per method, NA where a metric does not apply; ``caption`` goes below it."""
     header = "| method | " + " | ".join(f"{c}{arrow}" for c, _, arrow in COLUMNS) + " | pairs |"
     lines = ([f"{title}", ""] if title else []) + [header, "|---" * (len(COLUMNS) + 2) + "|"]
     for method, values in summary.items():
@@ -37,6 +37,8 @@ def format_table(summary: dict[str, dict[str, float | None]], title: str = "") -
             v = values.get(key)
             cells.append("NA" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {values.get('pairs', 0)} |")
+    if caption:
+        lines += ["", f"_{caption}_"]
     return "\n".join(lines) + "\n"
 
 

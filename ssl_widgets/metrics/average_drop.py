@@ -29,7 +29,7 @@ def average_drop_increase(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, m
         (torch.Size([1]), torch.Size([1]))
     """
     check_model(model)
-    checked_pair(x1, x2)
+    x1, x2 = checked_pair(x1, x2, model.mean.dtype)
     device = model.device
     x1, x2 = x1.to(device), x2.to(device)
     e1 = normalize_map(maps_to_image_size(map1, x1, "map1"))[:, None]

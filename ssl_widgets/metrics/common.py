@@ -54,8 +54,10 @@ def embed(model: SSLModel, x_n: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([model.forward_normalized(x_n[i:i + chunk]) for i in range(0, x_n.shape[0], chunk)])
 
 
-def checked_pair(x1: torch.Tensor, x2: torch.Tensor) -> None:
-    check_images(x1, "x1")
-    check_images(x2, "x2")
+def checked_pair(x1: torch.Tensor, x2: torch.Tensor,
+                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validated pair (in ``dtype``, detached: metrics never differentiate through their inputs)."""
+    x1, x2 = check_images(x1, "x1", dtype).detach(), check_images(x2, "x2", dtype).detach()
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"batch size mismatch: x1 has {x1.shape[0]} images, x2 has {x2.shape[0]}")
+    return x1, x2

@@ -62,7 +62,7 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
         >>> result = insertion_deletion(model, x1, x2, m1, m2, mode="insertion")
     """
     check_model(model)
-    checked_pair(x1, x2)
+    x1, x2 = checked_pair(x1, x2, model.mean.dtype)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if step < 1:

@@ -209,7 +209,9 @@ class SSLModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's feature map ``(B, C, h, w)`` for pixel-space images ``x`` (for a token trunk:
         its patch-token grid)."""
-        check_images(x)
+        # the range is not checked here, so that Captum's noise-adding wrappers (NoiseTunnel) work on
+        # SimilarityForward; every method and metric checks it on its inputs
+        x = check_images(x, dtype=self.mean.dtype, value_range=False)
         return self.layer_map(self.run_trunk(self.normalize(x)), x.shape[2:])
 
     def embed_features(self, trunk_output: torch.Tensor) -> torch.Tensor:
@@ -217,8 +219,8 @@ class SSLModel(nn.Module):
         return self.head(self.pool(trunk_output))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings ``(B, D)`` of pixel-space images ``x``."""
-        check_images(x)
+        """Embeddings ``(B, D)`` of pixel-space images ``x`` (the range is not checked, as in :meth:`features`)."""
+        x = check_images(x, dtype=self.mean.dtype, value_range=False)
         return self.forward_normalized(self.normalize(x))
 
     def forward_normalized(self, x_n: torch.Tensor) -> torch.Tensor:

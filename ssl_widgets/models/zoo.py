@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -199,7 +200,8 @@ def save_tiny_checkpoint(model: SSLModel, arch: dict[str, Any], path: str | os.P
 
 def _tiny_builder(name: str) -> Callable[[Any], SSLModel]:
     def build(checkpoint: Any) -> SSLModel:
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != TINY_FORMAT:
+        if (not isinstance(checkpoint, dict) or checkpoint.get("format") != TINY_FORMAT
+                or not all(isinstance(checkpoint.get(key), dict) for key in ("arch", "trunk", "head"))):
             raise CheckpointError(
                 f"not a {name!r} weight file: expected format {TINY_FORMAT!r} with 'arch', 'trunk' and 'head' "
                 f"(the file that `python -m ssl_widgets.train --out FILE` writes)"
@@ -307,22 +309,86 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify_checksum(path: Path, spec: ModelSpec) -> None:
-    """Check ``path`` against the spec's hash, or against the hash pinned on first download."""
+DOWNLOAD_TIMEOUT_ENV = "SSL_WIDGETS_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+
+
+def _download_timeout() -> float:
+    """Seconds a download may wait for the server (``$SSL_WIDGETS_DOWNLOAD_TIMEOUT``, default 60)."""
+    raw = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{DOWNLOAD_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _pin_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _verify_checksum(path: Path, spec: ModelSpec) -> str | None:
+    """Check ``path`` against the spec's hash or the hash pinned on first use.
+
+    Returns:
+        The file's hash when it has neither (to be pinned once the file has loaded successfully,
+        so that a truncated or wrong file is never pinned), else ``None``.
+    """
     actual = _sha256(path)
-    pin = path.with_name(path.name + ".sha256")
-    expected = spec.sha256 or (pin.read_text().strip() if pin.exists() else None)
-    if expected is None:
-        pin.write_text(actual + "\n")  # trust on first use: later loads must match this file
-        return
-    if not actual.startswith(expected.lower()):
+    pin = _pin_file(path)
+    if spec.sha256 is not None:
+        if not actual.startswith(spec.sha256.lower()):
+            raise CheckpointError(
+                f"checksum mismatch for {path}: sha256 {actual[:16]}... does not match the published "
+                f"{spec.sha256[:16]}... of {spec.name!r}; the file is corrupt or not the published one. "
+                f"Delete {path} and download {spec.url} again"
+            )
+        return None
+    if not pin.exists():
+        return actual
+    expected = pin.read_text().strip().lower()
+    if actual != expected:
         raise CheckpointError(
-            f"checksum mismatch for {path}: sha256 {actual[:16]}... does not match the expected {expected[:16]}... "
-            f"of {spec.name!r}; the file is corrupt or not the published one. Delete it and download {spec.url} again"
+            f"checksum mismatch for {path}: sha256 {actual[:16]}... differs from {expected[:16]}..., pinned in "
+            f"{pin} when a file at that place first loaded successfully. If {path} is the file you want (you "
+            f"replaced it on purpose), delete the pin file {pin}; otherwise the file is corrupt: delete {path} and "
+            f"download {spec.url} again"
         )
+    return None
 
 
-def _cached_download(spec: ModelSpec) -> Path:
+def _download(url: str, path: Path, timeout: float) -> None:
+    """Fetch ``url`` to ``path`` through a temporary file (``path`` appears only when complete).
+
+    Every connection attempt and every read waits at most ``timeout`` seconds.
+    """
+    from tqdm.auto import tqdm
+
+    partial = path.with_name(path.name + ".partial")
+    request = urllib.request.Request(url, headers={"User-Agent": "ssl_widgets"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "wb") as handle:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(block)
+                    bar.update(len(block))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _is_timeout(error: BaseException) -> bool:
+    reason = getattr(error, "reason", None)
+    return isinstance(error, TimeoutError) or isinstance(reason, TimeoutError)
+
+
+def _cached_download(spec: ModelSpec) -> tuple[Path, str | None]:
+    """The cached file (downloaded if missing) and the hash to pin after a successful load, if any."""
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     path = hub_dir / str(spec.file_name)
     if not path.exists():
@@ -331,16 +397,18 @@ def _cached_download(spec: ModelSpec) -> Path:
                 _SIMCLR_HELP.format(w=spec.name[-2]) + f", or place the converted file at {path}."
             )
         hub_dir.mkdir(parents=True, exist_ok=True)
+        timeout = _download_timeout()
         try:
-            torch.hub.download_url_to_file(spec.url, str(path), progress=True)
+            _download(spec.url, path, timeout)
         except Exception as error:  # network errors come in many types
+            what = (f"no answer within {timeout:g} s (set {DOWNLOAD_TIMEOUT_ENV} to wait longer)"
+                    if _is_timeout(error) else f"{type(error).__name__}: {error}")
             raise FileNotFoundError(
-                f"could not download the weights of {spec.name!r} from {spec.url} ({type(error).__name__}: {error}). "
+                f"could not download the weights of {spec.name!r} from {spec.url} ({what}). "
                 f"For offline use, download that file yourself and place it at {path}, or give its path: "
                 f"--weights PATH on the command line, weights=PATH in Python (load_model)."
             ) from error
-    _verify_checksum(path, spec)
-    return path
+    return path, _verify_checksum(path, spec)
 
 
 def _read_checkpoint(path: Path) -> Any:
@@ -384,14 +452,17 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         112
     """
     spec = model_info(name)
+    pin_after_load = None
     if weights is not None:
         path = Path(weights)
     elif spec.url is None and spec.name.startswith("tiny-"):
         path = _shipped_weights(spec)
     else:
-        path = _cached_download(spec)
+        path, pin_after_load = _cached_download(spec)
     checkpoint = _read_checkpoint(path)
     model = spec.build(checkpoint).float().eval()
+    if pin_after_load is not None:  # trust on first use, once the file has proved to be a loadable checkpoint
+        _pin_file(path).write_text(pin_after_load + "\n")
     if device is not None:
         model = model.to(device)
     return model

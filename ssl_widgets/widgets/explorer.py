@@ -303,12 +303,20 @@ class Explorer(W.VBox):
             self._cache.move_to_end(key)
             self._show_result(self._cache[key], x1, x2)
             return
+        # one job at a time per panel: a new job first waits for the (cancelled) previous one to stop
+        previous = self._worker
+        args = (generation, key, name, settings, x1, x2, controls)
         if controls.slow and self.threaded:
-            self._worker = threading.Thread(target=self._compute, args=(generation, key, name, settings, x1, x2,
-                                                                        controls), daemon=True)
+            self._worker = threading.Thread(target=self._compute_after, args=(previous, *args), daemon=True)
             self._worker.start()
         else:
-            self._compute(generation, key, name, settings, x1, x2, controls)
+            self._compute_after(previous, *args)
+
+    def _compute_after(self, previous: threading.Thread | None, generation: int, *args) -> None:
+        if previous is not None and previous is not threading.current_thread():
+            previous.join()
+        if generation == self._generation:  # not superseded while waiting
+            self._compute(generation, *args)
 
     def _compute(self, generation: int, key: tuple, name: str, settings: dict, x1, x2,
                  controls: MethodControls) -> None:
