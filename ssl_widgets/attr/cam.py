@@ -35,6 +35,11 @@ def _checked_layer_outputs(model: SSLModel, layer: str, captured: list[tuple[tor
     """
     parent = layer.rpartition(".")[0]
     instead = f"the enclosing block {parent!r}" if parent else "the layer after it"
+    dims, kinds = ((3, 4), "(B, C, h, w) feature map or (B, N, C) token sequence") if model.is_token_model \
+        else ((4,), "(B, C, h, w) feature map")
+    if not captured:
+        raise ValueError(f"layer {layer!r} does not output one {kinds} per forward pass: it never runs in the "
+                         f"forward pass of {model.name!r}")
     if len(captured) != forwards:
         raise ValueError(
             f"layer {layer!r} of {model.name!r} runs {len(captured) / forwards:g} times per forward pass (a module "
@@ -42,8 +47,6 @@ def _checked_layer_outputs(model: SSLModel, layer: str, captured: list[tuple[tor
             f"one call. Choose a layer that runs once, e.g. {instead}"
         )
     outputs = [out for out, _ in captured]
-    dims, kinds = ((3, 4), "(B, C, h, w) feature map or (B, N, C) token sequence") if model.is_token_model \
-        else ((4,), "(B, C, h, w) feature map")
     if not all(isinstance(o, torch.Tensor) and o.dim() in dims for o in outputs):
         raise ValueError(f"layer {layer!r} does not output one {kinds} per forward pass")
     if any(out._version != version for out, version in captured):

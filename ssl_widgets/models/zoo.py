@@ -343,7 +343,7 @@ def _verify_checksum(path: Path, spec: ModelSpec) -> str | None:
     if spec.sha256 is not None:
         if not actual.startswith(spec.sha256.lower()):
             raise CheckpointError(
-                f"checksum mismatch for {path}: sha256 {actual[:16]}... does not match the published "
+                f"checksum mismatch for the {spec.name!r} weights at {path}: sha256 {actual[:16]}... does not match the published "
                 f"{spec.sha256[:16]}... of {spec.name!r}; the file is corrupt or not the published one. "
                 f"Delete {path} and download {spec.url} again"
             )
@@ -353,7 +353,7 @@ def _verify_checksum(path: Path, spec: ModelSpec) -> str | None:
     expected = pin.read_text().strip().lower()
     if actual != expected:
         raise CheckpointError(
-            f"checksum mismatch for {path}: sha256 {actual[:16]}... differs from {expected[:16]}..., pinned in "
+            f"checksum mismatch for the {spec.name!r} weights at {path}: sha256 {actual[:16]}... differs from {expected[:16]}..., pinned in "
             f"{pin} when a file at that place first loaded successfully. If {path} is the file you want (you "
             f"replaced it on purpose), delete the pin file {pin}; otherwise the file is corrupt: delete {path} and "
             f"download {spec.url} again"
