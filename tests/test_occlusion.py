@@ -1,18 +1,17 @@
 """Conditional, context-agnostic and pairwise occlusion, and the incremental engine."""
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import arange_image, cos, mean_color_model, small_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, PairwiseOcclusion, upsample
+from ssl_widgets.attr import (
+    ConditionalOcclusion,
+    ContextAgnosticOcclusion,
+    PairwiseOcclusion,
+    upsample,
+)
 from ssl_widgets.attr.incremental import IncrementalTrunk
 from ssl_widgets.data.augment import random_erasing_boxes
-
-from helpers import arange_image, mean_color_model, small_resnet
-
-
-def cos(a, b):
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
 
 
 def slow_conditional(model, x1, x2, window, stride, fill):
@@ -201,11 +200,11 @@ def test_pairwise_occlusion_channel_sum_quirk_and_mask_option():
     x1 = arange_image(1, 32, 32) + 0.05
     x1[:, :, :, :8] = 0.0  # a black band
     x2 = arange_image(1, 32, 32, offset=2) + 0.05
-    kwargs = dict(n_samples=30, generator=None)
+    kwargs = {"n_samples": 30, "generator": None}
     paper = PairwiseOcclusion(model).attribute((x1, x2), **{**kwargs, "generator": torch.Generator().manual_seed(0)})
     masked = PairwiseOcclusion(model).attribute((x1, x2), erased_pixels="mask",
                                                 **{**kwargs, "generator": torch.Generator().manual_seed(0)})
-    band = lambda m: float(m[0][0, :, :8].mean())  # noqa: E731
+    band = lambda m: float(m[0][0, :, :8].mean())
     if float(paper[0].sum()) > 0:
         assert band(paper) >= band(masked)
         assert float(paper[0][0, :, :8].min()) > 0  # every band pixel got credit with each map-1 sample
