@@ -12,16 +12,6 @@ from ssl_widgets.data.augment import SIMCLR_AUGMENT, AugmentConfig, augment_batc
 from ssl_widgets.train.losses import barlow_twins_loss, nt_xent
 
 
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(15):
-        array = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
-        Image.fromarray(array).save(root / f"img_{i:02d}.png")
-    return root
-
-
 def small_config(folder, out, method="simclr", epochs=2):
     return TrainConfig(method=method, data=str(folder), out=str(out), epochs=epochs, batch_size=4, image_size=32,
                        source_size=40, width=4, head_dims=[16, 8], warmup_epochs=1, checkpoint_every=1, seed=3)
