@@ -4,11 +4,23 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_widgets.data import (SAMPLE_IMAGES, VIEW_TRANSFORMS, list_images, load_image, make_pair, make_view,
-                              split_holdout)
+from ssl_widgets.data import (
+    SAMPLE_IMAGES,
+    VIEW_TRANSFORMS,
+    list_images,
+    load_image,
+    make_pair,
+    make_view,
+    split_holdout,
+)
+from ssl_widgets.data.augment import (
+    SIMCLR_AUGMENT,
+    AugmentConfig,
+    augment_batch,
+    gaussian_blur_batch,
+)
 from ssl_widgets.models import load_model
 from ssl_widgets.train import TrainConfig, train
-from ssl_widgets.data.augment import SIMCLR_AUGMENT, AugmentConfig, augment_batch, gaussian_blur_batch
 from ssl_widgets.train.losses import barlow_twins_loss, nt_xent
 
 
