@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from helpers import write_image_folder
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
@@ -14,3 +15,9 @@ def torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """15 small PNG images of different colours (training, evaluation, retrieval and CLI tests)."""
+    return write_image_folder(tmp_path_factory.mktemp("images"), n=15)

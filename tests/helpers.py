@@ -1,7 +1,13 @@
-"""Tiny deterministic models shared by the method tests."""
+"""Tiny deterministic models and shared helpers of the tests (no helper touches the global RNG)."""
+import math
+from pathlib import Path
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock
 
 from ssl_widgets.models import SSLModel
 from ssl_widgets.models.architectures import ResNetTrunk, mlp_head
@@ -18,12 +24,46 @@ def randomize_bn(module, seed=0):
     return module
 
 
+def cos(a, b):
+    """Cosine similarity along the last dimension (the package's similarity, written independently)."""
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def seeded_init(module, seed=0):
+    """The trunk's (Kaiming fan-out) and nn.Linear's default initialisation from a local generator.
+
+    The global RNG is neither read nor reseeded, so a test's result does not depend on test order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(m.weight[0].numel())
+                    nn.init.uniform_(m.bias, -bound, bound, generator=g)
+    return module
+
+
 def small_resnet(block=BasicBlock, maxpool=True, width=4, normalized=True, seed=0, head=True):
-    torch.manual_seed(seed)
-    trunk = randomize_bn(ResNetTrunk(block, [1, 1, 1, 1], width=width, stem_maxpool=maxpool), seed)
+    trunk = randomize_bn(seeded_init(ResNetTrunk(block, [1, 1, 1, 1], width=width, stem_maxpool=maxpool), seed), seed)
     dims = [trunk.out_channels, 8, 6]
-    kwargs = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)) if normalized else {}
-    return SSLModel(trunk, mlp_head(dims).eval() if head else None, input_size=32, **kwargs).eval()
+    kwargs = {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)} if normalized else {}
+    head_module = seeded_init(mlp_head(dims), seed + 1000).eval() if head else None
+    return SSLModel(trunk, head_module, input_size=32, **kwargs).eval()
+
+
+def write_image_folder(root, n=15, height=48, width=60, seed=0):
+    """``n`` PNG images: a per-image base colour plus noise, so that different files look different."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        base = rng.random((1, 1, 3)) * 0.6 + 0.2
+        array = np.clip(base + rng.random((height, width, 3)) * 0.4 - 0.2, 0, 1)
+        Image.fromarray((array * 255).astype(np.uint8)).save(root / f"img_{i:02d}.png")
+    return root
 
 
 def mean_color_model():

@@ -1,25 +1,38 @@
 """API-level behaviour of every method: bad inputs, model state, Captum interoperability, CLI."""
+import re
+
 import pytest
 import torch
 from captum.attr import IntegratedGradients
 from captum.metrics import sensitivity_max
-
-from ssl_widgets.attr import (METHOD_NAMES, AveragedTransforms, ConditionalOcclusion, ContextAgnosticOcclusion,
-                              InteractionCAM, PairAttribution, PairGradCAM, PairInputXGradient, PairSmoothGrad,
-                              PairwiseOcclusion, PixelInvariance, SimilarityForward, get_method)
-from ssl_widgets.attr.pixel_invariance import nmf
-
 from helpers import arange_image, small_resnet
 
+from ssl_widgets.attr import (
+    METHOD_NAMES,
+    AveragedTransforms,
+    ConditionalOcclusion,
+    ContextAgnosticOcclusion,
+    InteractionCAM,
+    PairAttribution,
+    PairGradCAM,
+    PairInputXGradient,
+    PairSmoothGrad,
+    PairwiseOcclusion,
+    PixelInvariance,
+    SimilarityForward,
+    get_method,
+)
+from ssl_widgets.attr.pixel_invariance import nmf
+
 PAIR_METHODS = [
-    (ConditionalOcclusion, dict(sliding_window_shapes=16, strides=8)),
-    (ContextAgnosticOcclusion, dict(sliding_window_shapes=16, strides=8)),
-    (PairwiseOcclusion, dict(n_samples=4)),
+    (ConditionalOcclusion, {"sliding_window_shapes": 16, "strides": 8}),
+    (ContextAgnosticOcclusion, {"sliding_window_shapes": 16, "strides": 8}),
+    (PairwiseOcclusion, {"n_samples": 4}),
     (PairGradCAM, {}),
-    (InteractionCAM, dict(pooling="max")),
-    (AveragedTransforms, dict(steps=3)),
-    (PairInputXGradient, dict(guided=True)),
-    (PairSmoothGrad, dict(n_samples=2, guided=True)),
+    (InteractionCAM, {"pooling": "max"}),
+    (AveragedTransforms, {"steps": 3}),
+    (PairInputXGradient, {"guided": True}),
+    (PairSmoothGrad, {"n_samples": 2, "guided": True}),
 ]
 IDS = [cls.__name__ for cls, _ in PAIR_METHODS]
 
@@ -122,7 +135,7 @@ def test_similarity_forward_with_captum_integrated_gradients():
     forward = SimilarityForward(model, x2)
     torch.testing.assert_close(forward(x1), model.similarity(x1, x2).detach())
     baseline = torch.full_like(x1, 0.5)
-    attributions, delta = IntegratedGradients(forward).attribute(x1, baselines=baseline, n_steps=200,
+    attributions, _delta = IntegratedGradients(forward).attribute(x1, baselines=baseline, n_steps=200,
                                                                  return_convergence_delta=True)
     # completeness: the attributions add up to f(x1) - f(baseline)
     expected = float((forward(x1) - forward(baseline)).detach())
@@ -140,7 +153,7 @@ def test_captum_sensitivity_max_accepts_pair_methods():
 def test_pixel_invariance_shape_range_seed_and_threshold():
     model = small_resnet()
     x = arange_image(2, 32, 32)
-    kwargs = dict(n_samples=40, size=16, epochs=30)
+    kwargs = {"n_samples": 40, "size": 16, "epochs": 30}
     a = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), **kwargs)
     b = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), **kwargs)
     assert a.shape == (2, 16, 16) and float(a.min()) >= 0 and float(a.max()) <= 1
@@ -155,6 +168,44 @@ def test_pixel_invariance_shape_range_seed_and_threshold():
         PixelInvariance(model).attribute(x.to(torch.uint8))
 
 
+class HalfImage(torch.nn.Module):
+    """Crops the left or the right half: a trunk input the rest of the model can never see."""
+
+    def __init__(self, side):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x):
+        half = x.shape[3] // 2
+        return x[:, :, :, :half] if self.side == "left" else x[:, :, :, half:]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pixel_invariance_map_lies_on_the_half_the_model_sees(side, monkeypatch):
+    """Erasing the unseen half never changes the similarity: the surrogate's map must sit on the seen half.
+
+    Colour jitter acts on the whole image alike (it cannot tell the halves apart and, on a tiny random
+    model, drowns the erasing signal), so it is switched off here; grayscale and erasing stay.
+    """
+    from ssl_widgets.attr import pixel_invariance
+
+    monkeypatch.setattr(pixel_invariance, "color_jitter", lambda views, config, generator: views)
+    model = small_resnet(seed=0)
+    model.trunk = torch.nn.Sequential(HalfImage(side), model.trunk)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kwargs = {"n_samples": 400, "size": 8, "epochs": 500, "blur": False}
+    plain = PixelInvariance(model).attribute(x, generator=torch.Generator().manual_seed(0), **kwargs)
+    with_nmf = PixelInvariance(model).attribute(x, nmf_components=3, generator=torch.Generator().manual_seed(0),
+                                                **kwargs)
+    seen, unseen = (slice(0, 4), slice(4, 8)) if side == "left" else (slice(4, 8), slice(0, 4))
+    for heat in (plain, with_nmf):
+        assert float(heat.max()) == pytest.approx(1.0) and float(heat.min()) >= 0
+        assert float(heat[0, :, seen].sum()) > 1.0
+        assert float(heat[0, :, unseen].sum()) <= 0.2 * float(heat[0, :, seen].sum())
+    # the NMF target changes the fit (a different map), not where the model looks
+    assert not torch.allclose(plain, with_nmf)
+
+
 def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
     g = torch.Generator().manual_seed(0)
     w, h = torch.rand(30, 3, generator=g), torch.rand(3, 20, generator=g)
@@ -165,13 +216,46 @@ def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
     assert float(w_fit.min()) >= 0
 
 
-def test_method_names_resolve():
-    for name in METHOD_NAMES:
-        cls, settings = get_method(name)
-        assert hasattr(cls, "attribute") and isinstance(settings, dict)
-    assert get_method("input-x-gradient:guided")[1] == {"guided": True}
-    with pytest.raises(ValueError, match="unknown method 'smoothgrad:noise'"):
-        get_method("smoothgrad:noise")
+# every name the registry knows today, with the exact class and attribute settings it must give
+REGISTRY = {
+    "conditional-occlusion": (ConditionalOcclusion, {}),
+    "context-agnostic-occlusion": (ContextAgnosticOcclusion, {}),
+    "pairwise-occlusion": (PairwiseOcclusion, {}),
+    "grad-cam": (PairGradCAM, {}),
+    "interaction-cam": (InteractionCAM, {"pooling": "mean", "gradient_interaction": False}),
+    "interaction-cam:max": (InteractionCAM, {"pooling": "max", "gradient_interaction": False}),
+    "interaction-cam:attention": (InteractionCAM, {"pooling": "attention", "gradient_interaction": False}),
+    "interaction-cam:max+gi": (InteractionCAM, {"pooling": "max", "gradient_interaction": True}),
+    "interaction-cam:attention+gi": (InteractionCAM, {"pooling": "attention", "gradient_interaction": True}),
+    "averaged-transforms": (AveragedTransforms, {}),
+    "averaged-transforms:guided": (AveragedTransforms, {"guided": True}),
+    "averaged-transforms:noise": (AveragedTransforms, {"noise": True}),
+    "averaged-transforms:guided+noise": (AveragedTransforms, {"guided": True, "noise": True}),
+    "input-x-gradient": (PairInputXGradient, {}),
+    "input-x-gradient:guided": (PairInputXGradient, {"guided": True}),
+    "smoothgrad": (PairSmoothGrad, {}),
+    "smoothgrad:guided": (PairSmoothGrad, {"guided": True}),
+    "pixel-invariance": (PixelInvariance, {}),
+}
+
+
+def test_registry_lists_exactly_the_known_names():
+    assert set(METHOD_NAMES) == set(REGISTRY) and len(METHOD_NAMES) == len(REGISTRY)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_method_name_gives_its_exact_class_and_settings(name):
+    cls, settings = get_method(name)
+    expected_cls, expected_settings = REGISTRY[name]
+    assert cls is expected_cls
+    assert settings == expected_settings
+
+
+@pytest.mark.parametrize("name", ["smoothgrad:noise", "occlusion", "interaction-cam:median", "grad-cam:max",
+                                  "input-x-gradient:guided+noise", "interaction-cam:max+guided", ""])
+def test_unknown_method_names_are_refused(name):
+    with pytest.raises(ValueError, match=re.escape(f"unknown method {name!r}; known methods: conditional-occlusion")):
+        get_method(name)
 
 
 def test_cli_explain_writes_a_figure(tmp_path, capsys):

@@ -2,17 +2,29 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TwoLayer, arange_image, cos, mean_color_model, small_resnet
 
-from ssl_widgets.attr import (AveragedTransforms, InteractionCAM, PairGradCAM, PairInputXGradient, PairSmoothGrad,
-                              cam_variants, guided_relus)
+from ssl_widgets.attr import (
+    AveragedTransforms,
+    InteractionCAM,
+    PairGradCAM,
+    PairInputXGradient,
+    PairSmoothGrad,
+    cam_variants,
+    guided_relus,
+)
 from ssl_widgets.attr.gradients import blur_maps
 from ssl_widgets.models import SSLModel
 
-from helpers import TwoLayer, arange_image, mean_color_model, small_resnet
+# saved at import, before any guided method ran: the swap of F.relu / torch.relu is process-wide
+ORIGINAL_F_RELU = F.relu
+ORIGINAL_TORCH_RELU = torch.relu
 
 
-def cos(a, b):
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+def assert_relus_restored(model):
+    assert F.relu is ORIGINAL_F_RELU and torch.nn.functional.relu is ORIGINAL_F_RELU
+    assert torch.relu is ORIGINAL_TORCH_RELU
+    assert all("forward" not in m.__dict__ for m in model.modules())
 
 
 def test_grad_cam_by_hand():
@@ -48,7 +60,7 @@ def slow_cams(model, x1, x2):
         else:
             pooling = name.split(":")[1].split("+")[0] if ":" in name else "mean"
 
-            def pool(a):
+            def pool(a, h=h, w=w, pooling=pooling):
                 positions = [a[:, i, j] for i in range(h) for j in range(w)]
                 if pooling == "mean":
                     return sum(positions) / len(positions)
@@ -119,7 +131,6 @@ def test_simsiam_style_cam_head():
 
 @pytest.mark.parametrize("functional", [False, True])
 def test_guided_backprop_rectifies_every_relu(functional):
-    torch.manual_seed(0)
     trunk = TwoLayer(functional)
     model = SSLModel(trunk, None, input_size=2).eval()
     x1, x2 = arange_image(1, 2, 2), arange_image(1, 2, 2, offset=8)
@@ -149,18 +160,38 @@ def test_guided_backprop_rectifies_every_relu(functional):
         result = PairInputXGradient(model).attribute((x1, x2), guided=guided)
         torch.testing.assert_close(result[0], by_hand(x1, z2, guided), atol=1e-7, rtol=1e-5)
         torch.testing.assert_close(result[1], by_hand(x2, z1, guided), atol=1e-7, rtol=1e-5)
-    # the swap is undone: plain gradients again afterwards, and F.relu is the original
-    assert F.relu is torch.nn.functional.relu and "forward" not in trunk.relu.__dict__
+        # the swap is undone after each call: F.relu, torch.relu and the modules' forward are the originals
+        assert_relus_restored(model)
+
+
+class Boom(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside the model")
+
+
+@pytest.mark.parametrize("cls", [PairInputXGradient, PairSmoothGrad, AveragedTransforms])
+def test_guided_methods_restore_the_relus_after_success_and_after_raising(cls):
+    trunk = TwoLayer(functional=True)
+    model = SSLModel(trunk, None, input_size=2).eval()
+    x1, x2 = arange_image(1, 2, 2), arange_image(1, 2, 2, offset=8)
+    plain = PairInputXGradient(model).attribute((x1, x2))
+    kwargs = {"n_samples": 2} if cls is PairSmoothGrad else {}
+    cls(model).attribute((x1, x2), guided=True, **kwargs)
+    assert_relus_restored(model)
+    # a leak would make this later plain gradient guided
+    torch.testing.assert_close(PairInputXGradient(model).attribute((x1, x2))[0], plain[0])
+    model.head = torch.nn.Sequential(Boom())
+    with pytest.raises(RuntimeError, match="boom inside the model"):
+        cls(model).attribute((x1, x2), guided=True, **kwargs)
+    assert_relus_restored(model)
 
 
 def test_guided_relus_restores_on_error():
     model = small_resnet()
-    original = F.relu
-    with pytest.raises(RuntimeError, match="boom"):
-        with guided_relus(model):
-            raise RuntimeError("boom")
-    assert F.relu is original
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    with pytest.raises(RuntimeError, match="boom"), guided_relus(model):
+        assert F.relu is not ORIGINAL_F_RELU and torch.relu is not ORIGINAL_TORCH_RELU  # swapped inside
+        raise RuntimeError("boom")
+    assert_relus_restored(model)
 
 
 def test_input_x_gradient_in_input_space_and_blur():
@@ -172,6 +203,7 @@ def test_input_x_gradient_in_input_space_and_blur():
     g1, g2 = torch.autograd.grad(s.sum(), [a, b])
     result = PairInputXGradient(model).attribute((x1, x2))
     torch.testing.assert_close(result[0], (a * g1).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(result[1], (b * g2).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
     blurred = PairInputXGradient(model).attribute((x1, x2), blur=True)
     torch.testing.assert_close(blurred[0], blur_maps(result[0]), atol=1e-8, rtol=1e-4)
 

@@ -4,15 +4,16 @@ The layouts are written here from environment.md's description, independently of
 package's converters, and each loaded model is compared with a directly built network.
 """
 import dataclasses
+import functools
 import re
+import types
 
 import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet50
 
-from ssl_widgets.models import CheckpointError, load_model
-from ssl_widgets.models import zoo
+from ssl_widgets.models import CheckpointError, load_model, zoo
 from ssl_widgets.models.architectures import resnet50_trunk
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -107,30 +108,71 @@ def test_simclr_v2_without_file_says_where_to_put_it(torch_home):
         load_model("simclr-v2-r50-1x")
 
 
+BARLOW_WIDTH = 64  # the published projector is 8192 wide (a ~600 MB file); tests use this width
+
+
+def barlow_state(trunk_sd, projector_sd, width):
+    """The official full checkpoint's ``model`` dict: backbone, projector and the loss-only affine-free BN."""
+    model_sd = {"module.backbone." + k: v for k, v in trunk_sd.items()}
+    model_sd.update({"module.projector." + k: v for k, v in projector_sd.items()})
+    bn = nn.BatchNorm1d(width, affine=False, device=next(iter(projector_sd.values())).device)
+    model_sd.update({"module.bn." + k: v for k, v in bn.state_dict().items()})
+    return model_sd
+
+
+@pytest.fixture
+def small_barlow(monkeypatch):
+    """The zoo's Barlow Twins entry with a BARLOW_WIDTH-wide projector (same code, same key layout)."""
+    spec = zoo.model_info("barlow-twins-r50")
+    build = functools.partial(zoo._build_barlow_twins, projector_width=BARLOW_WIDTH)
+    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, build=build))
+    return spec
+
+
 @pytest.fixture(scope="module")
 def barlow_file(tmp_path_factory):
     trunk = torchvision_trunk(3)
-    projector = randomize(head_mlp([2048, 8192, 8192, 8192]), 4)
-    model_sd = {"module.backbone." + k: v for k, v in trunk.state_dict().items()}
-    model_sd.update({"module.projector." + k: v for k, v in projector.state_dict().items()})
-    bn = nn.BatchNorm1d(8192, affine=False)
-    model_sd.update({"module.bn." + k: v for k, v in bn.state_dict().items()})
+    projector = randomize(head_mlp([2048, BARLOW_WIDTH, BARLOW_WIDTH, BARLOW_WIDTH]), 4)
+    model_sd = barlow_state(trunk.state_dict(), projector.state_dict(), BARLOW_WIDTH)
     path = tmp_path_factory.mktemp("barlow") / "checkpoint.pth"
     torch.save({"epoch": 1000, "model": model_sd, "optimizer": {"state": {}, "param_groups": []}}, path)
     return path, trunk, projector
 
 
-def test_barlow_twins_full_checkpoint(barlow_file, x224):
+def test_barlow_twins_published_8192_layout_is_accepted(monkeypatch):
+    """The real 8192-8192-8192 layout, on the meta device (no memory): every key name and shape must load."""
+    # the wrapper is skipped (it reads its mean/std values); the strict key and shape check is the zoo's own
+    monkeypatch.setattr(zoo, "SSLModel", lambda trunk, head, **kwargs: types.SimpleNamespace(trunk=trunk, head=head))
+    with torch.device("meta"):
+        trunk = torchvision_trunk_meta()
+        projector = head_mlp([2048, 8192, 8192, 8192])
+        checkpoint = {"epoch": 1000, "model": barlow_state(trunk.state_dict(), projector.state_dict(), 8192)}
+        model = zoo._build_barlow_twins(checkpoint)  # strict: any missing, extra or misshaped key raises
+    head = dict(model.head.state_dict())
+    assert {k: tuple(v.shape) for k, v in head.items()} == {k: tuple(v.shape) for k, v in projector.state_dict().items()}
+    assert tuple(head["6.weight"].shape) == (8192, 8192)
+    checkpoint["model"]["module.projector.6.weight"] = torch.empty(8192, 4096, device="meta")
+    with pytest.raises(CheckpointError, match="projector of 'barlow-twins-r50'.*shape"), torch.device("meta"):
+        zoo._build_barlow_twins(checkpoint)
+
+
+def torchvision_trunk_meta():
+    net = resnet50()
+    net.fc, net.avgpool = nn.Identity(), nn.Identity()
+    return net
+
+
+def test_barlow_twins_full_checkpoint(barlow_file, x224, small_barlow):
     path, trunk, projector = barlow_file
     model = load_model("barlow-twins-r50", weights=path)
     assert model.normalized
     with torch.no_grad():
         expected = projector(trunk_features(trunk, (x224 - MEAN) / STD).mean(dim=(2, 3)))
         torch.testing.assert_close(model(x224), expected, rtol=1e-4, atol=1e-4)
-    assert model(x224).shape == (2, 8192)
+    assert model(x224).shape == (2, BARLOW_WIDTH)
 
 
-def test_barlow_download_path_via_torch_home_and_pinned_checksum(barlow_file, torch_home, x224):
+def test_barlow_download_path_via_torch_home_and_pinned_checksum(barlow_file, torch_home, x224, small_barlow):
     path, trunk, projector = barlow_file
     spec = zoo.model_info("barlow-twins-r50")
     placed = torch_home / "hub" / "checkpoints" / spec.file_name
@@ -194,7 +236,7 @@ def test_failed_download_names_url_and_path(torch_home, monkeypatch):
     assert spec.url in str(info.value) and str(expected_path) in str(info.value)
 
 
-def test_truncated_file_is_reported(tmp_path, barlow_file):
+def test_truncated_file_is_reported(tmp_path, barlow_file, small_barlow):
     path, _, _ = barlow_file
     cut = tmp_path / "cut.pth"
     cut.write_bytes(path.read_bytes()[:100_000])

@@ -2,17 +2,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import arange_image, cos, small_resnet
 from torchvision.transforms.functional import gaussian_blur
 
 from ssl_widgets._validation import unchecked_pixel_range
 from ssl_widgets.attr import PairInputXGradient
-from ssl_widgets.metrics import average_drop_increase, insertion_deletion, max_sensitivity, trapezoid_auc
-
-from helpers import arange_image, small_resnet
-
-
-def cos(a, b):
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+from ssl_widgets.metrics import (
+    average_drop_increase,
+    insertion_deletion,
+    max_sensitivity,
+    trapezoid_auc,
+)
 
 
 def slow_curve(model, x1, x2, map1, map2, mode, step):
@@ -77,15 +77,21 @@ def test_conditional_keeps_the_condition_fixed():
 
 
 def test_perfect_ranking_beats_reversed():
-    """On a model that only sees the left half, a map ranking the left half first deletes faster."""
+    """On a model that only sees the left half, a map ranking the left half first deletes faster.
+
+    Both maps order the left half the same way; the "bad" one puts the right half (ignored by the
+    model) first. Its curve is therefore the good curve delayed by half the pixels, and with
+    x2 = x1 (base 1) the AUC differences are exactly half of (end - start) of the curves.
+    """
     model = small_resnet()
-    x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=5)
+    x1 = arange_image(1, 16, 16)
+    x2 = x1.clone()
     with torch.no_grad():
         original = model.trunk.conv1.weight.clone()
-    good = torch.zeros(1, 16, 16)
-    good[:, :, :8] = 1.0
-    good = good + torch.linspace(0, 0.1, 256).view(1, 16, 16)
-    bad = -good
+    ramp = torch.linspace(0, 0.1, 256).view(1, 16, 16)
+    left, right = torch.zeros(1, 16, 16), torch.zeros(1, 16, 16)
+    left[:, :, :8], right[:, :, 8:] = 1.0, 1.0
+    good, bad = left + ramp, right + ramp
 
     class LeftHalf(torch.nn.Module):
         def forward(self, x):
@@ -94,12 +100,21 @@ def test_perfect_ranking_beats_reversed():
             return x
 
     model.trunk = torch.nn.Sequential(LeftHalf(), model.trunk)
-    deletion_good = insertion_deletion(model, x1, x2, good, mode="deletion", step=16).score
-    deletion_bad = insertion_deletion(model, x1, x2, bad, mode="deletion", step=16).score
-    insertion_good = insertion_deletion(model, x1, x2, good, mode="insertion", step=16).score
-    insertion_bad = insertion_deletion(model, x1, x2, bad, mode="insertion", step=16).score
-    assert float(deletion_good) < float(deletion_bad)
-    assert float(insertion_good) > float(insertion_bad)
+    deletion_good = insertion_deletion(model, x1, x2, good, mode="deletion", step=16)
+    deletion_bad = insertion_deletion(model, x1, x2, bad, mode="deletion", step=16)
+    insertion_good = insertion_deletion(model, x1, x2, good, mode="insertion", step=16)
+    insertion_bad = insertion_deletion(model, x1, x2, bad, mode="insertion", step=16)
+    # the bad curves stay flat while the ignored half changes
+    torch.testing.assert_close(deletion_bad.curve[0, :9], torch.ones(9), atol=1e-5, rtol=0)
+    torch.testing.assert_close(insertion_bad.curve[0, 8:], insertion_good.curve[0, :9], atol=1e-5, rtol=0)
+    fill_end = float(deletion_good.curve[0, -1])
+    blurred_start = float(insertion_good.curve[0, 0])
+    assert fill_end < 0.9999 and blurred_start < 0.9999
+    assert float(deletion_good.score) == pytest.approx(float(deletion_bad.score) + (fill_end - 1) / 2, abs=1e-5)
+    assert float(insertion_good.score) == pytest.approx(float(insertion_bad.score) + (1 - blurred_start) / 2,
+                                                        abs=1e-5)
+    assert float(deletion_good.score) < float(deletion_bad.score)
+    assert float(insertion_good.score) > float(insertion_bad.score)
     assert torch.equal(model.trunk[1].conv1.weight, original)
 
 

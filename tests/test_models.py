@@ -1,8 +1,7 @@
 """SSLModel, input validation and the shipped default models."""
-import time
-
 import pytest
 import torch
+from helpers import seeded_init
 from torch import nn
 
 from ssl_widgets.models import SSLModel, available_models, load_model
@@ -10,9 +9,9 @@ from ssl_widgets.models.architectures import mlp_head, tiny_resnet18_trunk
 
 
 def tiny_model(normalized=True):
-    torch.manual_seed(0)
     trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     head = nn.Linear(4, 2)
+    seeded_init(trunk, 0), seeded_init(head, 1)
     kwargs = dict(mean=(0.5, 0.25, 0.125), std=(0.5, 0.5, 0.25)) if normalized else {}
     return SSLModel(trunk, head, input_size=8, **kwargs)
 
@@ -87,11 +86,9 @@ def test_zoo_lists_every_model_of_the_api():
 
 
 @pytest.mark.parametrize("name", ["tiny-simclr", "tiny-barlow-twins"])
-def test_shipped_models_load_offline_and_fast(name):
-    start = time.perf_counter()
+def test_shipped_models_load_offline(name):
+    # load time is measured in benchmarks/, not asserted here
     model = load_model(name)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0  # the target is < 2 s; the margin absorbs a loaded CI machine
     assert not model.training and model.name == name and model.input_size == 112
     assert model.normalized
     x = torch.rand(2, 3, 112, 112)

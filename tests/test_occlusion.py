@@ -1,8 +1,7 @@
 """Conditional, context-agnostic and pairwise occlusion, and the incremental engine."""
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import arange_image, mean_color_model, small_resnet
+from helpers import arange_image, cos, mean_color_model, small_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ssl_widgets.attr import (
@@ -14,10 +13,6 @@ from ssl_widgets.attr import (
 from ssl_widgets.attr.incremental import IncrementalTrunk
 from ssl_widgets.data.augment import random_erasing_boxes
 from ssl_widgets.models import SSLModel
-
-
-def cos(a, b):
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
 
 
 def slow_conditional(model, x1, x2, window, stride, fill):
@@ -229,7 +224,7 @@ def test_pairwise_occlusion_channel_sum_quirk_and_mask_option():
     x1 = arange_image(1, 32, 32) + 0.05
     x1[:, :, :, :8] = 0.0  # a black band
     x2 = arange_image(1, 32, 32, offset=2) + 0.05
-    kwargs = dict(n_samples=30, generator=None)
+    kwargs = {"n_samples": 30, "generator": None}
     paper = PairwiseOcclusion(model).attribute((x1, x2), **{**kwargs, "generator": torch.Generator().manual_seed(0)})
     masked = PairwiseOcclusion(model).attribute((x1, x2), erased_pixels="mask",
                                                 **{**kwargs, "generator": torch.Generator().manual_seed(0)})

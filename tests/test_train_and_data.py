@@ -4,22 +4,24 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_widgets.data import (SAMPLE_IMAGES, VIEW_TRANSFORMS, list_images, load_image, make_pair, make_view,
-                              split_holdout)
+from ssl_widgets.data import (
+    SAMPLE_IMAGES,
+    VIEW_TRANSFORMS,
+    list_images,
+    load_image,
+    make_pair,
+    make_view,
+    split_holdout,
+)
+from ssl_widgets.data.augment import (
+    SIMCLR_AUGMENT,
+    AugmentConfig,
+    augment_batch,
+    gaussian_blur_batch,
+)
 from ssl_widgets.models import load_model
 from ssl_widgets.train import TrainConfig, train
-from ssl_widgets.data.augment import SIMCLR_AUGMENT, AugmentConfig, augment_batch, gaussian_blur_batch
 from ssl_widgets.train.losses import barlow_twins_loss, nt_xent
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(15):
-        array = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
-        Image.fromarray(array).save(root / f"img_{i:02d}.png")
-    return root
 
 
 def small_config(folder, out, method="simclr", epochs=2):

@@ -119,6 +119,61 @@ def test_click_shows_the_correspondence_on_the_other_image(explorer):
     assert explorer.maps[1] is None and explorer.maps[0].shape == (7, 7)
 
 
+def peak(heat):
+    flat = int(heat.flatten().argmax())
+    return divmod(flat, heat.shape[1]), float(heat.flatten()[flat])
+
+
+def test_click_on_a_cell_of_the_same_image_peaks_at_that_cell():
+    """Image 2 = image 1: a click inside cell (r, c) of the 7x7 map gives its maximum, 1, at (r, c)."""
+    e = Explorer(threaded=False, display_size=128, method="correspondence",
+                 images=("chelsea", "chelsea"))
+    x1, x2 = e.current_pair()
+    assert torch.equal(x1, x2)
+    cell = 112 / 7  # input pixels per feature cell; the display is 128 px for 112 input px
+    for view, (r, c) in [(0, (0, 0)), (0, (2, 5)), (1, (6, 6)), (1, (4, 1))]:
+        x, y = (c + 0.5) * cell * 128 / 112, (r + 0.3) * cell * 128 / 112  # display coordinates inside the cell
+        e.click(view, {"dataX": x, "dataY": y})
+        heat = e.maps[1 - view]
+        assert e.maps[view] is None and heat.shape == (7, 7) and e.last_error is None
+        where, value = peak(heat)
+        assert where == (r, c) and value == pytest.approx(1.0, abs=1e-5)
+        assert e._box == (view, (int(r * cell), int(c * cell), int((r + 1) * cell), int((c + 1) * cell)))
+        # the same point given as relative coordinates of a 256 px wide element lands on the same cell
+        e.click(view, {"relativeX": 2 * x, "relativeY": 2 * y, "boundingRectWidth": 256, "boundingRectHeight": 256})
+        torch.testing.assert_close(e.maps[1 - view], heat)
+
+
+@pytest.mark.parametrize("event", [{"dataX": -1, "dataY": 10}, {"dataX": 10, "dataY": 129},
+                                   {"relativeX": 300, "relativeY": 5, "boundingRectWidth": 256}])
+def test_click_outside_the_image_is_refused(event):
+    e = Explorer(threaded=False, display_size=128, method="correspondence",
+                 images=("chelsea", "chelsea"))
+    e.click(0, {"dataX": 20, "dataY": 20})
+    shown = e.maps
+    e.click(0, event)
+    assert e.last_error is not None and "outside" in e.last_error
+    assert e.maps[1] is shown[1]  # the previous map stays
+
+
+def test_dense_correspondence_by_hand_and_outside_points():
+    from helpers import small_resnet
+
+    from ssl_widgets.analysis import dense_correspondence
+
+    model = small_resnet(maxpool=False)  # output stride 16: a 64 px image gives a 4x4 map
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    features = model.features(x)[0].detach()
+    for r, c in [(0, 0), (1, 3), (3, 2)]:
+        heat = dense_correspondence(model, x, x, (r * 16 + 15, c * 16))
+        expected = torch.nn.functional.cosine_similarity(features, features[:, r, c].view(-1, 1, 1), dim=0)
+        torch.testing.assert_close(heat, expected, atol=1e-6, rtol=1e-5)
+        assert peak(heat) == ((r, c), pytest.approx(1.0, abs=1e-6))
+    for point in [(64, 0), (0, 64), (-1, 3), (3, -0.5)]:
+        with pytest.raises(ValueError, match="outside the query image of size 64x64"):
+            dense_correspondence(model, x, x, point)
+
+
 def test_errors_show_inside_the_panel(explorer):
     explorer.image1_select.value = "/no/such/image.png"
     assert explorer.last_error is not None and "neither a file nor a sample" in explorer.last_error

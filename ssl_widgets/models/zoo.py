@@ -94,9 +94,10 @@ def _simclr_v2_builder(width: int) -> Callable[[Any], SSLModel]:
     return build
 
 
-def _build_barlow_twins(checkpoint: Any) -> SSLModel:
+def _build_barlow_twins(checkpoint: Any, projector_width: int = 8192) -> SSLModel:
+    # projector_width exists for tests only (a small checkpoint in the same layout); the published one is 8192
     trunk_sd, head_sd = convert_barlow_twins(checkpoint)
-    trunk, head = resnet50_trunk(zero_init_residual=True), mlp_head([2048, 8192, 8192, 8192])
+    trunk, head = resnet50_trunk(zero_init_residual=True), mlp_head([2048] + [projector_width] * 3)
     _load_strict(trunk, trunk_sd, "barlow-twins-r50", "trunk")
     _load_strict(head, head_sd, "barlow-twins-r50", "projector")
     return SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="barlow-twins-r50", input_size=224)

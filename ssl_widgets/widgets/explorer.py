@@ -241,10 +241,13 @@ class Explorer(W.VBox):
             size = self._model().input_size
             if "dataX" in event:
                 x, y = event["dataX"], event["dataY"]
-                scale = size / self.display_size
+                extent = float(self.display_size)
             else:
                 x, y = event["relativeX"], event["relativeY"]
-                scale = size / float(event.get("boundingRectWidth") or self.display_size)
+                extent = float(event.get("boundingRectWidth") or self.display_size)
+            if not (0 <= x <= extent and 0 <= y <= extent):
+                raise ValueError(f"click ({x:g}, {y:g}) is outside the displayed image of {extent:g} px")
+            scale = size / extent
             point = (min(size - 1, y * scale), min(size - 1, x * scale))
             x1, x2 = self.current_pair()
             query, target = (x1, x2) if view_index == 0 else (x2, x1)
