@@ -135,7 +135,7 @@ def test_average_drop_and_increase_match_the_definition():
                 up = F.interpolate(m[None, None], size=(16, 16), mode="bilinear", align_corners=False)[0]
                 e = (up - up.min()) / (up.max() - up.min())
                 return model.forward_normalized(e * model.normalize(x))
-            base = float(cos(model(x1[b:b + 1]), model(x2[b:b + 1])))
+            base = float(cos(model(x1[b:b + 1]), model(x2[b:b + 1])).detach())
             z2 = masked(x2[b:b + 1], m2[b]) if simultaneous else model(x2[b:b + 1])
             score = float(cos(masked(x1[b:b + 1], m1[b]), z2))
             assert float(result.drop[b]) == pytest.approx(max(0.0, base - score) / base, abs=1e-5)
