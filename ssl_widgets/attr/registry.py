@@ -6,17 +6,21 @@ from typing import Any
 from .averaged_transforms import AveragedTransforms
 from .cam import InteractionCAM, PairGradCAM, parse_cam_variant
 from .gradients import PairInputXGradient, PairSmoothGrad
+from .joint_gradient import JointGradient
+from .joint_occlusion import JointOcclusion
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
 
-__all__ = ["get_method", "METHOD_NAMES", "PAIR_METHOD_NAMES"]
+__all__ = ["get_method", "JOINT_METHOD_NAMES", "METHOD_NAMES", "PAIR_METHOD_NAMES"]
 
 _SIMPLE = {
     "conditional-occlusion": ConditionalOcclusion,
     "context-agnostic-occlusion": ContextAgnosticOcclusion,
     "pairwise-occlusion": PairwiseOcclusion,
     "pixel-invariance": PixelInvariance,
+    "joint-gradient": JointGradient,
+    "joint-occlusion": JointOcclusion,
 }
 _FLAGS = {
     "averaged-transforms": (AveragedTransforms, {"guided", "noise"}),
@@ -31,7 +35,9 @@ PAIR_METHOD_NAMES: tuple[str, ...] = (
     "averaged-transforms:guided+noise", "input-x-gradient", "input-x-gradient:guided", "smoothgrad",
     "smoothgrad:guided",
 )
-METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",)
+#: joint (pair-to-pair) methods: ``attribute`` returns a JointAttribution ``(B, h1*w1, h2*w2)``
+JOINT_METHOD_NAMES: tuple[str, ...] = ("joint-gradient", "joint-occlusion")
+METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",) + JOINT_METHOD_NAMES
 
 
 def get_method(name: str) -> tuple[type, dict[str, Any]]:
