@@ -9,6 +9,7 @@ import torch
 from .attr import PairAttribution, get_method, upsample
 from .attr.cam import InteractionCAM, PairGradCAM
 from .attr.engine import eval_similarity
+from .attr.registry import JOINT_METHOD_NAMES
 from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
 from .models.wrapper import SSLModel
@@ -34,7 +35,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
 
     Args:
         model: the model.
-        name: a method name (``ssl_widgets.attr.METHOD_NAMES``).
+        name: a method name (``ssl_widgets.attr.METHOD_NAMES``); for the joint methods the two
+            marginal maps are returned (the joint relevance itself: the method's ``attribute``).
         x1, x2: the pair. For ``pixel-invariance`` only ``x1`` is explained (map 2 is zeros).
         layer: layer of the CAM methods.
         generator: seeds the random methods.
@@ -58,6 +60,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         settings.pop("generator", None)
         return PairAttribution(maps, sim, {"method": name, **settings})
     result = method.attribute((x1, x2), **settings)
+    if name in JOINT_METHOD_NAMES:  # the two marginal maps of the pair-to-pair relevance
+        return result.marginals()
     maps = tuple(upsample(m, tuple(x.shape[2:])) if m.shape[1:] != x.shape[2:] else m for m, x in zip(result, (x1, x2)))
     meta = {**result.meta, "method": name, **({"layer": layer} if layer else {})}
     return PairAttribution(maps, result.similarity, meta)
