@@ -256,3 +256,65 @@ def test_state_restored_after_success_and_cancel(cls):
 def test_registry_names():
     assert get_method("joint-gradient") == (JointGradient, {})
     assert get_method("joint-occlusion") == (JointOcclusion, {})
+
+
+# -- views, CLI and the correspondence benchmark ------------------------------------------------------------------
+def test_top_matches_figure_and_cli(tmp_path, capsys):
+    from matplotlib.figure import Figure
+
+    from ssl_widgets.cli import main
+    from ssl_widgets.plotting_joint import top_matches_figure
+
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    result = JointOcclusion(model).attribute((x1, x2), grid=4)
+    fig = top_matches_figure(x1, x2, result, k=5, title="t")
+    assert isinstance(fig, Figure)
+    lines = [line for line in fig.axes[0].lines if line.get_linestyle() == "-"]
+    assert len(lines) == 5
+    out = tmp_path / "joint.png"
+    assert main(["explain", "chelsea", "--method", "joint-gradient", "--model", "tiny-simclr", "--grid", "4",
+                 "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
+
+
+def test_geometric_view_mapping_is_exact():
+    from ssl_widgets.evaluate.correspondence import correspondence_hits, geometric_view, map_points
+
+    x = torch.rand(1, 3, 28, 28)
+    x2, params = geometric_view(x, torch.Generator().manual_seed(3))
+    assert x2.shape == x.shape
+    # an oracle that matches every patch to the cell of its true position scores 100%
+    grid = (7, 7)
+    boxes = patch_boxes((28, 28), grid).float()
+    centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    mapped, inside = map_points(centres, params)
+    true = (mapped[:, 0] * 7 / 28).floor().clamp(0, 6) * 7 + (mapped[:, 1] * 7 / 28).floor().clamp(0, 6)
+    oracle = F.one_hot(true.long(), 49).float()
+    result = correspondence_hits(oracle, params, grid)
+    assert result["hits"] == result["valid"] == float(inside.sum()) > 0
+    assert 0 < result["chance"] < result["valid"]
+    # the mapping itself: a bright dot moves where map_points says
+    dot = torch.zeros(1, 3, 28, 28)
+    dot[:, :, 10:12, 14:16] = 1
+    moved, p = geometric_view(dot, torch.Generator().manual_seed(3))
+    points, ok = map_points(torch.tensor([[11.0, 15.0]]), p)
+    y, x_ = points[0].tolist()
+    peak = moved[0, 0].argmax()
+    assert bool(ok) and abs(int(peak) // 28 - y) <= 2 and abs(int(peak) % 28 - x_) <= 2
+
+
+def test_correspondence_benchmark_on_a_folder(tmp_path):
+    from PIL import Image
+
+    from ssl_widgets.evaluate.cli import main
+
+    for k in range(2):
+        array = (arange_image(1, 32, 32, offset=k)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+        Image.fromarray(array).save(tmp_path / f"img{k}.png")
+    assert main(["--task", "correspondence", "--data", str(tmp_path), "--model", "tiny-simclr", "--pairs", "2",
+                 "--grid", "4", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    table = (tmp_path / "out" / "correspondence.md").read_text()
+    for name in ("feature-cosine", "joint-gradient", "joint-occlusion"):
+        assert f"| {name} |" in table
+    assert len((tmp_path / "out" / "correspondence.jsonl").read_text().splitlines()) == 6
