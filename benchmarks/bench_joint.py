@@ -20,9 +20,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from ssl_widgets.attr import JointGradient, JointOcclusion  # noqa: E402
-from ssl_widgets.data import make_pair  # noqa: E402
-from ssl_widgets.models import load_model  # noqa: E402
+from ssl_widgets.attr import JointGradient, JointOcclusion
+from ssl_widgets.data import make_pair
+from ssl_widgets.models import load_model
 
 
 def median_seconds(run, repeats: int) -> float:

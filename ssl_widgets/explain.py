@@ -9,9 +9,9 @@ import torch
 from .attr import PairAttribution, get_method, upsample
 from .attr.cam import InteractionCAM, PairGradCAM
 from .attr.engine import eval_similarity
-from .attr.registry import JOINT_METHOD_NAMES
 from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
+from .attr.registry import JOINT_METHOD_NAMES
 from .models.wrapper import SSLModel
 
 __all__ = ["explain_pair", "default_settings"]

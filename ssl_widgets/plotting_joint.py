@@ -1,7 +1,8 @@
 """Figures of joint explanations: the strongest patch pairs drawn as lines between the two images."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -4,14 +4,13 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import arange_image, mean_color_model, small_resnet
 from torch import nn
 
 from ssl_widgets.attr import JointAttribution, JointGradient, JointOcclusion, get_method
 from ssl_widgets.attr.engine import Cancelled, progress_listener
 from ssl_widgets.attr.joint import patch_boxes, patch_index
 from ssl_widgets.models import SSLModel
-
-from helpers import arange_image, mean_color_model, small_resnet
 
 
 def cos(a, b):
@@ -23,7 +22,7 @@ def linear_model(normalized=True):
     torch.manual_seed(0)
     trunk = nn.Conv2d(3, 5, 3, padding=1, bias=False)
     head = nn.Linear(5, 4, bias=False)
-    kwargs = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)) if normalized else {}
+    kwargs = {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)} if normalized else {}
     return SSLModel(trunk, head, input_size=12, **kwargs).eval()
 
 
@@ -279,7 +278,11 @@ def test_top_matches_figure_and_cli(tmp_path, capsys):
 
 
 def test_geometric_view_mapping_is_exact():
-    from ssl_widgets.evaluate.correspondence import correspondence_hits, geometric_view, map_points
+    from ssl_widgets.evaluate.correspondence import (
+        correspondence_hits,
+        geometric_view,
+        map_points,
+    )
 
     x = torch.rand(1, 3, 28, 28)
     x2, params = geometric_view(x, torch.Generator().manual_seed(3))

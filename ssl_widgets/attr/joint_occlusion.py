@@ -29,7 +29,14 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import check_model, chunks, cosine, preserved_model_state, progress, resolve_fill
+from .engine import (
+    check_model,
+    chunks,
+    cosine,
+    preserved_model_state,
+    progress,
+    resolve_fill,
+)
 from .incremental import IncrementalTrunk
 from .joint import JointAttribution, check_grid, patch_boxes, patch_index
 

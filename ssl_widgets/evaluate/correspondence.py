@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,14 @@ from ..data import list_images, make_view
 from ..models import load_model
 from ..models.wrapper import SSLModel
 
-__all__ = ["CORRESPONDENCE_METHODS", "geometric_view", "map_points", "correspondence_matrix",
-           "correspondence_hits", "evaluate_correspondence"]
+__all__ = [
+    "CORRESPONDENCE_METHODS",
+    "correspondence_hits",
+    "correspondence_matrix",
+    "evaluate_correspondence",
+    "geometric_view",
+    "map_points",
+]
 
 CORRESPONDENCE_METHODS: tuple[str, ...] = ("feature-cosine", "joint-gradient", "joint-occlusion")
 
@@ -170,8 +177,7 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "correspondence.jsonl", "w") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
+            handle.writelines(json.dumps(record) + "\n" for record in records)
         (folder / "correspondence.md").write_text(format_correspondence(table, getattr(net, "name", str(model)),
                                                                         Path(data).name, pairs, grid, seed))
     return table
@@ -180,8 +186,8 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
 def format_correspondence(table: dict[str, dict[str, float]], model: str, data: str, pairs: int, grid: int,
                           seed: int) -> str:
     """The Markdown table of :func:`evaluate_correspondence`."""
-    lines = [f"**{model}** on `{data}`: {pairs} pairs (centre crop vs. a zoomed 50-90% crop, flipped with p 1/2; "
-             f"seed {seed}), {grid}x{grid} patches; hit = strongest match within one patch of the true position",
+    lines = [(f"**{model}** on `{data}`: {pairs} pairs (centre crop vs. a zoomed 50-90% crop, flipped with p 1/2; "
+              f"seed {seed}), {grid}x{grid} patches; hit = strongest match within one patch of the true position"),
              "", "| method | hit rate | random guess | patches | s / pair |", "|---|---|---|---|---|"]
     for name, row in table.items():
         lines.append(f"| {name} | {row['accuracy']:.3f} | {row['chance']:.3f} | {int(row['patches'])} | "

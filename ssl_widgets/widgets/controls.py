@@ -5,7 +5,7 @@ from typing import Any
 
 import ipywidgets as W
 
-__all__ = ["MethodControls", "build_method_controls", "TAB_METHODS"]
+__all__ = ["TAB_METHODS", "MethodControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
 
