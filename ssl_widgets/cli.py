@@ -81,6 +81,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.stride:
         overrides["strides"] = args.stride
     generator = torch.Generator().manual_seed(args.seed)
+    if args.method in ("joint-gradient", "joint-occlusion"):
+        return _write_joint_figure(args, cls(model), model, x1, x2, generator, second)
     result = explain_pair(model, args.method, x1, x2, layer=args.layer, generator=generator, **overrides)
     settings = {k: v for k, v in result.meta.items() if k != "method"}
     fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]),
@@ -111,6 +113,23 @@ def _cmd_samples(args: argparse.Namespace) -> int:
         else:
             sample_image(name).save(path)
         print(f"wrote {path}")
+    return 0
+
+
+def _write_joint_figure(args: argparse.Namespace, method, model, x1, x2, generator, second: str) -> int:
+    """Joint methods: the top-matches figure (strongest patch pairs joined by lines, and the marginals)."""
+    from .plotting import image_label
+    from .plotting_joint import top_matches_figure
+
+    settings = {"grid": args.grid}
+    if args.method == "joint-occlusion":
+        settings["generator"] = generator
+    result = method.attribute((x1, x2), **settings)
+    shown = {k: v for k, v in result.meta.items() if k not in ("method", "size1", "size2", "grid2")}
+    fig = top_matches_figure(x1, x2, result, k=args.top, title=f"{args.method} on {args.model}",
+                             labels=(image_label(args.image), second), settings=shown)
+    fig.savefig(args.out, dpi=110)
+    print(f"{args.method} on {args.model}: cos similarity {float(result.similarity[0]):+.4f}; wrote {args.out}")
     return 0
 
 
@@ -167,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the trunk output)")
     p.add_argument("--window", type=int, default=None, help="occlusion window (default 64 px scaled to the model size)")
     p.add_argument("--stride", type=int, default=None, help="occlusion stride (default 8 px scaled)")
+    p.add_argument("--grid", type=int, default=7, help="patch grid of the joint methods (default 7x7)")
+    p.add_argument("--top", type=int, default=12, help="pairs drawn by the joint methods' top-matches figure")
     p.add_argument("--seed", type=int, default=0, help="seed of the view transform and random methods (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_explain)

@@ -12,6 +12,7 @@ from .attr.engine import eval_similarity
 from .attr.feature_pca import PatchFeaturePCA
 from .attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .attr.pixel_invariance import PixelInvariance
+from .attr.registry import JOINT_METHOD_NAMES
 from .models.wrapper import SSLModel
 
 __all__ = ["default_settings", "explain_pair", "sign_note"]
@@ -69,7 +70,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
 
     Args:
         model: the model.
-        name: a method name (``ssl_widgets.attr.METHOD_NAMES``).
+        name: a method name (``ssl_widgets.attr.METHOD_NAMES``); for the joint methods the two
+            marginal maps are returned (the joint relevance itself: the method's ``attribute``).
         x1, x2: the pair. For ``pixel-invariance`` only ``x1`` is explained (map 2 is zeros).
         layer: layer of the CAM methods.
         generator: seeds the random methods.
@@ -96,6 +98,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         settings.pop("generator", None)
         return PairAttribution(maps, sim, {"method": name, **settings})
     result = method.attribute((x1, x2), **settings)
+    if name in JOINT_METHOD_NAMES:  # the two marginal maps of the pair-to-pair relevance
+        return result.marginals()
     maps = tuple(_to_image_size(m, tuple(x.shape[2:])) for m, x in zip(result, (x1, x2)))
     meta = {**result.meta, "method": name, **({"layer": layer} if layer else {})}
     return PairAttribution(maps, result.similarity, meta)

@@ -275,3 +275,23 @@ def test_feature_visualization_and_model_difference_tabs(explorer):
     panel = ModelDifferencePanel(threaded=False, display_size=64, method="model-difference")
     assert len(panel.method_controls) == 1
     assert len(FeatureVisualizationPanel(threaded=False, display_size=64).method_controls) == 1
+
+
+def test_correspondence_tab_offers_the_joint_methods(explorer):
+    from ssl_widgets.attr import JointGradient
+
+    explorer.method_tabs.selected_index = 6
+    controls = explorer._controls()
+    controls.joint_method.value = "joint-gradient"
+    explorer.click(0, {"dataX": 64, "dataY": 40})
+    x1, x2 = explorer.current_pair()
+    expected = JointGradient(explorer._model()).attribute((x1, x2), grid=7)
+    size = explorer._model().input_size
+    point = (40 * size / explorer.display_size, 64 * size / explorer.display_size)
+    cell = (int(point[0] * 7 / size), int(point[1] * 7 / size))
+    assert explorer.maps[0] is None
+    torch.testing.assert_close(explorer.maps[1], expected.over_other(cell))
+    controls.joint_method.value = "joint-occlusion"
+    explorer.click(1, {"dataX": 10, "dataY": 10})
+    assert explorer.maps[1] is None and explorer.maps[0].shape == (7, 7) and explorer.last_error is None
+    controls.joint_method.value = "feature-cosine"

@@ -8,11 +8,14 @@ from .feature_visualization import FeatureVisualization
 from .model_difference import ModelDifference
 from .engine import PairAttribution, SimilarityForward, guided_relus, preserved_model_state
 from .gradients import PairInputXGradient, PairSmoothGrad
+from .joint import JointAttribution
+from .joint_gradient import JointGradient
+from .joint_occlusion import JointOcclusion
 from .maps import normalize_map, upsample
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
-from .registry import METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
+from .registry import JOINT_METHOD_NAMES, METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
 
 __all__ = [
     "AttentionRollout",
@@ -25,6 +28,10 @@ __all__ = [
     "FeatureVisualization",
     "ModelDifference",
     "InteractionCAM",
+    "JOINT_METHOD_NAMES",
+    "JointAttribution",
+    "JointGradient",
+    "JointOcclusion",
     "METHOD_NAMES",
     "PAIR_METHOD_NAMES",
     "PairAttribution",

@@ -9,11 +9,13 @@ from .cam import InteractionCAM, PairGradCAM, parse_cam_variant
 from .cls_attention import ClassTokenAttention
 from .feature_pca import PatchFeaturePCA
 from .gradients import PairInputXGradient, PairSmoothGrad
+from .joint_gradient import JointGradient
+from .joint_occlusion import JointOcclusion
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
 
-__all__ = ["METHOD_NAMES", "PAIR_METHOD_NAMES", "VIT_METHOD_NAMES", "get_method"]
+__all__ = ["JOINT_METHOD_NAMES", "METHOD_NAMES", "PAIR_METHOD_NAMES", "VIT_METHOD_NAMES", "get_method"]
 
 _SIMPLE = {
     "conditional-occlusion": ConditionalOcclusion,
@@ -23,6 +25,8 @@ _SIMPLE = {
     "cls-attention": ClassTokenAttention,
     "attention-rollout": AttentionRollout,
     "feature-pca": PatchFeaturePCA,
+    "joint-gradient": JointGradient,
+    "joint-occlusion": JointOcclusion,
 }
 _FLAGS = {
     "averaged-transforms": (AveragedTransforms, {"guided", "noise"}),
@@ -37,7 +41,9 @@ PAIR_METHOD_NAMES: tuple[str, ...] = (
     "averaged-transforms:guided+noise", "input-x-gradient", "input-x-gradient:guided", "smoothgrad",
     "smoothgrad:guided",
 )
-METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",)
+#: joint (pair-to-pair) methods: ``attribute`` returns a JointAttribution ``(B, h1*w1, h2*w2)``
+JOINT_METHOD_NAMES: tuple[str, ...] = ("joint-gradient", "joint-occlusion")
+METHOD_NAMES: tuple[str, ...] = PAIR_METHOD_NAMES + ("pixel-invariance",) + JOINT_METHOD_NAMES
 #: ViT-native views (token trunks only; ``feature-pca`` also works on CNN maps). Accepted by
 #: :func:`get_method` and ``ssl-widgets explain``; not part of the pair-metric tables.
 VIT_METHOD_NAMES: tuple[str, ...] = ("cls-attention", "attention-rollout", "feature-pca")

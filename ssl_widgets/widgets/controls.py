@@ -5,7 +5,7 @@ from typing import Any
 
 import ipywidgets as W
 
-__all__ = ["MethodControls", "build_method_controls", "TAB_METHODS"]
+__all__ = ["TAB_METHODS", "MethodControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
 
@@ -178,9 +178,14 @@ class CorrespondenceControls(MethodControls):
     names = ("correspondence",)
 
     def children(self):
-        self.help = W.HTML("Click a point of either image: the other image shows the cosine similarity between "
-                           "the feature under the click and each of its positions (layer as chosen above).")
-        return [self.help]
+        self.help = W.HTML("Click a point of either image: the other image shows how each of its positions "
+                           "answers the clicked one. Feature cosine: cosine between the features (layer as chosen "
+                           "above); bilinear (joint-gradient) and joint occlusion: the pair-to-pair relevance of "
+                           "the clicked cell of a 7x7 grid with every cell of the other image.")
+        self.joint_method = W.Dropdown(options=[("feature cosine", "feature-cosine"), ("bilinear", "joint-gradient"),
+                                                ("joint occlusion", "joint-occlusion")],
+                                       value="feature-cosine", description="method")
+        return [self.joint_method, self.help]
 
     def request(self):
         return "correspondence", {}

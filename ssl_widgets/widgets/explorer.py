@@ -251,7 +251,11 @@ class Explorer(W.VBox):
             point = (min(size - 1, y * scale), min(size - 1, x * scale))
             x1, x2 = self.current_pair()
             query, target = (x1, x2) if view_index == 0 else (x2, x1)
-            heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
+            joint = getattr(self._controls(), "joint_method", None)
+            if joint is not None and joint.value != "feature-cosine":
+                heat = self._joint_heat(joint.value, view_index, point, x1, x2)
+            else:
+                heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
             cell = size / heat.shape[0]
             row, col = int(point[0] // cell), int(point[1] // cell)
             box = (int(row * cell), int(col * cell), int((row + 1) * cell), int((col + 1) * cell))
@@ -261,6 +265,18 @@ class Explorer(W.VBox):
             self._draw(x1, x2)
         except Exception as error:  # errors show in the panel, never as a dead widget
             self._show_error(error)
+
+    def _joint_heat(self, name: str, view_index: int, point: tuple[float, float], x1, x2, grid: int = 7):
+        """Relevance of the clicked cell (7x7 grid) with every cell of the other image, under a joint method."""
+        from ..attr.registry import get_method
+
+        cached = getattr(self, "_joint_cache", None)
+        if cached is None or cached[0] != name or not (torch.equal(cached[1], x1) and torch.equal(cached[2], x2)):
+            result = get_method(name)[0](self._model()).attribute((x1, x2), grid=grid)
+            self._joint_cache = cached = (name, x1.clone(), x2.clone(), result)
+        size = x1.shape[-1] if view_index == 0 else x2.shape[-1]
+        cell = (min(grid - 1, int(point[0] * grid / size)), min(grid - 1, int(point[1] * grid / size)))
+        return cached[3].over_other(cell, image=view_index + 1)
 
     # -- computation ------------------------------------------------------------------------------
     def _controls(self) -> MethodControls:
