@@ -10,7 +10,6 @@ from typing import Iterable
 
 import torch
 from captum.attr import LayerAttribution
-from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
