@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", default="chelsea", help="sample name or image path (default: chelsea)")
     p.add_argument("image2", nargs="?", default=None,
                    help="second image, used as given (default: an augmented view of IMAGE)")
-    p.add_argument("--models", default="tiny-simclr,tiny-barlow-twins", help="comma-separated zoo names")
+    p.add_argument("--models", default="tiny-simclr,tiny-barlow-twins,tiny-simsiam,tiny-dino-vit", help="comma-separated zoo names")
     p.add_argument("--weights", default=None, help="weight file (for a single model)")
     _view_arguments(p, "aug")
     p.add_argument("--seed", type=int, default=0, help="seed of the view transform (default 0)")

@@ -66,7 +66,8 @@ class AttentionRollout(Attribution):
         Args:
             inputs: ``(x1, x2)``.
             head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"`` over heads.
-            start_block, end_block: the blocks rolled out (inclusive; indices or names).
+            start_block: the first block rolled out (inclusive; index or name).
+            end_block: the last block rolled out (inclusive; index or name).
 
         Returns:
             :class:`PairAttribution` with maps ``(B, H/p, W/p)``.

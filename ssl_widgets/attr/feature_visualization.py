@@ -66,11 +66,16 @@ class FeatureVisualization(LayerAttribution):
         Args:
             target: ``(B,3,H,W)`` images (the other view).
             mode: ``"score"`` or ``"feature"``.
-            octaves, iterations: pyramid levels and gradient steps per level.
+            octaves: pyramid levels.
+            iterations: gradient steps per level.
             lr: normalised step size.
             generator: seeds the initial noise (and the Fourier jitter).
             show_progress: tqdm progress bar.
-            octave_scale, init_scale, reg_l2, tv_weight, l2_weight: the paper's settings.
+            octave_scale: the upscaling between pyramid levels (1.4 in the paper).
+            init_scale: the scale of the initial noise image.
+            reg_l2: add the L2 penalty ``l2_weight * |x|_2`` on the image (the paper does).
+            tv_weight: weight of the total-variation penalty (1e-3 in the paper).
+            l2_weight: weight of the L2 penalty (1e-3 in the paper).
             parametrization: ``"pixel"`` (paper) or ``"fourier"``.
             callback: called as ``callback(step, image)`` every ``callback_every`` steps (widgets).
 

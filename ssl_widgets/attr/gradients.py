@@ -94,7 +94,8 @@ class PairSmoothGrad(GradientAttribution):
             inputs: ``(x1, x2)`` of equal shape when ``shared_noise``.
             n_samples: noise samples.
             stdev: noise level (see the class docstring for how sigma is derived).
-            guided, blur: as :class:`PairInputXGradient`.
+            guided: as :class:`PairInputXGradient`.
+            blur: as :class:`PairInputXGradient`.
             generator: seeds the noise (drawn on the CPU, so results match across devices).
             perturbations_per_eval: noisy pairs per forward/backward pass.
             shared_noise: the paper's same-noise-for-both-images behaviour.

@@ -31,7 +31,8 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int], *, window: int | t
     Args:
         maps: ``(B,h,w)`` or ``(h,w)``.
         size: output ``(H, W)`` or side length.
-        window, stride: the occlusion window and stride that produced a grid.
+        window: the occlusion window that produced a grid.
+        stride: the occlusion stride that produced a grid.
 
     Returns:
         ``(B,H,W)`` (or ``(H,W)`` for a 2-D input).

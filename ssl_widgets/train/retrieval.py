@@ -138,7 +138,7 @@ def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssl_widgets.train.retrieval", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="image folder (the held-out split is every 5th file)")
-    parser.add_argument("--models", default="tiny-simclr,tiny-barlow-twins")
+    parser.add_argument("--models", default="tiny-simclr,tiny-barlow-twins,tiny-simsiam,tiny-dino-vit")
     parser.add_argument("--weights", default=None, help="weight file (with a single model)")
     parser.add_argument("--views", type=int, default=5)
     parser.add_argument("--holdout-every", type=int, default=5)

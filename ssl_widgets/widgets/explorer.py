@@ -21,7 +21,7 @@ from .rendering import COLORMAPS, overlay_png
 
 __all__ = ["Explorer"]
 
-OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins")
+OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
 AUGMENTED = "(augmented view of image 1)"
 
 

@@ -110,7 +110,7 @@ class ModelDifferenceControls(_SynthesisControls):
     names = ("model-difference",)
 
     def children(self):
-        self.other = W.Dropdown(options=["tiny-barlow-twins", "tiny-simclr", "resnet50-supervised"],
+        self.other = W.Dropdown(options=["tiny-barlow-twins", "tiny-simclr", "tiny-simsiam", "tiny-dino-vit", "resnet50-supervised"],
                                 value="tiny-barlow-twins", description="compare with")
         self.iterations = W.IntSlider(value=201, min=20, max=400, step=20, description="iterations",
                                       continuous_update=False)
