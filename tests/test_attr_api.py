@@ -216,6 +216,16 @@ def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
     assert float(w_fit.min()) >= 0
 
 
+from ssl_widgets.attr import (  # noqa: E402
+    JOINT_METHOD_NAMES,
+    VIT_METHOD_NAMES,
+    AttentionRollout,
+    ClassTokenAttention,
+    JointGradient,
+    JointOcclusion,
+    PatchFeaturePCA,
+)
+
 # every name the registry knows today, with the exact class and attribute settings it must give
 REGISTRY = {
     "conditional-occlusion": (ConditionalOcclusion, {}),
@@ -235,12 +245,22 @@ REGISTRY = {
     "input-x-gradient:guided": (PairInputXGradient, {"guided": True}),
     "smoothgrad": (PairSmoothGrad, {}),
     "smoothgrad:guided": (PairSmoothGrad, {"guided": True}),
+    "interaction-cam:mean+gi": (InteractionCAM, {"pooling": "mean", "gradient_interaction": True}),
     "pixel-invariance": (PixelInvariance, {}),
+    "joint-gradient": (JointGradient, {}),
+    "joint-occlusion": (JointOcclusion, {}),
+    # ViT-native views (VIT_METHOD_NAMES)
+    "cls-attention": (ClassTokenAttention, {}),
+    "attention-rollout": (AttentionRollout, {}),
+    "feature-pca": (PatchFeaturePCA, {}),
 }
 
 
 def test_registry_lists_exactly_the_known_names():
-    assert set(METHOD_NAMES) == set(REGISTRY) and len(METHOD_NAMES) == len(REGISTRY)
+    known = METHOD_NAMES + VIT_METHOD_NAMES
+    assert set(known) == set(REGISTRY) and len(known) == len(REGISTRY)
+    assert set(VIT_METHOD_NAMES) == {"cls-attention", "attention-rollout", "feature-pca"}
+    assert set(JOINT_METHOD_NAMES) == {"joint-gradient", "joint-occlusion"} <= set(METHOD_NAMES)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
