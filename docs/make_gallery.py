@@ -35,9 +35,28 @@ CAPTIONS = {
     "erasing: the pixels whose appearance the model ignores (one map per image).",
 }
 
+#: ViT-native views, shown on the shipped tiny-dino-vit
+VIT_CAPTIONS = {
+    "cls-attention": "The class token's attention over the patches in the last block, averaged over heads "
+    "(DINO's well-known maps).",
+    "attention-rollout": "Attention rolled out through all blocks (with the residual path): how much each patch "
+    "reaches the class token.",
+    "feature-pca": "The first three principal components of the patch features, fitted over both images, shown "
+    "as RGB: patches of the same colour have similar features in both images.",
+}
+
+#: joint (pair-to-pair) methods: the strongest patch pairs joined by lines
+JOINT_CAPTIONS = {
+    "joint-gradient": "A bilinear (BiLRP-style) decomposition of the similarity on pairs of patches: which part of "
+    "image 1 is matched to which part of image 2.",
+    "joint-occlusion": "The interaction s - s(-i) - s(-j) + s(-i,-j) of occluding patch i of image 1 and patch j "
+    "of image 2.",
+}
+
 
 def build(out_dir: Path, threads: int) -> list[tuple[str, str]]:
     from ssl_widgets import load_model, make_pair
+    from ssl_widgets.attr import get_method
     from ssl_widgets.explain import explain_pair
     from ssl_widgets.plotting import pair_figure
 
@@ -55,6 +74,28 @@ def build(out_dir: Path, threads: int) -> list[tuple[str, str]]:
         fig.savefig(file, dpi=80)
         rows.append((name, file.name))
         print("wrote", file)
+    from ssl_widgets.plotting_joint import top_matches_figure
+
+    for name in JOINT_CAPTIONS:
+        method_cls = get_method(name)[0]
+        kwargs = {"generator": torch.Generator().manual_seed(0)} if name == "joint-occlusion" else {}
+        result = method_cls(model).attribute((x1, x2), grid=7, **kwargs)
+        fig = top_matches_figure(x1, x2, result, k=12, title=f"{name} on tiny-simclr",
+                                 labels=("chelsea", "chelsea (augmented)"))
+        file = out_dir / f"{name}.png"
+        fig.savefig(file, dpi=80)
+        rows.append((name, file.name))
+        print("wrote", file)
+    vit = load_model("tiny-dino-vit")
+    v1, v2 = make_pair("chelsea", "aug", vit.input_size, seed=0)
+    for name in VIT_CAPTIONS:
+        result = explain_pair(vit, name, v1, v2)
+        fig = pair_figure(v1, v2, result[0], result[1], float(result.similarity[0]), title=f"{name} on tiny-dino-vit",
+                          settings=result.meta, labels=("chelsea", "chelsea (augmented)"))
+        file = out_dir / f"{name}.png"
+        fig.savefig(file, dpi=80)
+        rows.append((name, file.name))
+        print("wrote", file)
     return rows
 
 
@@ -67,8 +108,16 @@ def write_page(rows: list[tuple[str, str]], page: Path) -> None:
         "`python docs/make_gallery.py`. The maps are the methods' raw values; the colour bar gives their scale.",
         "",
     ]
+    captions = {**CAPTIONS, **JOINT_CAPTIONS, **VIT_CAPTIONS}
     for name, file in rows:
-        lines += [f"## `{name}`", "", CAPTIONS[name], "", f"![{name}](gallery/{file})", ""]
+        if name == next(iter(JOINT_CAPTIONS)):
+            lines += ["## Joint explanations (pair to pair)", ""]
+        if name == next(iter(VIT_CAPTIONS)):
+            lines += ["## Vision Transformer views (`tiny-dino-vit`)", "",
+                      "The shipped ViT is a small model trained here (see the model card); the views work on any "
+                      "timm ViT, DINO and DINOv2 included.", ""]
+        level = "##" if name in CAPTIONS else "###"
+        lines += [f"{level} `{name}`", "", captions[name], "", f"![{name}](gallery/{file})", ""]
     page.write_text("\n".join(lines))
 
 

@@ -95,8 +95,8 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
     m1, m2 = result.marginals()
     for column, (x, m, label) in enumerate(((x1, m1, labels[0]), (x2, m2, labels[1])), start=1):
         axm = fig.add_subplot(grid[column])
-        image = overlay(axm, x[b:b + 1], m[b], alpha=0.5, cmap="jet")
-        fig.colorbar(image, ax=axm, fraction=0.046, pad=0.02)
+        # signed marginals: diverging colour map centred on zero, with the sign convention on the colour bar
+        overlay(axm, x[b:b + 1], m[b], alpha=0.5, colorbar=True)
         axm.set_title(f"{label}: marginal", fontsize=9)
     text = f"{title}   cos similarity = {float(result.similarity[b]):+.3f}   sum of pair relevances = " \
            f"{float(result.relevance[b].sum()):+.3f}"
