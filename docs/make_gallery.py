@@ -65,7 +65,7 @@ def build(out_dir: Path, threads: int) -> list[tuple[str, str]]:
     x1, x2 = make_pair("chelsea", "aug", model.input_size, seed=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, caption in CAPTIONS.items():
+    for name in CAPTIONS:
         overrides = {"n_samples": 200, "epochs": 200} if name == "pixel-invariance" else {}
         result = explain_pair(model, name, x1, x2, generator=torch.Generator().manual_seed(0), **overrides)
         fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]), title=name,

@@ -1,7 +1,7 @@
 """Model analyses the explorer plots: dense correspondence and similarity sweeps."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

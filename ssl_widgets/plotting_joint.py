@@ -46,7 +46,7 @@ def draw_top_matches(ax, x1: torch.Tensor, x2: torch.Tensor, result: JointAttrib
     b2 = patch_boxes(tuple(result.meta["size2"]), tuple(result.meta["grid2"])).tolist()
     top = max(abs(pairs[0][2]), 1e-12) if pairs else 1.0
     colours = matplotlib.colormaps[cmap]
-    for rank, (i, j, value) in reversed(list(enumerate(pairs))):  # strongest drawn last (on top)
+    for i, j, value in reversed(pairs):  # strongest drawn last (on top)
         strength = max(value, 0.0) / top
         colour = colours(0.25 + 0.75 * strength)
         for (y0, x0, y1, x1_), shift in ((b1[i], 0), (b2[j], offset)):

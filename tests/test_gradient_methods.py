@@ -235,7 +235,7 @@ def test_averaged_transforms_matches_batch_one_loop():
     x_t = (x * 0.5 + 0.3).clamp(0, 1)
     x_n, t_n = model.normalize(x), model.normalize(x_t)
     lambdas = [1.0 - m / 5 for m in range(5)]
-    path = [l * x_n + (1 - l) * t_n for l in lambdas]
+    path = [lam * x_n + (1 - lam) * t_n for lam in lambdas]
     g1, g2 = torch.zeros_like(x_n), torch.zeros_like(x_n)
     for m in range(1, 5):
         a, b = path[0].clone().requires_grad_(True), path[m].clone().requires_grad_(True)

@@ -6,7 +6,7 @@ pair come from a single forward and backward pass (:func:`cam_variants`).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from captum.attr import LayerAttribution

@@ -1,7 +1,7 @@
 """Model-difference visualisation (the paper's feature inversion from several depths): invert the same image from two models."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from captum.attr import Attribution

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torchvision.transforms import functional as TF
 
 __all__ = ["SAMPLE_IMAGES", "ImageLike", "load_image", "sample_image", "to_pil"]
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:

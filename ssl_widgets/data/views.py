@@ -20,7 +20,7 @@ pixel invariance need.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision import transforms as T

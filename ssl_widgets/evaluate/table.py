@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["COLUMNS", "summarize", "format_table", "plot_curves"]
 

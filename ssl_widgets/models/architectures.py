@@ -6,7 +6,7 @@ layer names look the same for every model in the zoo.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

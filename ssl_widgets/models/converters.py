@@ -8,7 +8,8 @@ and the matching ``mlp_head``. The mappings are written from the key layouts of 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 

@@ -31,7 +31,7 @@ def _figure(title: str, x_label: str, colors: list[str], labels: list[str]):
 class CurvePlot:
     """Insertion/deletion curves of the current map and a similarity-vs-strength sweep."""
 
-    def __init__(self, explorer: "Explorer") -> None:
+    def __init__(self, explorer: Explorer) -> None:
         self.explorer = explorer
         self.curve_figure, self.curve_lines = _figure("insertion / deletion of image 1 (image 2 fixed)",
                                                       "fraction of pixels", ["#1f77b4", "#d62728"],

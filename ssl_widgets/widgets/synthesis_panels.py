@@ -26,9 +26,9 @@ __all__ = ["FeatureVisualizationControls", "ModelDifferenceControls"]
 class _SynthesisControls(MethodControls):
     """A tab with its own Run button and image outputs; needs :meth:`bind` to an explorer."""
 
-    explorer: "Explorer | None" = None
+    explorer: Explorer | None = None
 
-    def bind(self, explorer: "Explorer") -> None:
+    def bind(self, explorer: Explorer) -> None:
         self.explorer = explorer
 
     def request(self):
