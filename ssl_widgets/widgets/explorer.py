@@ -302,7 +302,7 @@ class Explorer(JointClickMixin, W.VBox):
         reason = not_applicable(name, self._model())
         if name in ("synthesis", "correspondence") or reason:
             status = {"synthesis": f"{controls.title}: press run", "correspondence": "click a point of either image"}
-            note = f"<span style='color:#8a5a00'><b>does not apply:</b> {reason}</span>" if reason else None
+            note = f"<span style='color:#8a5a00'><b>note:</b> {reason}</span>" if reason else None
             self._show_plain(note or status[name], x1, x2)
             return
         key = self.request_key()
