@@ -206,3 +206,27 @@ def test_correspondence_benchmark_on_the_token_grid(image_folder, tmp_path):
     table = evaluate_correspondence(str(image_folder), VIT, ["feature-cosine"], pairs=2, grid=7, out=str(tmp_path))
     rate = table["feature-cosine"]
     assert 0.0 <= rate["accuracy"] <= 1.0 and rate["patches"] > 0
+
+
+def test_joint_occlusion_on_the_vit_equals_direct_forwards():
+    """Joint occlusion on a token trunk (full forwards): the interaction of patch i and patch j by hand."""
+    from ssl_widgets.attr import JointOcclusion
+    from ssl_widgets.attr.joint import patch_index
+    from ssl_widgets.models import load_model
+
+    model = load_model(VIT)
+    torch.manual_seed(0)
+    x1, x2 = torch.rand(1, 3, 112, 112), torch.rand(1, 3, 112, 112)
+    result = JointOcclusion(model).attribute((x1, x2), grid=2, baselines=0.0)
+    index = patch_index((112, 112), (2, 2), x1.device)
+
+    def sim(a, b):
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(model(a), model(b)))
+
+    def fill(x, i):
+        return x * (index != i).to(x.dtype)
+
+    for i, j in [(0, 0), (1, 3), (2, 1)]:
+        expected = sim(x1, x2) - sim(fill(x1, i), x2) - sim(x1, fill(x2, j)) + sim(fill(x1, i), fill(x2, j))
+        assert float(result.relevance[0, i, j]) == pytest.approx(expected, abs=1e-5)
