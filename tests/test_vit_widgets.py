@@ -36,7 +36,7 @@ def test_every_tab_works_or_says_it_does_not_apply(vit_explorer):
                 "Pixel invariance": {"samples": 50, "epochs": 10}}
     for title, values in settings.items():
         for attr, value in values.items():
-            setattr(getattr(tab(e, title)[1], attr), "value", value)  # set while another tab shows
+            getattr(tab(e, title)[1], attr).value = value  # set while another tab shows
     expected = {"Occlusion": "conditional-occlusion", "Interaction-CAM": "grad-cam",
                 "Pairwise occlusion": "pairwise-occlusion", "Pixel invariance": "pixel-invariance",
                 "Attention": "cls-attention", "PCA": "feature-pca", "Correspondence": "click a point"}

@@ -38,6 +38,10 @@ class Explorer(JointClickMixin, W.VBox):
     button; occlusion shows a coarse frame first and then refines. Click a point of either image
     (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
     deletion curves of the current map and a similarity-versus-transform-strength sweep (bqplot).
+    With a Vision Transformer the layer choice lists token layers, the Attention tab shows the class
+    token's attention (block, head or mean) and the PCA tab the patch features as RGB; a method that
+    does not apply to the model (a guided variant on a GELU network, attention on a CNN) says so in
+    the panel. Joint methods in the Correspondence tab run in the worker too.
 
     Args:
         model: an :class:`SSLModel`, a zoo name, or ``None`` for the shipped ``tiny-simclr``.
@@ -262,18 +266,6 @@ class Explorer(JointClickMixin, W.VBox):
             self._show_click(view_index, point, heat, x1, x2)
         except Exception as error:  # errors show in the panel, never as a dead widget
             self._show_error(error)
-
-    def _show_click(self, view_index: int, point: tuple[float, float], heat: torch.Tensor, x1, x2) -> None:
-        """Draw the correspondence ``heat`` on the other view and box the clicked cell."""
-        size = self._model().input_size
-        cell = size / heat.shape[0]
-        row, col = int(point[0] // cell), int(point[1] // cell)
-        box = (int(row * cell), int(col * cell), int((row + 1) * cell), int((col + 1) * cell))
-        self._box = (view_index, box)
-        self.maps = (None, heat) if view_index == 0 else (heat, None)
-        self.last_error = None
-        self.status.value = f"correspondence of the point ({point[0]:.0f}, {point[1]:.0f}) of image {view_index + 1}"
-        self._draw(x1, x2)
 
     # -- computation ------------------------------------------------------------------------------
     def _controls(self) -> MethodControls:

@@ -1,4 +1,4 @@
-"""The explorer's joint-method clicks (bilinear, joint occlusion) run in its worker thread."""
+"""The explorer's click results, and its joint-method clicks (bilinear, joint occlusion) run in its worker thread."""
 from __future__ import annotations
 
 import threading
@@ -13,6 +13,18 @@ __all__ = ["JointClickMixin"]
 class JointClickMixin:
     """For :class:`Explorer`: a click under a joint method computes the pair-to-pair relevance in the worker
     thread (progress bar and Cancel, like the other slow methods) and caches it per pair and method."""
+
+    def _show_click(self, view_index: int, point: tuple[float, float], heat: torch.Tensor, x1, x2) -> None:
+        """Draw the correspondence ``heat`` on the other view and box the clicked cell."""
+        size = self._model().input_size
+        cell = size / heat.shape[0]
+        row, col = int(point[0] // cell), int(point[1] // cell)
+        box = (int(row * cell), int(col * cell), int((row + 1) * cell), int((col + 1) * cell))
+        self._box = (view_index, box)
+        self.maps = (None, heat) if view_index == 0 else (heat, None)
+        self.last_error = None
+        self.status.value = f"correspondence of the point ({point[0]:.0f}, {point[1]:.0f}) of image {view_index + 1}"
+        self._draw(x1, x2)
 
     def _start_joint(self, name: str, view_index: int, point: tuple[float, float], x1, x2) -> None:
         """Run a joint method for a click in the worker (progress bar and Cancel, like the other slow methods)."""
