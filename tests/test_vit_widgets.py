@@ -176,7 +176,14 @@ def test_joint_click_can_be_cancelled(monkeypatch):
     assert e.status.value == "cancelled" and e.last_error is None and e.cancel_button.disabled
 
 
-def test_driver_runs_the_vit(image_folder, tmp_path):
+def test_driver_runs_the_vit(image_folder, tmp_path, monkeypatch):
+    from ssl_widgets.evaluate import driver
+
+    def coarse(model, name, *args, **kwargs):  # tiny settings: occlusion with a 16 px stride
+        extra = {"strides": 16} if name == "conditional-occlusion" else {}
+        return explain_pair(model, name, *args, **kwargs, **extra)
+
+    monkeypatch.setattr(driver, "explain_pair", coarse)
     cfg = EvaluationConfig(data=str(image_folder), model=VIT, pairs=2, seed=0, out=str(tmp_path / "vit"),
                            methods=["conditional-occlusion", "grad-cam", "interaction-cam"], step=448,
                            sensitivity_samples=1, show_progress=False)
