@@ -62,6 +62,7 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
+    from .attr.applicability import check_applicable
     from .attr.averaged_transforms import AveragedTransforms
     from .attr.registry import get_method
     from .data import make_pair
@@ -73,6 +74,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cls, _ = get_method(args.method)
     model = load_model(args.model, weights=args.weights)
+    check_applicable(args.method, model)
     transform, second = _second_view(args, "combine" if cls is AveragedTransforms else "aug")
     x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
     overrides = {}

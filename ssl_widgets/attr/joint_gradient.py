@@ -16,10 +16,13 @@ shifts) leave a remainder. (Differentiating through the norm instead would give 
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from captum.attr import GradientAttribution
+from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
@@ -103,6 +106,21 @@ def _passes(mode: str, n_patches: int, dim: int, batch_size: int) -> int:
     return -(-(n_patches if mode == "forward" else dim) // batch_size)
 
 
+@contextlib.contextmanager
+def unfused_attention(model: nn.Module) -> Iterator[None]:
+    """Switch timm's fused attention (``scaled_dot_product_attention``, which has no forward-mode derivative on
+    the CPU) to its explicit softmax form for the block, the same values; the flags are restored on exit."""
+    modules = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    flags = [m.fused_attn for m in modules]
+    try:
+        for module in modules:
+            module.fused_attn = False
+        yield
+    finally:
+        for module, flag in zip(modules, flags):
+            module.fused_attn = flag
+
+
 class JointGradient(GradientAttribution):
     """Bilinear gradient x input decomposition ``R_ij = sum_k R_i(u1_k) R_j(u2_k)`` on patch pairs.
 
@@ -152,7 +170,7 @@ class JointGradient(GradientAttribution):
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
         model = self.model
-        with preserved_model_state(model, requires_grad=False):
+        with preserved_model_state(model, requires_grad=False), unfused_attention(model):
             with torch.no_grad():
                 n_dims = model.forward_normalized(model.normalize(x1[:1])).shape[1]
             steps = sum(_passes(mode, g[0] * g[1], n_dims, batch_size) for g in (g1, g2))

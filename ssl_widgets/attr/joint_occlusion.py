@@ -111,8 +111,9 @@ class JointOcclusion(PerturbationAttribution):
         fills = [resolve_fill(model, baselines, x) for x in (x1, x2)]
         plan = [self._masks(g, p, n_samples, generator) for g in (g1, g2)]
         steps = x1.shape[0] * sum(-(-m[0] // perturbations_per_eval) for m in plan)
-        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not model.is_token_model \
-            else None
+        # token trunks (ViT) and trunks with a custom method run exact full forwards, as occlusion's window evaluator
+        exact_only = model.is_token_model or model.trunk_method is not None
+        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not exact_only else None
         with preserved_model_state(model, requires_grad=False), torch.no_grad():
             z1, z2 = model(x1), model(x2)
             deltas: list[list[torch.Tensor]] = [[], []]
@@ -160,7 +161,7 @@ class JointOcclusion(PerturbationAttribution):
         device = image_n.device
         if p == 0:
             boxes_all = patch_boxes(size, grid).to(device)
-            cache = engine.prepare(image_n) if engine is not None else None
+            cache = engine.prepare(image_n) if engine is not None else None  # the graph engine takes any size
             rows = []
             for part in chunks(n_patches, per_eval):
                 filled = torch.eye(n_patches, dtype=torch.bool, device=device)[part]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..attr import get_method
+from ..attr.applicability import check_applicable
 from ..attr.averaged_transforms import AveragedTransforms
 from ..attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from ..attr.pairwise_occlusion import PairwiseOcclusion
@@ -183,6 +184,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     for name in cfg.methods:
         get_method(name)  # fail fast on an unknown name
     model = load_model(cfg.model, weights=cfg.weights, device=device)
+    check_applicable(list(cfg.methods), model)  # e.g. a ':guided' variant on a ViT, before any work
     out = Path(cfg.out)
     partial_dir = out / "partial"
     partial_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from typing import Any
 
 import ipywidgets as W
 
-__all__ = ["TAB_METHODS", "MethodControls", "build_method_controls"]
+__all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
 
@@ -191,8 +191,62 @@ class CorrespondenceControls(MethodControls):
         return "correspondence", {}
 
 
+class AttentionControls(MethodControls):
+    """The class token's attention (``cls-attention``) of a ViT: block and head (or the mean of heads)."""
+
+    title = "Attention"
+    names = ("cls-attention",)
+
+    def children(self):
+        self.block = W.Dropdown(options=[("last", -1)], value=-1, description="block")
+        self.head = W.Dropdown(options=[("mean of heads", "mean")], value="mean", description="head")
+        self.help = W.HTML("Where the class token looks in each image (DINO's attention maps); Vision "
+                           "Transformers only.")
+        return [self.block, self.head, self.help]
+
+    def bind(self, explorer) -> None:
+        """Fill the block and head choices from the explorer's model (again on a model change)."""
+        self.update_model(explorer._model())
+        explorer.model_select.observe(lambda _: self.update_model(explorer._model()), names="value")
+
+    def update_model(self, model) -> None:
+        """Block and head options of ``model`` (a CNN keeps the defaults; the tab then says it does not apply)."""
+        from ..attr.cls_attention import attention_blocks
+
+        try:
+            blocks = attention_blocks(model, "cls-attention")
+        except ValueError:
+            blocks = []
+        block_options = [("last", -1)] + [(n.rsplit(".attn", 1)[0], i) for i, (n, _) in enumerate(blocks)]
+        heads = blocks[0][1].num_heads if blocks else 0
+        head_options = [("mean of heads", "mean")] + [(f"head {h}", h) for h in range(heads)]
+        self.block.value, self.head.value = -1, "mean"
+        self.block.options, self.head.options = block_options, head_options
+
+    def request(self):
+        head = None if self.head.value == "mean" else int(self.head.value)
+        return "cls-attention", {"block": int(self.block.value), "head": head}
+
+
+class PCAControls(MethodControls):
+    """Patch-feature PCA (``feature-pca``) as RGB over both images (the layer chosen above)."""
+
+    title = "PCA"
+    names = ("feature-pca",)
+
+    def children(self):
+        self.help = W.HTML("The first three principal components of the patch features (layer chosen above), "
+                           "fitted over both images together and shown as RGB: equal colours mean similar "
+                           "features in the two images.")
+        self.components = W.IntSlider(value=3, min=1, max=3, description="components", **_SLOW)
+        return [self.components, self.help]
+
+    def request(self):
+        return "feature-pca", {"n_components": self.components.value}
+
+
 TAB_METHODS = (OcclusionControls, CAMControls, AveragedTransformsControls, GradientControls, PairwiseControls,
-               PixelInvarianceControls, CorrespondenceControls)
+               PixelInvarianceControls, CorrespondenceControls, AttentionControls, PCAControls)
 
 
 def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:

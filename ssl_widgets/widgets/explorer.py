@@ -10,12 +10,14 @@ import ipywidgets as W
 import torch
 
 from ..analysis import dense_correspondence
+from ..attr.applicability import not_applicable
 from ..attr.engine import Cancelled, eval_similarity, progress_listener
 from ..data import SAMPLE_IMAGES, make_view
 from ..data.views import custom_view
 from ..explain import explain_pair
 from ..models import SSLModel, load_model
 from .controls import MethodControls, OcclusionControls, build_method_controls
+from .joint_click import JointClickMixin
 from .plots import CurvePlot
 from .rendering import COLORMAPS, overlay_png
 
@@ -23,9 +25,10 @@ __all__ = ["Explorer"]
 
 OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
 AUGMENTED = "(augmented view of image 1)"
+LAYER_METHODS = ("grad-cam", "interaction-cam", "feature-pca")  # methods that use the layer choice
 
 
-class Explorer(W.VBox):
+class Explorer(JointClickMixin, W.VBox):
     """Explore why a self-supervised model finds two images similar.
 
     Choose the pair (shipped samples, a file path or an upload; image 2 defaults to an augmented
@@ -35,6 +38,10 @@ class Explorer(W.VBox):
     button; occlusion shows a coarse frame first and then refines. Click a point of either image
     (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
     deletion curves of the current map and a similarity-versus-transform-strength sweep (bqplot).
+    With a Vision Transformer the layer choice lists token layers, the Attention tab shows the class
+    token's attention (block, head or mean) and the PCA tab the patch features as RGB; a method that
+    does not apply to the model (a guided variant on a GELU network, attention on a CNN) says so in
+    the panel. Joint methods in the Correspondence tab run in the worker too.
 
     Args:
         model: an :class:`SSLModel`, a zoo name, or ``None`` for the shipped ``tiny-simclr``.
@@ -253,30 +260,12 @@ class Explorer(W.VBox):
             query, target = (x1, x2) if view_index == 0 else (x2, x1)
             joint = getattr(self._controls(), "joint_method", None)
             if joint is not None and joint.value != "feature-cosine":
-                heat = self._joint_heat(joint.value, view_index, point, x1, x2)
-            else:
-                heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
-            cell = size / heat.shape[0]
-            row, col = int(point[0] // cell), int(point[1] // cell)
-            box = (int(row * cell), int(col * cell), int((row + 1) * cell), int((col + 1) * cell))
-            self._box = (view_index, box)
-            self.maps = (None, heat) if view_index == 0 else (heat, None)
-            self.status.value = f"correspondence of the point ({point[0]:.0f}, {point[1]:.0f}) of image {view_index + 1}"
-            self._draw(x1, x2)
+                self._start_joint(joint.value, view_index, point, x1, x2)
+                return
+            heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
+            self._show_click(view_index, point, heat, x1, x2)
         except Exception as error:  # errors show in the panel, never as a dead widget
             self._show_error(error)
-
-    def _joint_heat(self, name: str, view_index: int, point: tuple[float, float], x1, x2, grid: int = 7):
-        """Relevance of the clicked cell (7x7 grid) with every cell of the other image, under a joint method."""
-        from ..attr.registry import get_method
-
-        cached = getattr(self, "_joint_cache", None)
-        if cached is None or cached[0] != name or not (torch.equal(cached[1], x1) and torch.equal(cached[2], x2)):
-            result = get_method(name)[0](self._model()).attribute((x1, x2), grid=grid)
-            self._joint_cache = cached = (name, x1.clone(), x2.clone(), result)
-        size = x1.shape[-1] if view_index == 0 else x2.shape[-1]
-        cell = (min(grid - 1, int(point[0] * grid / size)), min(grid - 1, int(point[1] * grid / size)))
-        return cached[3].over_other(cell, image=view_index + 1)
 
     # -- computation ------------------------------------------------------------------------------
     def _controls(self) -> MethodControls:
@@ -302,20 +291,11 @@ class Explorer(W.VBox):
         except Exception as error:
             self._show_error(error)
             return
-        if name == "synthesis":
-            self.maps = (None, None)
-            self._box = None
-            self.status.value = f"{controls.title}: press run"
-            self._show_similarity(x1, x2)
-            self._draw(x1, x2)
-            return
-        if name == "correspondence":
-            self.maps = (None, None)
-            self._box = None
-            self.status.value = "click a point of either image"
-            self.cancel_button.disabled = True
-            self._show_similarity(x1, x2)
-            self._draw(x1, x2)
+        reason = not_applicable(name, self._model())
+        if name in ("synthesis", "correspondence") or reason:
+            status = {"synthesis": f"{controls.title}: press run", "correspondence": "click a point of either image"}
+            note = f"<span style='color:#8a5a00'><b>note:</b> {reason}</span>" if reason else None
+            self._show_plain(note or status[name], x1, x2)
             return
         key = self.request_key()
         if key in self._cache:
@@ -358,7 +338,7 @@ class Explorer(W.VBox):
                     preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
                     if generation == self._generation:
                         self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
-                layer = (self.layer_select.value or None) if name.startswith(("grad-cam", "interaction-cam")) else None
+                layer = (self.layer_select.value or None) if name.startswith(LAYER_METHODS) else None
                 result = explain_pair(self._model(), name, x1, x2, layer=layer,
                                       generator=torch.Generator().manual_seed(int(seed)), **settings)
             self._cache[key] = result
@@ -377,6 +357,16 @@ class Explorer(W.VBox):
                 self.cancel_button.disabled = True
 
     # -- drawing ----------------------------------------------------------------------------------
+    def _show_plain(self, status: str, x1, x2) -> None:
+        """The two images without maps, with ``status`` (tabs waiting for a click or a run; methods that do not
+        apply to the model)."""
+        self.maps = (None, None)
+        self._box = None
+        self.status.value = status
+        self.cancel_button.disabled = True
+        self._show_similarity(x1, x2)
+        self._draw(x1, x2)
+
     def _show_similarity(self, x1, x2) -> None:
         model = self._model()  # eval_similarity leaves the model's train/eval mode as it was
         x1_n, x2_n = model.normalize(x1.to(model.device)), model.normalize(x2.to(model.device))
@@ -391,7 +381,8 @@ class Explorer(W.VBox):
         self.last_error = None
         self._box = None
         self._draw(x1, x2)
-        self.curves.update(x1, x2, self.maps[0])
+        if self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (feature PCA) have no curves
+            self.curves.update(x1, x2, self.maps[0])
 
     def _show_error(self, error: Exception) -> None:
         self.last_error = f"{type(error).__name__}: {error}"

@@ -28,7 +28,8 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha:
 
     Args:
         image: the image.
-        heat: ``(h,w)`` map (any size), normalised to [vmin, vmax] (default: its own min and max).
+        heat: ``(h,w)`` map (any size), normalised to [vmin, vmax] (default: its own min and max), or an RGB
+            map ``(3,h,w)`` in [0, 1] (feature PCA), enlarged nearest-neighbour and blended as is.
         alpha: opacity of the heat map.
         cmap: a matplotlib colour map name.
         display_size: side of the output (nearest-neighbour free, bilinear up-scaling).
@@ -40,7 +41,10 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha:
     img = img[0] if img.dim() == 4 else img
     h, w = img.shape[1:]
     rgb = img.permute(1, 2, 0).clamp(0, 1).numpy()
-    if heat is not None:
+    if heat is not None and heat.dim() == 3 and heat.shape[0] == 3:  # an RGB map (feature PCA): shown as is
+        colour = F.interpolate(heat.detach().float().cpu()[None], size=(h, w), mode="nearest")[0]
+        rgb = (1 - alpha) * rgb + alpha * colour.permute(1, 2, 0).clamp(0, 1).numpy()
+    elif heat is not None:
         hm = resize_map(heat.reshape(heat.shape[-2:]), (h, w)).numpy()
         low = float(hm.min()) if vmin is None else vmin
         high = float(hm.max()) if vmax is None else vmax
