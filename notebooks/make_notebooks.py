@@ -22,6 +22,8 @@ def code(text, parameters=False):
 SETUP = """
 import torch
 torch.set_num_threads(THREADS)
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
 import ssl_widgets
 from ssl_widgets.data import make_pair, make_view
 model = ssl_widgets.load_model(MODEL)
@@ -810,6 +812,8 @@ import torch
 torch.set_num_threads(THREADS)
 import ssl_widgets
 from ssl_widgets.data import make_pair, make_view
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
 cnn, vit = ssl_widgets.load_model(CNN), ssl_widgets.load_model(VIT)
 print("input sizes:", cnn.input_size, vit.input_size)
 x1, x2 = make_pair(IMAGE, "aug", vit.input_size, seed=0)
@@ -834,6 +838,18 @@ maps_figure([x1, x2, x1, x2], [occ[CNN][0], occ[CNN][1], occ[VIT][0], occ[VIT][1
             suptitle="conditional occlusion (drop in similarity)")
 """),
         md("""
+**Reading the figure.** For `tiny-simclr` the drops are large (up to about 0.2 in view 2) and
+localised: covering the eyes and the nose of the cat costs the most similarity, and a few windows of
+view 1 are blue (covering them *raises* the similarity). For `tiny-dino-vit` the drops are small
+(below 0.1) and spread almost evenly over the image: no single window matters much, the ViT's
+similarity is carried by the whole image (and the whole of view 1's map is close to zero). Part of this
+is architecture (every token attends to every other, so information is mixed globally), part of it is
+that this ViT learned little.
+
+*Question:* the ViT's pair similarity (printed above) is lower than the CNN's. Does a lower similarity
+mean the ViT is worse at recognising that both views show the same cat?
+"""),
+        md("""
 ## 2. Grad-CAM: the CNN's 7x7 grid against the ViT's 14x14 token grid
 
 For the ViT the "feature map" is the grid of patch tokens of the last block, so its CAM is twice as
@@ -850,6 +866,12 @@ maps_figure([x1, x2, x1, x2], [upsample(cams[CNN][0], size), upsample(cams[CNN][
             suptitle="Grad-CAM of the similarity")
 """),
         md("""
+**Reading the figure.** The CNN's Grad-CAM is a smooth blob over the eyes and nose (7x7 cells, each
+16 px, upsampled). The ViT's map is signed and much sparser: a few tokens (the pupils, the nose) carry
+almost all of the gradient-weighted activation, with values a few thousandths. Isolated hot tokens are
+typical of ViT gradients; a finer grid is not by itself a better explanation.
+"""),
+        md("""
 ## 3. What only the ViT offers: class-token attention and patch-feature PCA
 
 * **cls-attention**: the attention weights of the class token to each patch in the last block
@@ -864,6 +886,14 @@ pca = PatchFeaturePCA(vit).attribute((x1, x2))
 maps_figure([x1, x2, x1, x2], [upsample(att[0], size), upsample(att[1], size), pca[0], pca[1]],
             ["cls-attention: view 1", "cls-attention: view 2", "feature PCA: view 1", "feature PCA: view 2"],
             ncols=4, suptitle=f"{VIT}: attention and patch features")
+"""),
+        md("""
+**Reading the figure.** The class token attends to a handful of tokens: the pupil of one eye in view 1,
+the eyes, ear tips and chin in view 2, not to the whole cat. Large DINO ViTs produce object masks here;
+this small one does not. In the PCA panels, colours are comparable across the two views (the PCA is
+fitted on both): view 1 is mostly pink and view 2 mostly green-blue, so the first components separate
+*the two views* (their zoom and colour) more than cat parts. A ViT that had learned parts would paint
+the eyes of both views in the same colour.
 """),
         md("""
 ## 4. Invariance: similarity as a transform grows
@@ -884,6 +914,24 @@ for ax, kind in zip(axes, SWEEPS):
     ax.set_title(kind, fontsize=9); ax.set_xlabel("strength s")
 axes[0].set_ylabel("cos(f(x), f(T_s x))"); axes[0].legend(fontsize=8)
 fig.tight_layout()
+"""),
+        md("""
+**Reading the figure.** Both models ignore blur. The CNN is almost perfectly invariant to grayscale,
+the ViT much less (0.63 at full strength); the ViT tolerates a centre crop (zoom) almost completely
+(DINO trains with small local crops matched to global ones), where the CNN's similarity falls to about 0
+beyond a 3x zoom. Strong colour jitter and solarisation break both. Invariance mirrors each training
+recipe's augmentations, but beware: a model whose embeddings barely change under *anything* is not
+invariant, it is uninformative; check retrieval (the model card) before praising a flat curve.
+
+**What this comparison cannot tell you**
+* which *architecture* is better: the two models differ in training method (SimCLR vs DINO), data
+  budget and quality, so every difference above mixes architecture and training;
+* that the ViT's sparse maps are "sharper": gradients and attention of ViTs are known to concentrate
+  on a few high-norm tokens (the "registers" effect of Darcet et al., 2024) that carry global information;
+* anything about large models: one pair, tiny models, 112 px.
+
+**Try it.** `Explorer(model="tiny-dino-vit", images=IMAGE, method="cls-attention")` and switch the
+method to `attention-rollout` or `feature-pca`; then change view 2's crop and watch the PCA colours.
 """),
     ],
 }
@@ -917,15 +965,15 @@ similarity the model computes, including the similarity of two unrelated images.
 * how patch size and stride trade resolution for noise.
 """,
         "reading": """
-**Reading the figure.** The occlusion map sits on each view; its colour bar gives the drop in
-similarity. The brightest (or reddest) windows are where covering the image costs the most
-similarity: on this pair they lie on the cat's head and body, the content both views share, while the
-background windows barely change the score. Blue windows, where present, *raise* the similarity when
-covered: the model finds the pair more similar without them (they hold content that only one view has).
-For the model this means the similarity is carried by a few object regions, not spread over the image.
+**Reading the figure.** Image 2 is a zoomed, grayscale crop of image 1. Each map's colour bar says
+how it is drawn. On image 1 the map is signed (a few windows have small negative drops) and the
+largest drops (red, up to about 0.15) lie on the nose and the forehead between the eyes; on image 2 no
+drop is negative, and one region around the cat's left eye (right of the picture) costs up to 0.4 of
+the 0.91 similarity. For the model this means the similarity is carried by a few face regions, and that
+they are not the same regions in the two views: the zoomed, grey view leans on one eye.
 
-*Question:* the two maps differ although they show the same cat. Why can a window matter in view 1
-but its counterpart not in view 2?
+*Question:* why can a region matter in view 2 when the corresponding region of view 1 hardly does?
+(Think of what else view 1 still offers when one window is covered.)
 """,
         "limits": """
 **What this method cannot tell you**
@@ -947,12 +995,15 @@ but its counterpart not in view 2?
 * to measure whether two explanation methods agree (rank correlation).
 """,
         "reading": """
-**Reading the figures.** The context-agnostic map scores each patch by itself: bright patches are
-those whose content, seen alone (minus the rest), points towards the other view's embedding. The
-pairwise map is the average of many random erasures: it is smoother and blotchier, because each drop
-is credited to a whole rectangle. Compare where the two put their maxima: when they agree on the cup,
-that region is robustly important; where they disagree, at least one of them reflects its own
-perturbation more than the model.
+**Reading the figures.** The two methods disagree, and that is the lesson. The context-agnostic map
+(signed) is blue on the white rim of the cup in both views: the rim *alone*, minus the rest of the
+image, points *away* from the other view's embedding; red patches on the saucer and the background
+point towards it. Pairwise occlusion (all positive, normalised to 1) puts its maximum on the coffee in
+the middle of the cup in view 1 and on the rim in view 2, with blocky edges because each drop is credited
+to whole rectangles. The rank correlation printed below quantifies the (dis)agreement.
+
+*Question:* which of the two questions ("what does a patch contribute alone?" and "what does erasing
+parts of both images cost?") matches what you want to know about this pair?
 """,
         "try_code": 'from ssl_widgets.widgets import OcclusionPanel\n'
                  'OcclusionPanel(model=model, images=IMAGE, method="context-agnostic-occlusion")',
@@ -985,10 +1036,12 @@ $$\\mathrm{CAM} = \\sum_c A_c \\odot \\mathrm{ReLU}\\!\\left(\\frac{\\partial S}
 with $P$ a pooling (mean, max or attention) of each view's channel.
 """,
         "reading": """
-**Reading the figure.** Each panel upsamples a 7x7 map over its view: bright = large CAM. The four
-variants agree on the broad region (the astronaut's upper body in view 1), and the max-pooled and
-attention-pooled Interaction-CAMs are more concentrated, because they only keep channels that fire
-strongly in both views. The smooth blobs are an artefact of upsampling: each 16x16 px cell is one number.
+**Reading the figure.** Each panel upsamples a 7x7 map over its view (bright = large CAM). In
+image 1 all four variants put their maximum on the astronaut's gold neck ring and lower face; in the
+augmented view (zoomed, darker) the maps spread over the face and neck, and plain Grad-CAM also lights
+the right edge, where the rocket is, which the Interaction-CAM variants suppress (that content is
+not shared by both views' channels). The colour bars differ by orders of magnitude between variants:
+compare positions, not values. The smooth blobs are upsampling: each 16x16 px cell is one number.
 """,
         "tryit": """
 **Try it.** In the panel, switch pooling between mean, max and attention, and change view 2's crop:
@@ -1016,10 +1069,12 @@ $$M = \\frac{1}{|\\Lambda|}\\sum_{\\lambda \\in \\Lambda} \\left| x \\odot \\fra
 an integrated-gradients-like average along the path from the transformed image to the original.
 """,
         "reading": """
-**Reading the figures.** Bright pixels are those whose change moves the similarity most along the
-colour path. The plain map is speckled, with edges and high-contrast structure of the rocket and its
-background lit; the guided map is cleaner and follows image edges more. A clean, edge-like map is not
-evidence of a better explanation (see below).
+**Reading the figures.** View 2 is a darker, lower-contrast copy with the same geometry. The plain
+map (top) is a set of blobs on the launch towers left and right of the rocket and on the rocket's
+edges, not on the rocket body; the guided map (bottom) concentrates on the rocket body and the towers,
+a picture that follows the image's bright structures. The values are tiny (1e-3 and 1e-5): the
+similarity (0.94) hardly changes along this colour path. A cleaner, edge-like map is not evidence of a
+better explanation (see the sanity checks below).
 """,
         "try_code": 'from ssl_widgets.widgets import Explorer\n'
                  'Explorer(model=model, images=IMAGE, method="averaged-transforms")',
@@ -1043,11 +1098,12 @@ the map answers a different question for each transform.
 * to measure a map's stability (max-sensitivity).
 """,
         "reading": """
-**Reading the figures.** Plain input x gradient is a speckled map: bright dots everywhere, with a
-denser cluster on the face and the edges of the uniform. The guided map concentrates on edges and
-looks like a sketch of the image; SmoothGrad smooths it further. The similarity is the same in all
-three: only the explanation changes. The dots say where an infinitesimal change of a pixel would move
-the similarity most, not where the evidence is.
+**Reading the figures.** Maps are blurred (`blur=True`), so read regions, not pixels. Plain
+input x gradient spreads over the shoulders and collar of the uniform and over background (the flag at
+the right of view 1, the purple background of view 2), not over the face. Guided back-propagation and
+SmoothGrad (guided) both draw a band along the shoulders and collar: a cleaner picture, but it follows
+the strongest edge of the image. The similarity (0.49: view 2 is colour-jittered and sharply different)
+is the same for all three; only the explanation changes.
 """,
         "try_code": 'from ssl_widgets.widgets import Explorer\n'
                  'Explorer(model=model, images=IMAGE, method="smoothgrad:guided")',
@@ -1213,6 +1269,8 @@ print(f"similarity {explorer.similarity:+.3f}; map of image 1: {tuple(explorer.m
 **The same in code, as a static figure** (what you see without a running kernel):
 """),
     code("""
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
 import ssl_widgets
 from ssl_widgets.attr import InteractionCAM
 from ssl_widgets.data import make_pair
@@ -1257,7 +1315,9 @@ def tutorial(name: str, cells: list) -> list:
     if "tryit" in extra:
         at = next((k for k, c in enumerate(body) if c.cell_type == "code" and _PANEL.search(c.source)), None)
         if at is None:
-            body += [md(extra["tryit"])] + ([code(extra["try_code"])] if "try_code" in extra else [])
+            # as a snippet to copy, not a live cell: an explorer's widget state would add ~0.4 MB to the stored notebook
+            snippet = f"\n```python\n{extra['try_code']}\n```\n" if "try_code" in extra else ""
+            body.append(md(extra["tryit"] + snippet))
         else:
             body.insert(at, md(extra["tryit"]))
     if "limits" in extra:
