@@ -339,6 +339,23 @@ except FileNotFoundError as error:
         md("""
 With the file in place (or `weights="/path/to/checkpoint.pth"`), every method and the explorer work
 as with the default models: `Explorer(model=ssl_widgets.load_model("barlow-twins-r50"))`.
+
+**What you would see**, here with the shipped `tiny-barlow-twins` standing in for the published model
+(the same code runs on `barlow-twins-r50` once its file is in place, with sharper 224 px maps):
+"""),
+        code("""
+from ssl_widgets.attr import InteractionCAM
+from ssl_widgets.data import make_pair
+from ssl_widgets.plotting import pair_figure
+
+try:
+    model = ssl_widgets.load_model(MODEL)
+except FileNotFoundError:
+    model = ssl_widgets.load_model("tiny-barlow-twins")
+x1, x2 = make_pair("coffee", "aug", model.input_size, seed=0)
+cam = InteractionCAM(model).attribute((x1, x2), pooling="max")
+pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title=f"interaction-cam:max, {model.name}",
+            labels=("coffee", "augmented view of coffee"))
 """),
     ],
     "10_classroom_invariance.ipynb": [
@@ -574,7 +591,11 @@ whether you are right without showing the answer.
 from ssl_widgets.analysis import similarity_sweep, SWEEPS
 print("transforms:", list(SWEEPS))
 # your exploration here; one curve to start with (11 strengths, s = 0 first):
-print(similarity_sweep(model, make_view(IMAGES[0], "pure", model.input_size), "blur"))
+import matplotlib.pyplot as plt
+curve = similarity_sweep(model, make_view(IMAGES[0], "pure", model.input_size), "blur")
+fig, ax = plt.subplots(figsize=(4, 2.5))
+ax.plot([i / 10 for i in range(11)], curve.numpy(), marker="o")
+ax.set_xlabel("blur strength s"); ax.set_ylabel("similarity"); ax.set_title(f"blur, {IMAGES[0]}");
 """),
         md("""
 *Think before you compute:* SimCLR's training augmentations were random crops, colour jitter,
@@ -1131,10 +1152,13 @@ $y_k = \\cos(f(x), f(\\tilde x_k))$ and fit a linear model $y_k \\approx w^\\top
 down-sampled pixels $d(\\cdot)$; the map is $w$ reshaped to the image grid (values under a threshold zeroed).
 """,
         "reading": """
-**Reading the figure.** The left panel is the image, the right its invariance map: coloured cells are
-where the surrogate's weight is large, the rest was thresholded to zero. The map is coarse (a small
-grid) and patchy: with few samples (`SAMPLES`) the linear fit is under-determined, so only the strongest
-cells survive the threshold.
+**Reading the figure.** The left panel is the image, the right the surrogate's weights (min-max
+normalised, thresholded, then blurred, so almost every pixel keeps a small value). The largest weights
+lie on the background, the shelves at the top and the floor at the bottom left, and the motorcycle
+itself gets low weights. Read it as: in the augmented copies, the state of those background pixels best
+*predicts* how similar the copy stays; it does not say the model looks at the background. With 200
+samples for a 64x64 grid (4096 inputs) the fit is heavily under-determined, so treat the map as a
+hypothesis to test (with more samples, or another seed).
 """,
         "try_code": 'from ssl_widgets.widgets import Explorer\n'
                  'Explorer(model=model, images=IMAGE, method="pixel-invariance")',
