@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,13 +28,21 @@ def run(path: Path, timeout: int = 600) -> float:
     return seconds
 
 
-def main(prefixes: list[str]) -> None:
+def main(prefixes: list[str]) -> int:
+    """Runs the selected notebooks; one that fails is left unchanged and reported. Returns the failure count."""
+    failed = []
     for path in sorted(HERE.glob("*.ipynb")):
         if prefixes and not any(path.name.startswith(p) for p in prefixes):
             continue
-        seconds = run(path)
+        try:
+            seconds = run(path)
+        except CellExecutionError as error:
+            failed.append(path.name)
+            print(f"{path.name:55s} FAILED (left unchanged): {str(error).strip().splitlines()[-1]}", flush=True)
+            continue
         print(f"{path.name:55s} {seconds:6.1f} s  {path.stat().st_size / 1e3:7.0f} kB", flush=True)
+    return len(failed)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
