@@ -3,6 +3,7 @@
 Each notebook has a cell tagged ``parameters`` with small defaults that run on a 2-core CPU in well
 under 5 minutes; papermill (or editing that cell) scales them up.
 """
+import re
 from pathlib import Path
 
 import nbformat as nbf
@@ -21,6 +22,8 @@ def code(text, parameters=False):
 SETUP = """
 import torch
 torch.set_num_threads(THREADS)
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
 import ssl_widgets
 from ssl_widgets.data import make_pair, make_view
 model = ssl_widgets.load_model(MODEL)
@@ -336,6 +339,23 @@ except FileNotFoundError as error:
         md("""
 With the file in place (or `weights="/path/to/checkpoint.pth"`), every method and the explorer work
 as with the default models: `Explorer(model=ssl_widgets.load_model("barlow-twins-r50"))`.
+
+**What you would see**, here with the shipped `tiny-barlow-twins` standing in for the published model
+(the same code runs on `barlow-twins-r50` once its file is in place, with sharper 224 px maps):
+"""),
+        code("""
+from ssl_widgets.attr import InteractionCAM
+from ssl_widgets.data import make_pair
+from ssl_widgets.plotting import pair_figure
+
+try:
+    model = ssl_widgets.load_model(MODEL)
+except FileNotFoundError:
+    model = ssl_widgets.load_model("tiny-barlow-twins")
+x1, x2 = make_pair("coffee", "aug", model.input_size, seed=0)
+cam = InteractionCAM(model).attribute((x1, x2), pooling="max")
+pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title=f"interaction-cam:max, {model.name}",
+            labels=("coffee", "augmented view of coffee"))
 """),
     ],
     "10_classroom_invariance.ipynb": [
@@ -536,9 +556,806 @@ table over `imagenet-sample`).
     ],
 }
 
+# ---------------------------------------------------------------- classroom helpers
+GRADER = '''
+import hashlib
+
+
+def _digest(answer) -> str:
+    """sha256 of the normalised answer (lower case, no spaces): the expected answer is stored only as a hash."""
+    return hashlib.sha256(str(answer).strip().lower().replace(" ", "").encode()).hexdigest()
+'''
+
+NOTEBOOKS_NEW = {
+    "10_classroom_invariance.ipynb": [
+        md("""
+# Classroom exercise 1: which augmentation is the model most invariant to?
+
+**What you will learn**
+* to measure invariance as the similarity between an image and a transformed copy of it;
+* that a self-supervised model is invariant to what it was trained to ignore, and not to the rest.
+
+Self-supervised models are trained to give the same embedding to two augmentations of one image.
+For a transform $T_s$ of strength $s \\in [0, 1]$ the invariance curve is
+$$\\mathrm{inv}(s) = \\cos\\big(f(x), f(T_s(x))\\big),$$
+and its mean over $s = 0, 0.1, \\dots, 1$ summarises how much the transform changes the embedding.
+
+**Task.** Use `similarity_sweep` on the three images of `IMAGES`. For each transform compute the mean
+similarity over the strengths and over the images, then put the name of the transform with the
+**highest** mean similarity in `MY_ANSWER` (a string, e.g. `"crop"`). Run the check cell: it tells you
+whether you are right without showing the answer.
+"""),
+        code('MODEL = "tiny-simclr"\nIMAGES = ["chelsea", "coffee", "rocket"]\nTHREADS = 1', parameters=True),
+        code(SETUP + GRADER),
+        code("""
+from ssl_widgets.analysis import similarity_sweep, SWEEPS
+print("transforms:", list(SWEEPS))
+# your exploration here; one curve to start with (11 strengths, s = 0 first):
+import matplotlib.pyplot as plt
+curve = similarity_sweep(model, make_view(IMAGES[0], "pure", model.input_size), "blur")
+fig, ax = plt.subplots(figsize=(4, 2.5))
+ax.plot([i / 10 for i in range(11)], curve.numpy(), marker="o")
+ax.set_xlabel("blur strength s"); ax.set_ylabel("similarity"); ax.set_title(f"blur, {IMAGES[0]}");
+"""),
+        md("""
+*Think before you compute:* SimCLR's training augmentations were random crops, colour jitter,
+grayscale and blur. Which two transforms do you expect to matter least? Which one was never seen?
+"""),
+        code("""
+MY_ANSWER = None  # <- change me: the name of one transform, e.g. "crop"
+"""),
+        code("""
+# check (self-grading: the expected answer is stored as a hash; nothing here prints it)
+if MY_ANSWER is None:
+    print("no answer yet: set MY_ANSWER to the name of a transform and run this cell again")
+elif _digest(MY_ANSWER) == "f918a31fdaa81485f9f78286bd436ce25abf7fe30394ea4233c41f19bbef023a":
+    print("correct! now look at how close the runner-up is: is the difference meaningful over 3 images?")
+elif MY_ANSWER not in SWEEPS:
+    print(f"{MY_ANSWER!r} is not one of {list(SWEEPS)}")
+else:
+    print("not quite. Hint: average similarity_sweep(model, view, kind).mean() over ALL images in IMAGES "
+          "for every kind in SWEEPS, and take the largest; two transforms are close, so do not stop at one image.")
+"""),
+        md("""
+**Discuss.** The training augmentations included colour jitter, grayscale and blur but not
+solarisation. Does the ranking match what the model was trained to ignore? Why is `crop` so low even
+though random crops *were* a training augmentation (hint: `crop` here zooms into the centre, up to 5x)?
+"""),
+    ],
+    "11_classroom_patch.ipynb": [
+        md("""
+# Classroom exercise 2: find the patch the similarity depends on most
+
+**What you will learn**
+* to predict, then measure, where a pair's similarity lives with conditional occlusion:
+  $\\mathrm{drop}(i, j) = s(x_1, x_2) - \\cos\\big(f(x_1 \\text{ with window } (i, j) \\text{ filled}), f(x_2)\\big)$;
+* that your intuition ("the face!") and the model's evidence can differ.
+
+**Task.** Look at the two views below. Guess the top-left corner `(row, col)` of the 32x32 window of
+image 1 whose occlusion lowers the similarity the most, and put it in `MY_GUESS` (multiples of 8,
+from 0 to 80). The check cell computes the occlusion map *without showing it* and tells you whether
+you are within one stride (8 px), or in which direction to move. Then open the occlusion panel to see
+the whole map.
+"""),
+        code('MODEL = "tiny-simclr"\nIMAGE = "astronaut"\nPATCH = 32\nSTRIDE = 8\nTHREADS = 1', parameters=True),
+        code(SETUP),
+        code("""
+from ssl_widgets.plotting import pair_figure
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=6)
+with torch.no_grad():
+    similarity = float(model.similarity(x1, x2))
+pair_figure(x1, x2, None, None, similarity, title="which window matters?",
+            labels=(IMAGE, f"augmented view of {IMAGE}"))
+"""),
+        md("*Think:* which object appears in both views? A window that covers it should hurt most."),
+        code("""
+MY_GUESS = None  # <- change me: (row, col) of the window's top-left corner, e.g. (0, 0)
+"""),
+        code("""
+# check (self-grading: the answer stays inside the function; only a direction hint is printed)
+def check(guess):
+    from ssl_widgets.attr import ConditionalOcclusion
+    if guess is None:
+        return "no guess yet: set MY_GUESS = (row, col) and run this cell again"
+    grid = ConditionalOcclusion(model).attribute((x1, x2), PATCH, STRIDE, grid=True)[0][0]
+    i, j = divmod(int(grid.argmax()), grid.shape[1])
+    dr, dc = i * STRIDE - guess[0], j * STRIDE - guess[1]
+    if max(abs(dr), abs(dc)) <= STRIDE:
+        return "correct (within one stride)! open the panel below to see the whole map"
+    moves = [w for d, w in ((dr, "down"), (-dr, "up"), (dc, "right"), (-dc, "left")) if d > STRIDE]
+    return "not yet: move your window " + " and ".join(moves)
+print(check(MY_GUESS))
+"""),
+        md("""
+**Try it.** The panel below computes the same map for the whole image (patch size and stride
+sliders). Does the answer move when you change the patch size to 16 or 48? What does that say about
+how sure we can be of "the" most important patch?
+"""),
+        code("""
+from ssl_widgets.widgets import OcclusionPanel
+OcclusionPanel(model=model, images=IMAGE, method="conditional-occlusion")
+"""),
+    ],
+    "15_classroom_cam.ipynb": [
+        md("""
+# Classroom exercise 3: how coarse is a CAM, and where does it point?
+
+**What you will learn**
+* that a CAM lives on the grid of the layer it reads ($\\mathrm{CAM} = \\sum_c A_c \\odot \\mathrm{ReLU}(\\partial S/\\partial A_c)$),
+  so its resolution is the feature map's, not the image's;
+* to read a coarse map by its cells.
+
+**Tasks.**
+1. `MY_GRID`: how many cells per side does the Interaction-CAM map of `tiny-simclr` have (print a
+   map's shape)?
+2. `MY_CELL_PX`: how many input pixels (per side) does one cell cover for this model's input size?
+3. `MY_HOT_CELL`: `(row, col)` of the hottest cell of image 1's `interaction-cam:max` map, counting from 0.
+   Find it by looking at the figure below, then confirm with code.
+"""),
+        code('MODEL = "tiny-simclr"\nIMAGE = "coffee"\nTHREADS = 1', parameters=True),
+        code(SETUP + GRADER),
+        code("""
+from ssl_widgets.attr import InteractionCAM, upsample
+from ssl_widgets.plotting import pair_figure
+
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=2)
+cam = InteractionCAM(model).attribute((x1, x2), pooling="max")
+print("input size", model.input_size)
+pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title="interaction-cam:max",
+            labels=(IMAGE, f"augmented view of {IMAGE}"))
+"""),
+        md("*Think:* the map looks smooth in the figure. Is that smoothness information the model has?"),
+        code("""
+MY_GRID = None       # <- change me: an integer
+MY_CELL_PX = None    # <- change me: an integer (pixels per cell side)
+MY_HOT_CELL = None   # <- change me: (row, col)
+"""),
+        code("""
+# check (self-grading: expected values are stored as hashes; nothing here prints them)
+def check(name, answer, digest, hint):
+    if answer is None:
+        print(f"{name}: no answer yet")
+    elif _digest(answer) == digest:
+        print(f"{name}: correct!")
+    else:
+        print(f"{name}: not quite. Hint: {hint}")
+
+check("MY_GRID", MY_GRID, "7902699be42c8a8e46fbbb4501726517e86b22c56a189f7625a6da49081b2451",
+      "print(cam[0].shape): the last two numbers")
+check("MY_CELL_PX", MY_CELL_PX, "b17ef6d19c7a5b1ee83b907c595526dcb1eb06db8227d650d5dda0a9f4ce8cd9",
+      "divide model.input_size by the number of cells per side")
+check("MY_HOT_CELL", None if MY_HOT_CELL is None else tuple(int(v) for v in MY_HOT_CELL),
+      "182263cc640500849cd74145a198285fe49aa9b958162bccf7a775cb64c084cd",
+      "divmod(int(cam[0][0].argmax()), cam[0].shape[-1]) gives (row, col)")
+"""),
+        md("""
+**Discuss.** Grad-CAM and Interaction-CAM both come from one backward pass to this layer. Compare
+`pooling="mean"` and `pooling="max"` in the panel: does the hottest cell move? Why can a CAM not tell
+you which *part* of a 16x16 cell (an eye, or the fur around it) matters?
+"""),
+        code("""
+from ssl_widgets.widgets import CAMPanel
+CAMPanel(model=model, images=IMAGE, method="interaction-cam:max")
+"""),
+    ],
+    "16_classroom_metrics.ipynb": [
+        md("""
+# Classroom exercise 4: which explanation wins the deletion game?
+
+**What you will learn**
+* how deletion scores a map: delete the pixels a map ranks highest first (in steps) and record the
+  similarity; the score is the area under that curve,
+  $\\mathrm{SD} = \\frac{1}{K}\\sum_{k} \\cos\\big(f(x_1^{(k)}), f(x_2^{(k)})\\big)$, **lower is better**;
+* that a random map is the baseline every method must beat, and that metrics have blind spots.
+
+**Tasks.** Four maps of the same pair are computed below: Interaction-CAM (max), guided Input x
+Gradient, conditional occlusion and a random map.
+1. `MY_WINNER`: the name (a key of `maps`) with the **lowest** deletion score.
+2. `MY_MARGIN`: by how much it beats the random map, `SD(random) - SD(winner)`, to 2 decimals.
+"""),
+        code('MODEL = "tiny-simclr"\nIMAGE = "coffee"\nPATCH = 32\nSTRIDE = 16\nTHREADS = 1', parameters=True),
+        code(SETUP + GRADER),
+        code("""
+from ssl_widgets.attr import ConditionalOcclusion, InteractionCAM, PairInputXGradient, upsample
+from ssl_widgets.metrics import insertion_deletion
+from ssl_widgets.plotting import maps_figure
+
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=5)
+maps = {
+    "interaction-cam:max": InteractionCAM(model).attribute((x1, x2), pooling="max"),
+    "input-x-gradient:guided": PairInputXGradient(model).attribute((x1, x2), guided=True),
+    "conditional-occlusion": ConditionalOcclusion(model).attribute((x1, x2), PATCH, STRIDE),
+    "random": (torch.rand(1, 7, 7, generator=torch.Generator().manual_seed(0)),) * 2,
+}
+size = model.input_size
+maps_figure([x1] * 4, [upsample(m[0], size) for m in maps.values()], list(maps), ncols=4,
+            suptitle="image 1 under the four maps")
+"""),
+        md("""
+*Think:* which map would *you* delete pixels by to destroy the similarity fastest? Now measure:
+`insertion_deletion(model, x1, x2, m1, m2, mode="deletion").score` for each `(m1, m2)` in `maps`.
+"""),
+        code("""
+# your measurements here
+m1, m2 = maps["random"]
+print("random:", float(insertion_deletion(model, x1, x2, m1, m2, mode="deletion").score))
+"""),
+        code("""
+MY_WINNER = None   # <- change me: a key of maps
+MY_MARGIN = None   # <- change me: a number
+"""),
+        code("""
+# check (self-grading: the winner is stored as a hash; the margin is recomputed inside a function and
+# compared within 0.02, so neither is printed)
+def check_winner(answer):
+    if answer is None:
+        return "MY_WINNER: no answer yet"
+    if _digest(answer) == "bd065fe61233ae7d72682996dac0ec66839cc2a09ac100f6ba861da980cf1cab":
+        return "MY_WINNER: correct!"
+    return "MY_WINNER: not quite. Hint: deletion is better when LOWER; measure all four maps"
+
+def check_margin(answer):
+    if answer is None:
+        return "MY_MARGIN: no answer yet"
+    score = {k: float(insertion_deletion(model, x1, x2, *maps[k], mode="deletion").score) for k in maps}
+    ok = abs(float(answer) - (score["random"] - min(score.values()))) <= 0.02
+    return "MY_MARGIN: correct!" if ok else "MY_MARGIN: not quite. Hint: SD(random) minus the smallest SD"
+
+print(check_winner(MY_WINNER))
+print(check_margin(MY_MARGIN))
+"""),
+        md("""
+**Discuss.** Deleting pixels replaces them with a fill the model never saw in training: a map can win
+by pointing at the pixels whose removal creates the strangest image, not at the evidence the model
+used. Does the winner of deletion also win insertion (`mode="insertion"`, higher is better)? Would you
+trust a method that wins one game and loses the other?
+"""),
+    ],
+    "14_cnn_vs_vit.ipynb": [
+        md("""
+# CNN versus ViT: where do they look, and how invariant are they?
+
+**What you will learn**
+* to run the same pair through a convolutional network (`tiny-simclr`, a small ResNet) and a vision
+  transformer (`tiny-dino-vit`, 112 px, 8x8 patches, a 14x14 token grid);
+* how the same method (occlusion, Grad-CAM) looks on each, and the ViT-only views (class-token
+  attention, patch-feature PCA);
+* to compare invariance curves $\\cos(f(x), f(T_s(x)))$ of two models.
+
+**An honest warning.** `tiny-dino-vit` is a weak model: its held-out retrieval accuracy is 0.386,
+against 0.816 for `tiny-simclr` (see the model card). A ViT needs far more data and training than we
+could give it here. What follows compares the two *architectures' ways of looking*, not their quality.
+"""),
+        code('CNN = "tiny-simclr"\nVIT = "tiny-dino-vit"\nIMAGE = "chelsea"\nPATCH = 24\nSTRIDE = 12\nTHREADS = 1',
+             parameters=True),
+        code("""
+import torch
+torch.set_num_threads(THREADS)
+import ssl_widgets
+from ssl_widgets.data import make_pair, make_view
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
+cnn, vit = ssl_widgets.load_model(CNN), ssl_widgets.load_model(VIT)
+print("input sizes:", cnn.input_size, vit.input_size)
+x1, x2 = make_pair(IMAGE, "aug", vit.input_size, seed=0)
+with torch.no_grad():
+    for name, m in ((CNN, cnn), (VIT, vit)):
+        print(f"{name:14s} similarity of the pair {float(m.similarity(x1, x2)):+.3f}")
+"""),
+        md("""
+## 1. Occlusion: the same question to both models
+
+Conditional occlusion fills one window of image 1 (image 2 intact) and records the drop
+$s(x_1, x_2) - \\cos(f(x_1^{\\text{filled}}), f(x_2))$; it only needs forward passes, so it treats
+both models as black boxes and is the fairest comparison.
+"""),
+        code("""
+from ssl_widgets.attr import ConditionalOcclusion, PairGradCAM, ClassTokenAttention, PatchFeaturePCA, upsample
+from ssl_widgets.plotting import maps_figure
+
+occ = {name: ConditionalOcclusion(m).attribute((x1, x2), PATCH, STRIDE) for name, m in ((CNN, cnn), (VIT, vit))}
+maps_figure([x1, x2, x1, x2], [occ[CNN][0], occ[CNN][1], occ[VIT][0], occ[VIT][1]],
+            [f"{CNN}: view 1", f"{CNN}: view 2", f"{VIT}: view 1", f"{VIT}: view 2"], ncols=4,
+            suptitle="conditional occlusion (drop in similarity)")
+"""),
+        md("""
+**Reading the figure.** For `tiny-simclr` the drops are large (up to about 0.2 in view 2) and
+localised: covering the eyes and the nose of the cat costs the most similarity, and a few windows of
+view 1 are blue (covering them *raises* the similarity). For `tiny-dino-vit` the drops are small
+(below 0.1) and spread almost evenly over the image: no single window matters much, the ViT's
+similarity is carried by the whole image (and the whole of view 1's map is close to zero). Part of this
+is architecture (every token attends to every other, so information is mixed globally), part of it is
+that this ViT learned little.
+
+*Question:* the ViT's pair similarity (printed above) is lower than the CNN's. Does a lower similarity
+mean the ViT is worse at recognising that both views show the same cat?
+"""),
+        md("""
+## 2. Grad-CAM: the CNN's 7x7 grid against the ViT's 14x14 token grid
+
+For the ViT the "feature map" is the grid of patch tokens of the last block, so its CAM is twice as
+fine as the CNN's (14x14 against 7x7) for the same 112 px input.
+"""),
+        code("""
+cams = {name: PairGradCAM(m).attribute((x1, x2)) for name, m in ((CNN, cnn), (VIT, vit))}
+for name, r in cams.items():
+    print(f"{name:14s} Grad-CAM grid {tuple(r[0].shape[1:])}")
+size = vit.input_size
+maps_figure([x1, x2, x1, x2], [upsample(cams[CNN][0], size), upsample(cams[CNN][1], size),
+                               upsample(cams[VIT][0], size), upsample(cams[VIT][1], size)],
+            [f"{CNN}: view 1", f"{CNN}: view 2", f"{VIT}: view 1", f"{VIT}: view 2"], ncols=4,
+            suptitle="Grad-CAM of the similarity")
+"""),
+        md("""
+**Reading the figure.** The CNN's Grad-CAM is a smooth blob over the eyes and nose (7x7 cells, each
+16 px, upsampled). The ViT's map is signed and much sparser: a few tokens (the pupils, the nose) carry
+almost all of the gradient-weighted activation, with values a few thousandths. Isolated hot tokens are
+typical of ViT gradients; a finer grid is not by itself a better explanation.
+"""),
+        md("""
+## 3. What only the ViT offers: class-token attention and patch-feature PCA
+
+* **cls-attention**: the attention weights of the class token to each patch in the last block
+  (mean over heads), $a_j = \\mathrm{softmax}_j(q_{cls} \\cdot k_j / \\sqrt{d})$. In large DINO ViTs
+  these maps segment objects; they are attention, not attribution.
+* **feature-pca**: the first three principal components of the patch features of *both* images,
+  shown as RGB, so that patches with the same colour have similar features across the two views.
+"""),
+        code("""
+att = ClassTokenAttention(vit).attribute((x1, x2))
+pca = PatchFeaturePCA(vit).attribute((x1, x2))
+maps_figure([x1, x2, x1, x2], [upsample(att[0], size), upsample(att[1], size), pca[0], pca[1]],
+            ["cls-attention: view 1", "cls-attention: view 2", "feature PCA: view 1", "feature PCA: view 2"],
+            ncols=4, suptitle=f"{VIT}: attention and patch features")
+"""),
+        md("""
+**Reading the figure.** The class token attends to a handful of tokens: the pupil of one eye in view 1,
+the eyes, ear tips and chin in view 2, not to the whole cat. Large DINO ViTs produce object masks here;
+this small one does not. In the PCA panels, colours are comparable across the two views (the PCA is
+fitted on both): view 1 is mostly pink and view 2 mostly green-blue, so the first components separate
+*the two views* (their zoom and colour) more than cat parts. A ViT that had learned parts would paint
+the eyes of both views in the same colour.
+"""),
+        md("""
+## 4. Invariance: similarity as a transform grows
+
+`similarity_sweep` applies a deterministic transform of strength $s = 0, 0.1, \\dots, 1$ and returns
+$\\cos(f(x), f(T_s(x)))$. A flat curve near 1 means the model ignores that transform.
+"""),
+        code("""
+import matplotlib.pyplot as plt
+from ssl_widgets.analysis import SWEEPS, similarity_sweep
+
+x = make_view(IMAGE, "pure", vit.input_size)
+strengths = [i / 10 for i in range(11)]
+fig, axes = plt.subplots(1, len(SWEEPS), figsize=(3 * len(SWEEPS), 2.8), sharey=True)
+for ax, kind in zip(axes, SWEEPS):
+    for name, m in ((CNN, cnn), (VIT, vit)):
+        ax.plot(strengths, similarity_sweep(m, x, kind).numpy(), marker="o", ms=3, label=name)
+    ax.set_title(kind, fontsize=9); ax.set_xlabel("strength s")
+axes[0].set_ylabel("cos(f(x), f(T_s x))"); axes[0].legend(fontsize=8)
+fig.tight_layout()
+"""),
+        md("""
+**Reading the figure.** Both models ignore blur. The CNN is almost perfectly invariant to grayscale,
+the ViT much less (0.63 at full strength); the ViT tolerates a centre crop (zoom) almost completely
+(DINO trains with small local crops matched to global ones), where the CNN's similarity falls to about 0
+beyond a 3x zoom. Strong colour jitter and solarisation break both. Invariance mirrors each training
+recipe's augmentations, but beware: a model whose embeddings barely change under *anything* is not
+invariant, it is uninformative; check retrieval (the model card) before praising a flat curve.
+
+**What this comparison cannot tell you**
+* which *architecture* is better: the two models differ in training method (SimCLR vs DINO), data
+  budget and quality, so every difference above mixes architecture and training;
+* that the ViT's sparse maps are "sharper": gradients and attention of ViTs are known to concentrate
+  on a few high-norm tokens (the "registers" effect of Darcet et al., 2024) that carry global information;
+* anything about large models: one pair, tiny models, 112 px.
+
+**Try it.** `Explorer(model="tiny-dino-vit", images=IMAGE, method="cls-attention")` and switch the
+method to `attention-rollout` or `feature-pca`; then change view 2's crop and watch the PCA colours.
+"""),
+    ],
+}
+
+# ---------------------------------------------------------------- tutorial sections of the method notebooks
+#: per notebook: "learn" (objectives, a cell after the title), "idea" (the method in plain words with its
+#: formula, after that), "reading" (a paragraph reading the first figure, after the first cell that draws),
+#: "try" (explorer suggestions, before the first panel cell or at the end with "try_code"), "limits" (what the
+#: method cannot tell you, at the end).
+TUTORIAL = {
+    "00_quickstart.ipynb": {
+        "learn": """
+**What you will learn**
+* what "similarity" means for a self-supervised model: the cosine $s = \\cos(f(x_1), f(x_2))$ of two embeddings;
+* to open the explorer and switch between methods;
+* the order in which to read the other notebooks (see `notebooks/README.md`).
+""",
+        "limits": """
+**Where to go next.** Start here, then: occlusion (01, 02) → CAM (03) → gradients (05) → averaged
+transforms (04) → pixel invariance (06) → metrics (08) → joint explanations (13) → CNN vs ViT (14) →
+the classroom exercises (10, 11, 15, 16).
+
+**What no explanation here can tell you:** whether the model is *right*. Every map explains the
+similarity the model computes, including the similarity of two unrelated images.
+"""},
+    "01_conditional_occlusion.ipynb": {
+        "learn": """
+**What you will learn**
+* the idea of occlusion: remove a part of the input and watch the output change;
+* why, for a pair, the map of one image is *conditional* on the other image;
+* how patch size and stride trade resolution for noise.
+""",
+        "reading": """
+**Reading the figure.** Image 2 is a zoomed, grayscale crop of image 1. Each map's colour bar says
+how it is drawn. On image 1 the map is signed (a few windows have small negative drops) and the
+largest drops (red, up to about 0.15) lie on the nose and the forehead between the eyes; on image 2 no
+drop is negative, and one region around the cat's left eye (right of the picture) costs up to 0.4 of
+the 0.91 similarity. For the model this means the similarity is carried by a few face regions, and that
+they are not the same regions in the two views: the zoomed, grey view leans on one eye.
+
+*Question:* why can a region matter in view 2 when the corresponding region of view 1 hardly does?
+(Think of what else view 1 still offers when one window is covered.)
+""",
+        "limits": """
+**What this method cannot tell you**
+* **The fill is an intervention, not an absence.** A grey (mean-colour) window is an out-of-distribution
+  input: part of a drop may come from the model reacting to an odd grey square, not from losing evidence.
+  Try `baselines=` with another fill and see the map change.
+* **Window size trades resolution for noise.** Small windows rarely cover a whole part (small, noisy
+  drops); big windows blur the map. The "most important location" can move with the window size (see
+  the experiment above).
+* **Interactions are missed.** One window at a time: two redundant regions (two eyes) each look
+  unimportant because the other still carries the similarity. See joint occlusion (notebook 13).
+* It costs one forward pass per window: with stride 8 on 112 px, 121 passes per image.
+"""},
+    "02_context_agnostic_and_pairwise_occlusion.ipynb": {
+        "learn": """
+**What you will learn**
+* two variants of occlusion for pairs: what a patch contributes *alone*, and what random erasures of
+  both images do together;
+* to measure whether two explanation methods agree (rank correlation).
+""",
+        "reading": """
+**Reading the figures.** The two methods disagree, and that is the lesson. The context-agnostic map
+(signed) is blue on the white rim of the cup in both views: the rim *alone*, minus the rest of the
+image, points *away* from the other view's embedding; red patches on the saucer and the background
+point towards it. Pairwise occlusion (all positive, normalised to 1) puts its maximum on the coffee in
+the middle of the cup in view 1 and on the rim in view 2, with blocky edges because each drop is credited
+to whole rectangles. The rank correlation printed below quantifies the (dis)agreement.
+
+*Question:* which of the two questions ("what does a patch contribute alone?" and "what does erasing
+parts of both images cost?") matches what you want to know about this pair?
+""",
+        "try_code": 'from ssl_widgets.widgets import OcclusionPanel\n'
+                 'OcclusionPanel(model=model, images=IMAGE, method="context-agnostic-occlusion")',
+        "tryit": """
+**Try it.** In the panel, switch between `context-agnostic-occlusion` and `conditional-occlusion` on the
+same pair. Which one highlights the background? Then change view 2's seed: which map changes more?
+""",
+        "limits": """
+**What this method cannot tell you**
+* "A patch alone" is a strongly out-of-distribution image (a small crop on a fill): the model's
+  embedding of it may mean little.
+* Pairwise occlusion's credit assignment (to the image whose embedding lost more norm) is a heuristic;
+  with few samples (`SAMPLES`) the map is noisy, so rerun with another generator seed before reading
+  small differences.
+* A Spearman correlation near 0 between two methods does not tell you which one is right.
+"""},
+    "03_interaction_cam.ipynb": {
+        "learn": """
+**What you will learn**
+* how Grad-CAM turns gradients at a layer into a coarse map of that layer's grid;
+* how Interaction-CAM favours channels active in *both* views;
+* that a CAM's resolution is the layer's (7x7 for the trunk output at 112 px).
+""",
+        "idea": """
+**The idea in plain words.** The last convolutional layer has channels $A_c$ on a 7x7 grid; the
+gradient of the similarity $S$ with respect to each channel says how much that channel pushes the
+similarity up. Keep the positive pushes and weight the activations by them:
+$$\\mathrm{CAM} = \\sum_c A_c \\odot \\mathrm{ReLU}\\!\\left(\\frac{\\partial S}{\\partial A_c}\\right), \\qquad
+\\mathrm{ICAM} = \\sum_c P(A^1_c)\\,P(A^2_c)\\; A_c \\odot \\mathrm{ReLU}\\!\\left(\\frac{\\partial S}{\\partial A_c}\\right),$$
+with $P$ a pooling (mean, max or attention) of each view's channel.
+""",
+        "reading": """
+**Reading the figure.** Each panel upsamples a 7x7 map over its view (bright = large CAM). In
+image 1 all four variants put their maximum on the astronaut's gold neck ring and lower face; in the
+augmented view (zoomed, darker) the maps spread over the face and neck, and plain Grad-CAM also lights
+the right edge, where the rocket is, which the Interaction-CAM variants suppress (that content is
+not shared by both views' channels). The colour bars differ by orders of magnitude between variants:
+compare positions, not values. The smooth blobs are upsampling: each 16x16 px cell is one number.
+""",
+        "tryit": """
+**Try it.** In the panel, switch pooling between mean, max and attention, and change view 2's crop:
+does the hot region follow the content that both views share?
+""",
+        "limits": """
+**What this method cannot tell you**
+* **Resolution**: the map has the layer's 7x7 grid; it cannot separate details inside a 16 px cell.
+  An earlier layer (`layer3`, 14x14) is finer but less semantic.
+* **Gradient saturation**: where a ReLU is off or the similarity is flat, gradients are zero and the
+  region looks unimportant even if it matters; the ReLU on the gradients also hides negative evidence.
+* The channel weights explain a linearisation at this one pair of inputs, not the model's behaviour
+  under larger changes.
+"""},
+    "04_averaged_transforms.ipynb": {
+        "learn": """
+**What you will learn**
+* how to ask which pixels the similarity is sensitive to *while a transform happens*;
+* why the answer depends on the transform you choose.
+""",
+        "idea": """
+**The formula.** With $x^\\lambda = \\lambda x + (1-\\lambda) x_t$,
+$$M = \\frac{1}{|\\Lambda|}\\sum_{\\lambda \\in \\Lambda} \\left| x \\odot \\frac{\\partial}{\\partial x}\\cos\\big(f(x), f(x^\\lambda)\\big)\\right|,
+\\qquad \\Lambda = \\{1, 0.9, \\dots, 0.1\\},$$
+an integrated-gradients-like average along the path from the transformed image to the original.
+""",
+        "reading": """
+**Reading the figures.** View 2 is a darker, lower-contrast copy with the same geometry. The plain
+map (top) is a set of blobs on the launch towers left and right of the rocket and on the rocket's
+edges, not on the rocket body; the guided map (bottom) concentrates on the rocket body and the towers,
+a picture that follows the image's bright structures. The values are tiny (1e-3 and 1e-5): the
+similarity (0.94) hardly changes along this colour path. A cleaner, edge-like map is not evidence of a
+better explanation (see the sanity checks below).
+""",
+        "try_code": 'from ssl_widgets.widgets import Explorer\n'
+                 'Explorer(model=model, images=IMAGE, method="averaged-transforms")',
+        "tryit": """
+**Try it.** In the explorer, change view 2's augmentation (colour jitter only, then grayscale only):
+the map answers a different question for each transform.
+""",
+        "limits": """
+**What this method cannot tell you**
+* The map depends on the **chosen transform**: it explains sensitivity along that path only, not
+  "importance" in general.
+* Gradients are noisy and local; averaging 10 points helps only partly.
+* Guided back-propagation produces edge-like maps even for random weights (Adebayo et al., 2018,
+  "Sanity checks for saliency maps"): its sharpness is partly an image-reconstruction effect.
+"""},
+    "05_gradients.ipynb": {
+        "learn": """
+**What you will learn**
+* the simplest attribution, gradient x input, for a pair;
+* why SmoothGrad averages over noise, and what guided back-propagation changes;
+* to measure a map's stability (max-sensitivity).
+""",
+        "reading": """
+**Reading the figures.** Maps are blurred (`blur=True`), so read regions, not pixels. Plain
+input x gradient spreads over the shoulders and collar of the uniform and over background (the flag at
+the right of view 1, the purple background of view 2), not over the face. Guided back-propagation and
+SmoothGrad (guided) both draw a band along the shoulders and collar: a cleaner picture, but it follows
+the strongest edge of the image. The similarity (0.49: view 2 is colour-jittered and sharply different)
+is the same for all three; only the explanation changes.
+""",
+        "try_code": 'from ssl_widgets.widgets import Explorer\n'
+                 'Explorer(model=model, images=IMAGE, method="smoothgrad:guided")',
+        "tryit": """
+**Try it.** In the explorer switch between `input-x-gradient`, `input-x-gradient:guided` and
+`smoothgrad`; then change the image to `chelsea`. Which map changes least when you change view 2's seed?
+""",
+        "limits": """
+**What this method cannot tell you**
+* Gradients are **noisy** (shattered gradients of deep ReLU networks) and describe an infinitesimal
+  change only; saturated units give zero gradient.
+* **Guided back-propagation fails the sanity checks** of Adebayo et al. (2018): its maps barely change
+  when the model's weights are randomised, so a pretty guided map says little about what the model learned.
+* Multiplying by the input ($x \\odot \\nabla$) favours bright pixels and edges regardless of the model.
+"""},
+    "06_pixel_invariance.ipynb": {
+        "learn": """
+**What you will learn**
+* the opposite question to attribution: which pixels can change *without* changing the similarity;
+* how a linear surrogate model turns random augmentations into a map.
+""",
+        "idea": """
+**The formula.** Draw $n$ augmentations $\\tilde x_k$ (colour jitter, grayscale, erasing), compute
+$y_k = \\cos(f(x), f(\\tilde x_k))$ and fit a linear model $y_k \\approx w^\\top d(\\tilde x_k) + b$ on the
+down-sampled pixels $d(\\cdot)$; the map is $w$ reshaped to the image grid (values under a threshold zeroed).
+""",
+        "reading": """
+**Reading the figure.** The left panel is the image, the right the surrogate's weights (min-max
+normalised, thresholded, then blurred, so almost every pixel keeps a small value). The largest weights
+lie on the background, the shelves at the top and the floor at the bottom left, and the motorcycle
+itself gets low weights. Read it as: in the augmented copies, the state of those background pixels best
+*predicts* how similar the copy stays; it does not say the model looks at the background. With 200
+samples for a 64x64 grid (4096 inputs) the fit is heavily under-determined, so treat the map as a
+hypothesis to test (with more samples, or another seed).
+""",
+        "try_code": 'from ssl_widgets.widgets import Explorer\n'
+                 'Explorer(model=model, images=IMAGE, method="pixel-invariance")',
+        "tryit": """
+**Try it.** Raise `SAMPLES` (parameters cell) to 800 and rerun: which cells stay? Those are the ones you
+can believe.
+""",
+        "limits": """
+**What this method cannot tell you**
+* It is a **linear surrogate** of a very non-linear function; when its fit is poor (few samples) its
+  weights are noise. Check the fit before reading the map.
+* The result depends on the augmentation distribution chosen for the fit.
+* Invariance to *these* perturbations says nothing about other transforms (crops, rotations).
+"""},
+    "07_correspondence_and_sweeps.ipynb": {
+        "learn": """
+**What you will learn**
+* to find, for one point of image 1, where image 2 "answers" in feature space;
+* to plot invariance curves as a transform grows.
+""",
+        "idea": """
+**The formulas.** Correspondence: $C(u, v) = \\cos(F_1[p], F_2[u, v])$ for the feature vector $F_1[p]$
+under the point $p$. Sweep: $\\mathrm{inv}(s) = \\cos(f(x), f(T_s(x)))$ for $s = 0, 0.1, \\dots, 1$.
+""",
+        "limits": """
+**What this method cannot tell you**
+* Correspondence compares trunk features on a 7x7 grid: it matches textures and colours as readily as
+  object parts.
+* A sweep uses one deterministic transform family per curve; invariance to a blur of sigma 3 does not
+  imply invariance to real defocus or to other images.
+"""},
+    "08_metrics.ipynb": {
+        "learn": """
+**What you will learn**
+* how explanation maps are scored without ground truth: deletion, insertion, average drop, max-sensitivity;
+* why a random map is the baseline and what the metrics cannot measure.
+""",
+        "idea": """
+**The formulas.** Deletion removes the top-ranked pixels in $K$ steps, $x^{(k)}$ with the $k$ most
+important chunks removed: $\\mathrm{SD} = \\frac1K \\sum_k \\cos(f(x_1^{(k)}), f(x_2^{(k)}))$ (lower is
+better). Insertion adds them into a blurred image (higher is better). Average drop:
+$\\max(0, s - s_{\\text{masked}}) / s$.
+""",
+        "limits": """
+**What this method cannot tell you**
+* **Deletion rewards out-of-distribution artefacts**: removed pixels form patterns the model never saw,
+  so a map can "win" by pointing at whatever removal breaks the image fastest, not at the model's evidence.
+* Insertion and deletion often disagree; a method's rank depends on the fill, the step and the pair.
+* One pair is an anecdote: the evaluation driver averages over many pairs; report the spread too.
+* Max-sensitivity rewards smooth maps, including uninformative ones (a constant map is perfectly stable).
+"""},
+    "09_published_weights.ipynb": {
+        "learn": """
+**What you will learn**
+* which published self-supervised checkpoints the package knows, and their licences;
+* how to use a checkpoint offline with `weights=PATH`.
+""",
+        "limits": """
+**What this cannot tell you.** The shipped tiny models are trained on a small data set at 112 px; the
+published ResNet-50s (224 px) give sharper, more semantic maps. An explanation of a tiny model is an
+explanation of *that* model, not of SimCLR in general.
+"""},
+    "12_feature_visualization_and_model_difference.ipynb": {
+        "learn": """
+**What you will learn**
+* to synthesise an image that a layer finds similar to a target (feature visualisation);
+* to compare what two models keep of an image at three depths (feature inversion).
+""",
+        "idea": """
+**The formula.** Gradient ascent on an image $z$: $z \\leftarrow z + \\eta \\nabla_z \\cos(g_\\ell(z), g_\\ell(x_2))$
+(with jitter, multiple octaves, or a Fourier parametrisation), where $g_\\ell$ is the model up to layer $\\ell$.
+""",
+        "limits": """
+**What this method cannot tell you**
+* Synthesised images depend heavily on the regularisation (octaves, parametrisation, jitter): two
+  settings give different pictures of the same layer.
+* With few iterations (CI-sized parameters) the images are far from converged.
+* Inversion shows what *can* be reconstructed from a layer, not what the model *uses*.
+"""},
+    "13_joint_explanations.ipynb": {
+        "learn": """
+**What you will learn**
+* to explain a similarity by *pairs* of patches, one in each image;
+* two ways to compute them (bilinear gradients, pair occlusion) and a benchmark with known answers.
+""",
+        "limits": """
+**What this method cannot tell you**
+* Joint occlusion inherits occlusion's fill artefacts, and costs a forward pass per pair of patches
+  ($7^4 = 2401$ for a 7x7 grid: keep the grid small).
+* The bilinear decomposition is exact only for bias-free models; with BatchNorm a part of the
+  similarity is assigned to no pair.
+* A strong pair relevance says the two patches make the similarity together, not that they show the
+  same object part (see the correspondence benchmark).
+"""},
+}
+
+QUICKSTART = [
+    md("""
+# ssl_widgets quickstart: why does the model find these two images similar?
+
+A self-supervised model (here `tiny-simclr`, shipped with the package and trained with SimCLR) maps
+two views of one image to nearby embeddings. The **Explorer** below shows, for a pair of views,
+*which parts of each image carry the similarity*, with the methods of Sammani et al.,
+"Visualizing and Understanding Self-Supervised Vision Learning".
+
+* **Image 1** is a centre crop; **image 2** is an augmented view of it (open *view 2 augmentation*
+  to change crop, flip, colour jitter, grayscale, blur or the seed), or any other image.
+* Each **tab** is a method with its own controls: occlusion (patch size and stride), Interaction-CAM
+  (pooling), averaged transforms, gradients, pairwise occlusion, pixel invariance.
+* In the **Correspondence** tab, click a point of one image to see where the other image answers.
+* The **curves** section plots insertion/deletion curves and the similarity as a transform grows.
+"""),
+    code('# Parameters (a smaller model or fewer threads for CI)\nMODEL = "tiny-simclr"\nIMAGE = "chelsea"\nTHREADS = 1',
+         parameters=True),
+    code("""
+import torch
+torch.set_num_threads(THREADS)
+
+from ssl_widgets.widgets import Explorer
+
+explorer = Explorer(model=MODEL, images=IMAGE, method="interaction-cam:max")
+explorer
+"""),
+    md("""
+The read-out above is the cosine similarity of the two embeddings. Everything the panel shows is
+also available in code, e.g. the current maps and similarity:
+"""),
+    code("""
+print(f"similarity {explorer.similarity:+.3f}; map of image 1: {tuple(explorer.maps[0].shape)}")
+"""),
+    md("""
+**The same in code, as a static figure** (what you see without a running kernel):
+"""),
+    code("""
+import matplotlib
+matplotlib.rcParams["savefig.dpi"] = 72  # modest figures: the notebooks are stored with their outputs
+import ssl_widgets
+from ssl_widgets.attr import InteractionCAM
+from ssl_widgets.data import make_pair
+from ssl_widgets.plotting import pair_figure
+
+model = ssl_widgets.load_model(MODEL)
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=0)
+cam = InteractionCAM(model).attribute((x1, x2), pooling="max")
+pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title="interaction-cam:max",
+            labels=(IMAGE, f"augmented view of {IMAGE}"))
+"""),
+    md("""
+**Reading the figure.** The title gives the similarity of the two views; each view carries the
+Interaction-CAM map (bright = the cells whose channels, active in both views, push the similarity up).
+The map is a 7x7 grid upsampled to the image, so it points at regions, not details.
+"""),
+    md("""
+A one-line alternative in a classroom: `%load_ext ssl_widgets` once, then
+`%ssl_explore coffee --method conditional-occlusion`.
+"""),
+    code("""
+%load_ext ssl_widgets
+"""),
+]
+
+_PANEL = re.compile(r"\b(\w*Panel|Explorer)\(")
+_DRAWS = re.compile(r"\b(pair_figure|maps_figure|overlay|top_matches_figure|Image)\(|\bplt\.")
+
+
+def tutorial(name: str, cells: list) -> list:
+    """Inserts the tutorial sections of ``TUTORIAL[name]`` into a notebook's cells."""
+    extra = TUTORIAL.get(name)
+    if not extra:
+        return cells
+    cells = list(cells)
+    head = [cells[0]] + [md(extra[key]) for key in ("learn", "idea") if key in extra]
+    body = cells[1:]
+    if "reading" in extra:
+        at = next((k for k, c in enumerate(body) if c.cell_type == "code" and _DRAWS.search(c.source)), None)
+        if at is not None:
+            body.insert(at + 1, md(extra["reading"]))
+    if "tryit" in extra:
+        at = next((k for k, c in enumerate(body) if c.cell_type == "code" and _PANEL.search(c.source)), None)
+        if at is None:
+            # as a snippet to copy, not a live cell: an explorer's widget state would add ~0.4 MB to the stored notebook
+            snippet = f"\n```python\n{extra['try_code']}\n```\n" if "try_code" in extra else ""
+            body.append(md(extra["tryit"] + snippet))
+        else:
+            body.insert(at, md(extra["tryit"]))
+    if "limits" in extra:
+        body.append(md(extra["limits"]))
+    return head + body
+
+
+def all_notebooks() -> dict:
+    notebooks = {"00_quickstart.ipynb": QUICKSTART, **NOTEBOOKS, **NOTEBOOKS_NEW}
+    return {name: tutorial(name, cells) for name, cells in sorted(notebooks.items())}
+
 
 def main() -> None:
-    for name, cells in NOTEBOOKS.items():
+    for name, cells in all_notebooks().items():
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = cells
