@@ -204,6 +204,9 @@ def test_simsiam_checkpoint(tmp_path, x224):
         pooled = trunk_features(encoder, (x224 - MEAN) / STD).mean(dim=(2, 3))
         expected = predictor(projector(pooled))  # similarity on the predictor output, as the paper's code
         torch.testing.assert_close(model(x224), expected, rtol=1e-4, atol=1e-4)
+        # the CAM path is the predictor alone, applied to the pooled features (the projector is skipped)
+        assert model.cam_head is model.head[1]
+        torch.testing.assert_close(model.cam_head(pooled), predictor(pooled), rtol=1e-4, atol=1e-4)
     with pytest.raises(CheckpointError, match="Barlow Twins checkpoint: expected a dict with key 'model'"):
         load_model("barlow-twins-r50", weights=path)  # wrong layout for that model
 
@@ -258,3 +261,10 @@ def test_tiny_model_rejects_foreign_layout(tmp_path):
     torch.save({"model": {}}, path)
     with pytest.raises(CheckpointError, match="not a 'tiny-simclr' weight file"):
         load_model("tiny-simclr", weights=path)
+
+
+def test_tiny_simsiam_sets_its_predictor_as_cam_head():
+    model = load_model("tiny-simsiam")
+    assert isinstance(model.head, torch.nn.Sequential) and len(model.head) == 2
+    assert model.cam_head is model.head[1]  # predictor only, like simsiam-r50
+    assert load_model("tiny-simclr").cam_head is None

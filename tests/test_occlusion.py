@@ -24,8 +24,10 @@ def slow_conditional(model, x1, x2, window, stride, fill):
     for i in range(n_h):
         for j in range(n_w):
             o1, o2 = x1.clone(), x2.clone()
-            o1[:, :, i * stride:i * stride + window, j * stride:j * stride + window] = fill
-            o2[:, :, i * stride:i * stride + window, j * stride:j * stride + window] = fill
+            ys, xs = slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+            full = fill.dim() == 4 and fill.shape[2:] == x1.shape[2:]  # a per-pixel baseline image
+            o1[:, :, ys, xs] = fill[:, :, ys, xs] if full else fill
+            o2[:, :, ys, xs] = fill[:, :, ys, xs] if full else fill
             h1[i, j] = base - cos(model(o1), model(x2))
             h2[i, j] = base - cos(model(x1), model(o2))
     return h1, h2
@@ -65,11 +67,32 @@ def test_conditional_occlusion_matches_slow_loop(normalized):
 
 
 def test_neutral_fill_and_custom_baseline():
-    model = small_resnet(normalized=True)
+    model = small_resnet(normalized=True)  # mean (0.4, 0.5, 0.6): the neutral fill is this colour in pixel space
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    neutral = ConditionalOcclusion(model).attribute((x1, x2), 16, 16, grid=True)
+    expected = slow_conditional(model, x1, x2, 16, 16, torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+    torch.testing.assert_close(neutral[0][0], expected[0], atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(neutral[1][0], expected[1], atol=2e-6, rtol=1e-4)
     grey = ConditionalOcclusion(model).attribute((x1, x2), 16, 16, baselines=0.3, grid=True)
     expected = slow_conditional(model, x1, x2, 16, 16, torch.full((1, 3, 1, 1), 0.3))
     torch.testing.assert_close(grey[0][0], expected[0], atol=2e-6, rtol=1e-4)
+    assert not torch.allclose(grey[0], neutral[0])
+
+
+def test_tensor_baselines_three_values_and_an_image():
+    model = small_resnet(normalized=True)
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    colour = torch.tensor([0.1, 0.7, 0.2])
+    result = ConditionalOcclusion(model).attribute((x1, x2), 16, 8, baselines=colour, grid=True)
+    expected = slow_conditional(model, x1, x2, 16, 8, colour.view(1, 3, 1, 1))
+    torch.testing.assert_close(result[0][0], expected[0], atol=2e-6, rtol=1e-4)
+    image = arange_image(1, 32, 32, offset=9).flip(-1)  # a baseline that differs pixel by pixel
+    result = ConditionalOcclusion(model).attribute((x1, x2), 16, 8, baselines=image, grid=True)
+    expected = slow_conditional(model, x1, x2, 16, 8, image)
+    torch.testing.assert_close(result[0][0], expected[0], atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(result[1][0], expected[1], atol=2e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        ConditionalOcclusion(model).attribute((x1, x2), 16, 8, baselines=torch.zeros(1, 3, 5, 5))
 
 
 def test_pixel_map_is_mean_of_covering_windows():
@@ -219,19 +242,24 @@ def test_pairwise_occlusion_matches_slow_loop():
 
 
 def test_pairwise_occlusion_channel_sum_quirk_and_mask_option():
-    """Black pixels of an un-normalised model count as erased under the paper's rule, not with the mask."""
-    model = small_resnet(normalized=False)
-    x1 = arange_image(1, 32, 32) + 0.05
+    """Black pixels count as erased under the paper's rule, not with the mask.
+
+    The embedding is the per-channel mean: image 1 is dark (norm < 0.2) and image 2 bright (norm > 0.6 even with
+    a third erased), so every sample credits image 1. Under the paper's rule its black band is erased in every
+    sample and gets the whole weight (1 after the max scaling); with the mask only the drawn rectangles count.
+    """
+    model = mean_color_model()
+    x1 = arange_image(1, 32, 32) * 0.05 + 0.05
     x1[:, :, :, :8] = 0.0  # a black band
-    x2 = arange_image(1, 32, 32, offset=2) + 0.05
-    kwargs = {"n_samples": 30, "generator": None}
-    paper = PairwiseOcclusion(model).attribute((x1, x2), **{**kwargs, "generator": torch.Generator().manual_seed(0)})
-    masked = PairwiseOcclusion(model).attribute((x1, x2), erased_pixels="mask",
-                                                **{**kwargs, "generator": torch.Generator().manual_seed(0)})
-    band = lambda m: float(m[0][0, :, :8].mean())
-    if float(paper[0].sum()) > 0:
-        assert band(paper) >= band(masked)
-        assert float(paper[0][0, :, :8].min()) > 0  # every band pixel got credit with each map-1 sample
+    x2 = arange_image(1, 32, 32, offset=2) * 0.05 + 0.9
+    paper = PairwiseOcclusion(model).attribute((x1, x2), n_samples=30, generator=torch.Generator().manual_seed(0))
+    masked = PairwiseOcclusion(model).attribute((x1, x2), n_samples=30, erased_pixels="mask",
+                                                generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(paper[0][0, :, :8], torch.ones(32, 8), atol=1e-6, rtol=0)  # every sample, every pixel
+    assert float(masked[0][0, :, :8].min()) < 0.9  # the mask credits only where a rectangle fell
+    assert float(paper[1].abs().max()) == 0.0 and float(masked[1].abs().max()) == 0.0  # image 2 never credited
+    torch.testing.assert_close(paper[0][0, :, 8:], masked[0][0, :, 8:] * float(paper[0][0, :, 8:].max())
+                               / float(masked[0][0, :, 8:].max()), atol=1e-5, rtol=1e-4)
 
 
 def test_occlusion_is_seeded_where_random():

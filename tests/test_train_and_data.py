@@ -170,3 +170,60 @@ def test_photometric_views_keep_geometry():
 def test_unknown_view_transform():
     with pytest.raises(ValueError, match="unknown view transform 'sepia'"):
         make_view("coffee", "sepia")
+
+
+def test_train_from_the_command_line(image_folder, tmp_path):
+    """``python -m ssl_widgets.train`` in a fresh process (the settings of a former SIGABRT report) writes a loadable
+    file and a summary whose numbers match the settings."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "cli.pt"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "ssl_widgets.train", "--method", "barlow-twins", "--data", str(image_folder),
+               "--out", str(out), "--epochs", "1", "--threads", "1", "--image-size", "32", "--width", "4",
+               "--head-dims", "16,8", "--batch-size", "4", "--no-progress"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(out.with_suffix(".pt.json").read_text())
+    assert summary["status"] == "done" and summary["epochs_done"] == 1
+    assert summary["train_images"] == 12 and summary["heldout_images"] == 3
+    assert summary["arch"]["width"] == 4 and summary["arch"]["head_dims"] == [16, 8]
+    model = load_model("tiny-barlow-twins", weights=out)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    bad = subprocess.run(command[:3] + ["--method", "moco"], check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "invalid choice: 'moco'" in bad.stderr
+
+
+def test_retrieval_with_an_embedding_of_known_answer(image_folder):
+    """Embedding = per-channel mean colour: top-1 equals a plain nearest-neighbour loop over the same views; a constant
+    embedding ties everywhere and always answers the first image (top-1 = 1/N)."""
+    import torch.nn.functional as F
+    from helpers import mean_color_model
+
+    from ssl_widgets.data import list_images as files_of
+    from ssl_widgets.models import SSLModel
+    from ssl_widgets.train.retrieval import heldout_views, retrieval_top1
+
+    files = split_holdout(files_of(image_folder))[1]
+    model = mean_color_model().train()
+    top1 = retrieval_top1(model, files, views_per_image=3, seed=2)
+    assert model.training  # mode restored
+    gallery, queries = heldout_views(files, model.input_size, 3, seed=2)
+    g = [F.normalize(im.mean((1, 2)), dim=0) for im in gallery]
+    hits = 0
+    for q_index, query in enumerate(queries):
+        q = F.normalize(query.mean((1, 2)), dim=0)
+        scores = [float(q @ row) for row in g]
+        hits += scores.index(max(scores)) == q_index % len(g)
+    assert top1 == pytest.approx(hits / len(queries))
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.ones(x.shape[0], 3, 1, 1)
+
+    assert retrieval_top1(SSLModel(Constant(), None, input_size=8), files, views_per_image=2) == pytest.approx(1 / 3)
