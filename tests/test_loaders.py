@@ -263,8 +263,15 @@ def test_tiny_model_rejects_foreign_layout(tmp_path):
         load_model("tiny-simclr", weights=path)
 
 
-def test_tiny_simsiam_sets_its_predictor_as_cam_head():
+def test_tiny_simsiam_cam_path_is_defined():
+    from ssl_widgets.attr import InteractionCAM
+
     model = load_model("tiny-simsiam")
     assert isinstance(model.head, torch.nn.Sequential) and len(model.head) == 2
-    assert model.cam_head is model.head[1]  # predictor only, like simsiam-r50
+    # its predictor takes the 512-d projector output, not the 256-d trunk feature: predictor(GAP(A)) (the paper's
+    # SimSiam CAM path, defined for simsiam-r50 where both are 2048-d) does not exist, so the full head is used
+    assert model.head[1][0].in_features != model.trunk.out_channels and model.cam_head is None
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    m1, m2 = InteractionCAM(model).attribute((x, x.flip(-1)), pooling="max")
+    assert m1.shape == (1, 7, 7) and bool(torch.isfinite(m1).all())
     assert load_model("tiny-simclr").cam_head is None

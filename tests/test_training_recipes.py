@@ -25,9 +25,9 @@ def image_folder(tmp_path_factory):
     return root
 
 
-def cnn_config(folder, out, method, epochs=1, **kw):
+def cnn_config(folder, out, method, epochs=1, head_dims=(16, 8), **kw):
     return TrainConfig(method=method, data=str(folder), out=str(out), epochs=epochs, batch_size=4, image_size=32,
-                       source_size=40, width=4, head_dims=[16, 8], warmup_epochs=1, checkpoint_every=1, seed=5,
+                       source_size=40, width=4, head_dims=list(head_dims), warmup_epochs=1, checkpoint_every=1, seed=5,
                        eval_every=1, **kw)
 
 
@@ -102,7 +102,9 @@ def test_dino_centre_is_a_moving_average_and_head_is_weight_normalised():
 
 def test_simsiam_training_writes_a_loadable_tiny_simsiam(image_folder, tmp_path):
     out = tmp_path / "simsiam.pt"
-    summary = train(cnn_config(image_folder, out, "simsiam", predictor_dims=[4, 8]), show_progress=False)
+    # the trunk is 32 wide and so is the projector: the paper's CAM path predictor(GAP(A)) is defined
+    summary = train(cnn_config(image_folder, out, "simsiam", head_dims=(32, 32), predictor_dims=[4, 32]),
+                    show_progress=False)
     assert summary["train_images"] == 8 and np.isfinite(summary["final_loss"])
     assert "tiny-simsiam" in available_models()
     model = load_model("tiny-simsiam", weights=out)

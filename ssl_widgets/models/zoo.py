@@ -130,8 +130,9 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         arch: ``{"width": 32, "head_dims": [512, 128], "input_size": 112, "normalized": True}``, optionally
             with ``"last_bn": True`` (the projector ends in ``BatchNorm1d(affine=False)``, as Barlow Twins
             standardises and SimSiam's projector does) and ``"predictor_dims": [hidden, out]`` (a SimSiam
-            predictor after the projector: ``head = Sequential(projector, predictor)`` and
-            ``cam_head = predictor``, like the ``simsiam-r50`` loader).
+            predictor after the projector: ``head = Sequential(projector, predictor)``; ``cam_head =
+            predictor`` like the ``simsiam-r50`` loader when the predictor takes the trunk's width, so that
+            the paper's CAM path ``predictor(GAP(A))`` is defined; otherwise the CAM methods use the full head).
             For the tiny ViT: ``{"type": "vit", "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3,
             "input_size": 112, "normalized": True, "pooling": "cls"}`` (a timm VisionTransformer whose
             embedding is its class token after the final norm).
@@ -144,11 +145,14 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         >>> m = build_tiny_model({"width": 8, "head_dims": [64, 32], "input_size": 32})
         >>> m(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 32])
-        >>> s = build_tiny_model({"width": 8, "head_dims": [64, 32], "last_bn": True,
-        ...                       "predictor_dims": [16, 32], "input_size": 32}).eval()
+        >>> s = build_tiny_model({"width": 8, "head_dims": [64, 64], "last_bn": True,
+        ...                       "predictor_dims": [16, 64], "input_size": 32}).eval()
         >>> s(torch.rand(2, 3, 32, 32)).shape
-        torch.Size([2, 32])
-        >>> s.cam_head is s.head[1]
+        torch.Size([2, 64])
+        >>> s.cam_head is s.head[1]  # the predictor takes the trunk's 64 channels: the paper's CAM path
+        True
+        >>> build_tiny_model({"width": 8, "head_dims": [32, 32], "predictor_dims": [16, 32],
+        ...                   "input_size": 32}).cam_head is None  # 32 != 64: the full head instead
         True
         >>> vit = build_tiny_model({"type": "vit", "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2,
         ...                         "input_size": 32}).eval()
@@ -179,7 +183,10 @@ def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
         name=name,
         input_size=int(arch.get("input_size", 112)),
     )
-    model.cam_head = predictor  # SimSiam: the paper's CAM path is predictor(GAP(A)); None for the others
+    # SimSiam: the paper's CAM path is predictor(GAP(A)), defined only when the predictor takes the trunk's
+    # width (as in simsiam-r50); None (the full head) otherwise and for the other methods
+    if predictor is not None and dims[-1] == trunk.out_channels:
+        model.cam_head = predictor
     return model
 
 
