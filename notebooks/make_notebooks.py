@@ -400,14 +400,19 @@ fig.tight_layout()
 fig
 """),
         md("""
-**What differs.** All three put most of the occlusion map on the cat's face, but they do not spread it
-the same way: look at how much of the map lies on the eyes against the nose and the fur, and at the
-Interaction-CAM's 7x7 cells. The invariance curves separate the objectives more clearly: a model trained
-to match two augmented views becomes invariant to exactly those augmentations, and the three recipes
-weight them differently (Barlow Twins adds solarisation and heavier blur to one view). Read the curves
-before the maps: a model that is nearly invariant to a transform cannot let that transform move its
-explanation much either. These are small models on 640 images; the published ResNet-50s load with the
-same code (`FAMILIES = ["simclr-v2-r50-1x", "barlow-twins-r50", "simsiam-r50"]`, 224 px).
+**What differs.** View 2 of this pair is a grayscale, blurred crop. SimCLR (cos 0.91) and SimSiam
+(0.86) find the pair nearly as similar as two identical images; Barlow Twins finds it much less similar
+(0.43), and the invariance curves say why: it is the only one of the three that is far from invariant
+to grayscale (its similarity falls to about 0.4 at full strength while the other two stay near 1), and
+its recipe is also the least invariant to colour jitter. The maps follow: SimCLR's occlusion map is
+positive on the nose and the left eye (hiding them lowers the similarity), SimSiam's is weaker and
+spread towards the borders, and Barlow Twins' is mostly negative on the left cheek: hiding colour it
+cannot match in the grey view *raises* its similarity. Interaction-CAM sits on the eyes for SimCLR, on
+the forehead between the eyes for Barlow Twins and broadly over the upper face for SimSiam. SimCLR loses
+its invariance to cropping first (its similarity is near 0 beyond a 50% crop). Read the curves before the
+maps: a model that is nearly invariant to a transform cannot let that transform move its explanation
+much either. These are small models on 640 images; the published ResNet-50s load with the same code
+(`FAMILIES = ["simclr-v2-r50-1x", "barlow-twins-r50", "simsiam-r50"]`, 224 px).
 """),
     ],
     "10_classroom_invariance.ipynb": [
