@@ -80,8 +80,12 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
         The matplotlib ``Figure``.
 
     Examples:
-        >>> fig = top_matches_figure(x1, x2, JointGradient(model).attribute((x1, x2)), k=8)  # doctest: +SKIP
-        >>> fig.savefig("matches.png")  # doctest: +SKIP
+        >>> from ssl_widgets.attr import JointGradient
+        >>> fig = top_matches_figure(x1, x2, JointGradient(model).attribute((x1, x2)), k=8)
+        >>> len(fig.axes[0].lines)  # the 8 strongest pairs: a joining line and its two end points each
+        16
+        >>> len(fig.axes[0].patches)  # and the two patches of each pair boxed
+        16
     """
     from matplotlib.figure import Figure
 
