@@ -317,6 +317,15 @@ class Explorer(JointClickMixin, W.VBox):
         if generation == self._generation:  # not superseded while waiting
             self._compute(generation, *args)
 
+    def _progress_reporter(self, cancel: threading.Event):
+        """The progress listener of a job: moves the progress bar, raises ``Cancelled`` once ``cancel`` is set."""
+        def report(desc: str, done: int, total: int) -> None:
+            if cancel.is_set():
+                raise Cancelled()
+            self.progress.max, self.progress.value = max(total, 1), done
+
+        return report
+
     def _compute(self, generation: int, key: tuple, name: str, settings: dict, x1, x2,
                  controls: MethodControls) -> None:
         cancel = self._cancel
@@ -326,13 +335,8 @@ class Explorer(JointClickMixin, W.VBox):
         self.cancel_button.disabled = False
         self.status.value = f"computing {name} ..."
 
-        def report(desc: str, done: int, total: int) -> None:
-            if cancel.is_set():
-                raise Cancelled()
-            self.progress.max, self.progress.value = max(total, 1), done
-
         try:
-            with progress_listener(report):
+            with progress_listener(self._progress_reporter(cancel)):
                 if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
                     coarse = dict(settings, strides=max(1, settings["sliding_window_shapes"] // 2))
                     preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)

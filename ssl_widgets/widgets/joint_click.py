@@ -41,13 +41,8 @@ class JointClickMixin:
             self.cancel_button.disabled = False
             self.status.value = f"computing {name} ..."
 
-            def report(desc: str, done: int, total: int) -> None:
-                if cancel.is_set():
-                    raise Cancelled()
-                self.progress.max, self.progress.value = max(total, 1), done
-
             try:
-                with progress_listener(report):
+                with progress_listener(self._progress_reporter(cancel)):
                     heat = self._joint_heat(name, view_index, point, x1, x2)
                 if generation == self._generation:
                     self._show_click(view_index, point, heat, x1, x2)
