@@ -142,7 +142,7 @@ def test_joint_click_runs_in_the_worker_with_progress():
     e._controls().joint_method.value = "joint-gradient"
     e.wait()
     e.click(0, {"dataX": 64, "dataY": 40})
-    worker = e._worker
+    worker = e.jobs.worker
     assert worker is not None and worker is not threading.current_thread()
     e.wait()
     x1, x2 = e.current_pair()

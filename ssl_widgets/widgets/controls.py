@@ -5,42 +5,13 @@ from typing import Any
 
 import ipywidgets as W
 
+from ..attr.cls_attention import attention_blocks
+from .base import MethodControls
+from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
+
 __all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
-
-
-class MethodControls:
-    """A tab's widgets and how they turn into a method name and ``attribute`` settings."""
-
-    title = ""
-    slow = False
-
-    def __init__(self, input_size: int) -> None:
-        self.input_size = input_size
-        self.box = W.VBox(self.children())
-
-    def children(self) -> list[W.Widget]:
-        return []
-
-    def widgets(self) -> list[W.Widget]:
-        return [c for c in self.box.children if isinstance(c, W.ValueWidget)]
-
-    def request(self) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
-
-    #: base method names this tab shows
-    names: tuple[str, ...] = ()
-
-    def select(self, base: str, option: str) -> bool:
-        """Set the tab's controls to the method ``base[:option]``; ``False`` if it is not this tab's."""
-        if base not in self.names:
-            return False
-        self._select(base, option)
-        return True
-
-    def _select(self, base: str, option: str) -> None:
-        pass
 
 
 class OcclusionControls(MethodControls):
@@ -204,15 +175,13 @@ class AttentionControls(MethodControls):
                            "Transformers only.")
         return [self.block, self.head, self.help]
 
-    def bind(self, explorer) -> None:
+    def bind(self, context) -> None:
         """Fill the block and head choices from the explorer's model (again on a model change)."""
-        self.update_model(explorer._model())
-        explorer.model_select.observe(lambda _: self.update_model(explorer._model()), names="value")
+        self.update_model(context.model())
+        context.on_model_change(self.update_model)
 
     def update_model(self, model) -> None:
         """Block and head options of ``model`` (a CNN keeps the defaults; the tab then says it does not apply)."""
-        from ..attr.cls_attention import attention_blocks
-
         try:
             blocks = attention_blocks(model, "cls-attention")
         except ValueError:
@@ -251,6 +220,4 @@ TAB_METHODS = (OcclusionControls, CAMControls, AveragedTransformsControls, Gradi
 
 def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:
     """One :class:`MethodControls` per tab (all, or ``only`` these classes)."""
-    from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
-
     return [cls(input_size) for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]

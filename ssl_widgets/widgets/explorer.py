@@ -1,30 +1,34 @@
-"""``Explorer``: the interactive panel for pairwise-similarity explanations."""
+"""``Explorer``: the interactive panel for pairwise-similarity explanations.
+
+It is assembled from parts: :class:`~ssl_widgets.widgets.inputs.PairInputs` (model, layer, images,
+augmentation), one tab per method (:mod:`~ssl_widgets.widgets.controls`), the job runner
+(:class:`~ssl_widgets.widgets.jobs.JobRunner`: worker thread, progress, Cancel, status line), the
+click handling (:mod:`~ssl_widgets.widgets.joint_click`) and the curves (:mod:`~ssl_widgets.widgets.plots`).
+Tabs and plots see the explorer only through its public :class:`~ssl_widgets.widgets.context.ExplorerContext`.
+"""
 from __future__ import annotations
 
-import re
-import threading
 from collections import OrderedDict
 from typing import Any
 
 import ipywidgets as W
 import torch
 
-from ..analysis import dense_correspondence
 from ..attr.applicability import not_applicable
-from ..attr.engine import Cancelled, eval_similarity, progress_listener
-from ..data import SAMPLE_IMAGES, make_view
-from ..data.views import custom_view
+from ..attr.engine import eval_similarity
 from ..explain import explain_pair
-from ..models import SSLModel, load_model
+from ..models import SSLModel
+from .context import ExplorerContext, ModelStore
 from .controls import MethodControls, OcclusionControls, build_method_controls
+from .inputs import AUGMENTED, PairInputs
+from .jobs import Job, JobRunner
 from .joint_click import JointClickMixin
 from .plots import CurvePlot
 from .rendering import COLORMAPS, overlay_png
 
-__all__ = ["Explorer"]
+__all__ = ["AUGMENTED", "Explorer"]
 
 OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
-AUGMENTED = "(augmented view of image 1)"
 LAYER_METHODS = ("grad-cam", "interaction-cam", "feature-pca")  # methods that use the layer choice
 
 
@@ -63,87 +67,56 @@ class Explorer(JointClickMixin, W.VBox):
     def __init__(self, model: SSLModel | str | None = None, images: Any = None, *, method: str | None = None,
                  threaded: bool = True, display_size: int = 256) -> None:
         super().__init__()
-        self.threaded = threaded
         self.display_size = display_size
-        self._models: dict[str, SSLModel] = {}
-        if isinstance(model, SSLModel):
-            self._models[model.name] = model
-            first = model.name
-        else:
-            first = model or OFFLINE_MODELS[0]
-        names = [first] + [n for n in OFFLINE_MODELS if n != first]
         self._cache: OrderedDict = OrderedDict()
-        self._worker: threading.Thread | None = None
-        self._cancel = threading.Event()
-        self._generation = 0
         self.maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.similarity: float | None = None
-        self.last_error: str | None = None
         self._box: tuple[int, tuple[int, int, int, int]] | None = None
+        first = model.name if isinstance(model, SSLModel) else (model or OFFLINE_MODELS[0])
         image1, image2 = (images, None) if not isinstance(images, (tuple, list)) else tuple(images)
-        self._uploaded: dict[str, Any] = {}
+        self.inputs = PairInputs([first] + [n for n in OFFLINE_MODELS if n != first], image1, image2)
+        for name in PairInputs.WIDGETS:  # the input widgets are the explorer's attributes too
+            setattr(self, name, getattr(self.inputs, name))
+        self.jobs = JobRunner(threaded)
+        self.status, self.progress, self.cancel_button = self.jobs.status, self.jobs.progress, self.jobs.cancel_button
+        self.context = ExplorerContext(self.inputs, ModelStore(model if isinstance(model, SSLModel) else None),
+                                       self.jobs)
+        self._build_tabs()
+        self._build_display()
+        self.children = [*self.inputs.rows(), self.method_tabs,
+                         W.HBox([W.VBox([self.view1]), W.VBox([self.view2]),
+                                 W.VBox([self.similarity_label, self.opacity, self.colormap, self.jobs.box,
+                                         self.status])]),
+                         self.curves.box]
+        self.inputs.update_layers(self._model())
+        if method is not None:
+            self.select_method(method)
+        self._connect()
+        self.refresh()
 
-        # -- model and images ---------------------------------------------------------------
-        self.model_select = W.Dropdown(options=names, value=first, description="model")
-        self.layer_select = W.Dropdown(options=[("trunk output", "")], value="", description="layer")
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        self.device_select = W.Dropdown(options=devices, value="cpu", description="device",
-                                        layout=W.Layout(display=None if len(devices) > 1 else "none"))
-        samples = list(SAMPLE_IMAGES)
-        self.image1_select = W.Combobox(options=samples, value=self._image_label(image1 or "chelsea"),
-                                        description="image 1", ensure_option=False, continuous_update=False)
-        self.image2_select = W.Combobox(options=[AUGMENTED] + samples,
-                                        value=AUGMENTED if image2 is None else self._image_label(image2),
-                                        description="image 2", ensure_option=False, continuous_update=False)
-        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload image 1")
-        # -- view 2 augmentation -------------------------------------------------------------
-        slow = dict(continuous_update=False)
-        self.crop = W.FloatRangeSlider(value=(0.3, 1.0), min=0.08, max=1.0, step=0.01, description="crop scale", **slow)
-        self.flip = W.Checkbox(value=True, description="random flip")
-        self.jitter = W.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05, description="colour jitter", **slow)
-        self.grayscale = W.Checkbox(value=False, description="grayscale")
-        self.blur = W.FloatSlider(value=0.0, min=0.0, max=3.0, step=0.1, description="blur sigma", **slow)
-        self.seed = W.IntText(value=0, description="seed")
-        self.resample = W.Button(description="resample", icon="refresh", tooltip="draw a new augmentation")
-        # -- methods -------------------------------------------------------------------------------
+    def _build_tabs(self) -> None:
         self.method_controls = build_method_controls(self._model().input_size, self.tabs)
         for controls in self.method_controls:
-            if hasattr(controls, "bind"):
-                controls.bind(self)
+            controls.bind(self.context)
         self.method_tabs = W.Tab(children=[c.box for c in self.method_controls])
         for i, controls in enumerate(self.method_controls):
             self.method_tabs.set_title(i, controls.title)
-        # -- display --------------------------------------------------------------------------------
+
+    def _build_display(self) -> None:
         self.opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
         self.colormap = W.Dropdown(options=COLORMAPS, value="jet", description="colour map")
-        self.view1 = W.Image(format="png", layout=W.Layout(width=f"{display_size}px"))
-        self.view2 = W.Image(format="png", layout=W.Layout(width=f"{display_size}px"))
+        layout = dict(width=f"{self.display_size}px")
+        self.view1 = W.Image(format="png", layout=W.Layout(**layout))
+        self.view2 = W.Image(format="png", layout=W.Layout(**layout))
         self.view1.add_class("ssl-view")
         self.view2.add_class("ssl-view")
         self.similarity_label = W.HTML()
-        self.status = W.HTML()
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="220px"))
-        self.cancel_button = W.Button(description="cancel", icon="stop", disabled=True)
-        self.curves = CurvePlot(self)
+        self.curves = CurvePlot(self.context)
         self._attach_clicks()
 
-        self.children = [
-            W.HBox([self.model_select, self.layer_select, self.device_select]),
-            W.HBox([self.image1_select, self.image2_select, self.upload]),
-            W.Accordion(children=[W.VBox([W.HBox([self.crop, self.jitter, self.blur]),
-                                          W.HBox([self.flip, self.grayscale, self.seed, self.resample])])],
-                        titles=("view 2 augmentation",)),
-            self.method_tabs,
-            W.HBox([W.VBox([self.view1]), W.VBox([self.view2]),
-                    W.VBox([self.similarity_label, self.opacity, self.colormap,
-                            W.HBox([self.progress, self.cancel_button]), self.status])]),
-            self.curves.box,
-        ]
-        self._update_layers()
-        if method is not None:
-            self.select_method(method)
-        recompute = [self.model_select, self.layer_select, self.device_select, self.image1_select, self.image2_select,
-                     self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.seed, self.method_tabs]
+    def _connect(self) -> None:
+        """Recompute on every setting that changes the maps; redraw on the display settings."""
+        recompute = self.inputs.widgets() + [self.method_tabs]
         for controls in self.method_controls:
             recompute += controls.widgets()
         for widget in recompute:
@@ -151,10 +124,24 @@ class Explorer(JointClickMixin, W.VBox):
         self.model_select.observe(self._on_model_change, names="value")
         self.opacity.observe(lambda _: self._draw(), names="value")
         self.colormap.observe(lambda _: self._draw(), names="value")
-        self.resample.on_click(lambda _: setattr(self.seed, "value", self.seed.value + 1))
-        self.cancel_button.on_click(lambda _: self._cancel.set())
-        self.upload.observe(self._on_upload, names="value")
-        self.refresh()
+
+    @property
+    def threaded(self) -> bool:
+        """Whether slow methods run in a worker thread."""
+        return self.jobs.threaded
+
+    @threaded.setter
+    def threaded(self, value: bool) -> None:
+        self.jobs.threaded = value
+
+    @property
+    def last_error(self) -> str | None:
+        """The error the panel shows (``None`` when the last computation succeeded)."""
+        return self.jobs.last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self.jobs.last_error = value
 
     def select_method(self, name: str) -> None:
         """Switch to the tab (and variant) of a method name, e.g. ``"context-agnostic-occlusion"``."""
@@ -166,106 +153,21 @@ class Explorer(JointClickMixin, W.VBox):
         raise ValueError(f"no tab of this panel shows the method {name!r}")
 
     # -- inputs -----------------------------------------------------------------------------------
-    @staticmethod
-    def _image_label(image: Any) -> str:
-        return image if isinstance(image, str) else str(image)
-
     def _model(self) -> SSLModel:
-        name = self.model_select.value if hasattr(self, "model_select") else None
-        name = name or next(iter(self._models), OFFLINE_MODELS[0])
-        if name not in self._models:
-            self._models[name] = load_model(name)
-        model = self._models[name]
-        device = getattr(self, "device_select", None)
-        if device is not None and str(model.device.type) != device.value:
-            model.to(device.value)
-        return model
-
-    def _source(self, label: str) -> Any:
-        return self._uploaded.get(label, label)
+        return self.context.model()
 
     def current_pair(self, method: str | None = None, settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The two views the current settings give (averaged transforms: a photometric view of image 1)."""
-        size = self._model().input_size
-        image1 = self._source(self.image1_select.value)
-        x1 = make_view(image1, "pure", size, seed=None)
-        if method is not None and method.startswith("averaged-transforms"):
-            return x1, make_view(image1, (settings or {}).get("transform", "combine"), size, seed=self.seed.value)
-        if self.image2_select.value == AUGMENTED:
-            x2 = custom_view(image1, size, tuple(self.crop.value), self.flip.value, self.jitter.value,
-                             self.grayscale.value, self.blur.value, self.seed.value)
-        else:
-            x2 = make_view(self._source(self.image2_select.value), "pure", size, seed=None)
-        return x1, x2
+        return self.context.current_pair(method, settings)
 
-    def _update_layers(self) -> None:
-        model = self._model()
-        names = [n for n in model.layer_names() if (n.startswith("layer") and n.count(".") <= 1)
-                 or re.fullmatch(r"blocks\.\d+(\.norm1|\.attn)?|norm", n)]  # ViT token layers: patch grids
-        self.layer_select.options = [("trunk output", "")] + [(n, n) for n in names]
-        self.layer_select.value = ""
-
-    # -- events ---------------------------------------------------------------------------------------
     def _on_model_change(self, _change) -> None:
-        self._update_layers()
+        self.inputs.update_layers(self._model())
 
     def _on_change(self, _change) -> None:
         self.refresh()
 
     def _on_upload(self, change) -> None:
-        files = change["new"]
-        if not files:
-            return
-        item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
-        import io
-
-        from PIL import Image
-
-        label = f"upload: {item['name']}"
-        self._uploaded[label] = Image.open(io.BytesIO(bytes(item["content"]))).convert("RGB")
-        self.image1_select.options = list(self.image1_select.options) + [label]
-        self.image1_select.value = label
-
-    def _attach_clicks(self) -> None:
-        try:
-            from ipyevents import Event
-        except ImportError:  # the explorer works without clicks
-            self._events = []
-            return
-        self._events = []
-        for index, view in enumerate((self.view1, self.view2)):
-            event = Event(source=view, watched_events=["click"])
-            event.on_dom_event(lambda e, i=index: self.click(i, e))
-            self._events.append(event)
-
-    def click(self, view_index: int, event: dict) -> None:
-        """Handle a click on view ``view_index`` (0 or 1): show the correspondence map on the other view.
-
-        ``event`` needs ``dataX``/``dataY`` (pixels of the displayed image, as ipyevents sends) or
-        ``relativeX``/``relativeY`` with ``boundingRectWidth``/``boundingRectHeight``.
-        """
-        try:
-            size = self._model().input_size
-            if "dataX" in event:
-                x, y = event["dataX"], event["dataY"]
-                extent = float(self.display_size)
-            else:
-                x, y = event["relativeX"], event["relativeY"]
-                extent = float(event.get("boundingRectWidth") or self.display_size)
-            if not (0 <= x <= extent and 0 <= y <= extent):
-                raise ValueError(f"click ({x:g}, {y:g}) is outside the displayed image of {extent:g} px")
-            scale = size / extent
-            point = (min(size - 1, y * scale), min(size - 1, x * scale))
-            x1, x2 = self.current_pair()
-            query, target = (x1, x2) if view_index == 0 else (x2, x1)
-            joint = getattr(self._controls(), "joint_method", None)
-            if joint is not None and joint.value != "feature-cosine":
-                self._start_joint(joint.value, view_index, point, x1, x2)
-                return
-            heat = dense_correspondence(self._model(), query, target, point, self.layer_select.value or None)
-            self._show_click(view_index, point, heat, x1, x2)
-        except Exception as error:  # errors show in the panel, never as a dead widget
-            self._show_error(error)
+        self.inputs.on_upload(change)
 
     # -- computation ------------------------------------------------------------------------------
     def _controls(self) -> MethodControls:
@@ -273,19 +175,14 @@ class Explorer(JointClickMixin, W.VBox):
 
     def request_key(self) -> tuple:
         name, settings = self._controls().request()
-        aug = (self.image1_select.value, self.image2_select.value, tuple(self.crop.value), self.flip.value,
-               self.jitter.value, self.grayscale.value, self.blur.value, self.seed.value)
-        return (self.model_select.value, self.device_select.value, self.layer_select.value, aug, name,
+        return (self.model_select.value, self.device_select.value, self.layer_select.value, self.inputs.key(), name,
                 tuple(sorted(settings.items())))
 
     def refresh(self) -> None:
         """Recompute (or fetch from the cache) the current method's maps and redraw."""
         controls = self._controls()
         name, settings = controls.request()
-        self._cancel.set()  # stop a computation still running for older settings
-        self._cancel = threading.Event()
-        self._generation += 1
-        generation = self._generation
+        job = self.jobs.new_job()  # stops a computation still running for older settings
         try:
             x1, x2 = self.current_pair(name, settings)
         except Exception as error:
@@ -302,63 +199,27 @@ class Explorer(JointClickMixin, W.VBox):
             self._cache.move_to_end(key)
             self._show_result(self._cache[key], x1, x2)
             return
-        # one job at a time per panel: a new job first waits for the (cancelled) previous one to stop
-        previous = self._worker
-        args = (generation, key, name, settings, x1, x2, controls)
-        if controls.slow and self.threaded:
-            self._worker = threading.Thread(target=self._compute_after, args=(previous, *args), daemon=True)
-            self._worker.start()
-        else:
-            self._compute_after(previous, *args)
+        self.jobs.run(job, lambda job: self._compute(job, key, name, settings, x1, x2, controls),
+                      status=f"computing {name} ...", on_result=lambda result: self._show_result(result, x1, x2),
+                      threaded=controls.slow and self.threaded)
 
-    def _compute_after(self, previous: threading.Thread | None, generation: int, *args) -> None:
-        if previous is not None and previous is not threading.current_thread():
-            previous.join()
-        if generation == self._generation:  # not superseded while waiting
-            self._compute(generation, *args)
-
-    def _progress_reporter(self, cancel: threading.Event):
-        """The progress listener of a job: moves the progress bar, raises ``Cancelled`` once ``cancel`` is set."""
-        def report(desc: str, done: int, total: int) -> None:
-            if cancel.is_set():
-                raise Cancelled()
-            self.progress.max, self.progress.value = max(total, 1), done
-
-        return report
-
-    def _compute(self, generation: int, key: tuple, name: str, settings: dict, x1, x2,
-                 controls: MethodControls) -> None:
-        cancel = self._cancel
+    def _compute(self, job: Job, key: tuple, name: str, settings: dict, x1, x2, controls: MethodControls):
+        """The maps of method ``name`` (a job of the runner); occlusion shows a coarse preview first."""
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
-        self.cancel_button.disabled = False
-        self.status.value = f"computing {name} ..."
-
-        try:
-            with progress_listener(self._progress_reporter(cancel)):
-                if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
-                    coarse = dict(settings, strides=max(1, settings["sliding_window_shapes"] // 2))
-                    preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
-                    if generation == self._generation:
-                        self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
-                layer = (self.layer_select.value or None) if name.startswith(LAYER_METHODS) else None
-                result = explain_pair(self._model(), name, x1, x2, layer=layer,
-                                      generator=torch.Generator().manual_seed(int(seed)), **settings)
-            self._cache[key] = result
-            while len(self._cache) > 32:
-                self._cache.popitem(last=False)
-            if generation == self._generation:
-                self._show_result(result, x1, x2)
-        except Cancelled:
-            if generation == self._generation:  # a newer request cancels silently
-                self.status.value = "cancelled"
-        except Exception as error:
-            if generation == self._generation:
-                self._show_error(error)
-        finally:
-            if generation == self._generation:
-                self.cancel_button.disabled = True
+        if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
+            coarse = dict(settings, strides=max(1, settings["sliding_window_shapes"] // 2))
+            preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
+            if job.current:
+                self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
+        layer = self.context.layer if name.startswith(LAYER_METHODS) else None
+        result = explain_pair(self._model(), name, x1, x2, layer=layer,
+                              generator=torch.Generator().manual_seed(int(seed)), **settings)
+        self._cache[key] = result
+        while len(self._cache) > 32:
+            self._cache.popitem(last=False)
+        return result
 
     # -- drawing ----------------------------------------------------------------------------------
     def _show_plain(self, status: str, x1, x2) -> None:
@@ -389,8 +250,7 @@ class Explorer(JointClickMixin, W.VBox):
             self.curves.update(x1, x2, self.maps[0])
 
     def _show_error(self, error: Exception) -> None:
-        self.last_error = f"{type(error).__name__}: {error}"
-        self.status.value = f"<span style='color:#b00020'><b>error:</b> {self.last_error}</span>"
+        self.jobs.show_error(error)
 
     def _draw(self, x1=None, x2=None) -> None:
         if x1 is None or x2 is None:
@@ -405,10 +265,8 @@ class Explorer(JointClickMixin, W.VBox):
 
     def wait(self, timeout: float | None = 120) -> None:
         """Block until the worker thread (if any) has finished (for scripts and tests)."""
-        if self._worker is not None:
-            self._worker.join(timeout)
+        self.jobs.wait(timeout)
 
     def sweep(self, kind: str | None = None) -> torch.Tensor:
         """Similarity of image 1 with itself under a transform of growing strength (plotted with bqplot)."""
         return self.curves.sweep(kind)
-

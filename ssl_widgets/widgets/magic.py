@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from .explorer import Explorer
+
 __all__ = ["ssl_explore", "parse_magic_line"]
 
 
@@ -21,8 +23,6 @@ def parse_magic_line(line: str) -> argparse.Namespace:
 
 def ssl_explore(line: str = ""):
     """Build an :class:`~ssl_widgets.widgets.Explorer` from a magic line (the magic displays it)."""
-    from .explorer import Explorer
-
     args = parse_magic_line(line)
     images = None
     if args.images:

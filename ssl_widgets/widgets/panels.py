@@ -4,6 +4,7 @@ from __future__ import annotations
 from .controls import (AveragedTransformsControls, CAMControls, CorrespondenceControls, GradientControls,
                        OcclusionControls, PairwiseControls, PixelInvarianceControls)
 from .explorer import Explorer
+from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
 
 __all__ = ["OcclusionPanel", "CAMPanel", "AveragedTransformsPanel", "GradientPanel", "PairwiseOcclusionPanel",
            "PixelInvariancePanel", "CorrespondencePanel", "FeatureVisualizationPanel", "ModelDifferencePanel"]
@@ -48,21 +49,13 @@ class PixelInvariancePanel(Explorer):
 class FeatureVisualizationPanel(Explorer):
     """Feature visualisation only (layer, score/feature mode, octaves or Fourier image)."""
 
-    @property
-    def tabs(self):
-        from .synthesis_panels import FeatureVisualizationControls
-
-        return (FeatureVisualizationControls,)
+    tabs = (FeatureVisualizationControls,)
 
 
 class ModelDifferencePanel(Explorer):
     """Model-difference visualisation only (feature inversion from three depths of two models)."""
 
-    @property
-    def tabs(self):
-        from .synthesis_panels import ModelDifferenceControls
-
-        return (ModelDifferenceControls,)
+    tabs = (ModelDifferenceControls,)
 
 
 class CorrespondencePanel(Explorer):

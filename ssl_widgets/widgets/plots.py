@@ -10,7 +10,7 @@ from ..analysis import SWEEPS, similarity_sweep
 from ..metrics import insertion_deletion
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .explorer import Explorer
+    from .context import ExplorerContext
 
 __all__ = ["CurvePlot"]
 
@@ -29,10 +29,14 @@ def _figure(title: str, x_label: str, colors: list[str], labels: list[str]):
 
 
 class CurvePlot:
-    """Insertion/deletion curves of the current map and a similarity-vs-strength sweep."""
+    """Insertion/deletion curves of the current map and a similarity-vs-strength sweep.
 
-    def __init__(self, explorer: Explorer) -> None:
-        self.explorer = explorer
+    Args:
+        context: the explorer's :class:`~ssl_widgets.widgets.context.ExplorerContext` (model and pair).
+    """
+
+    def __init__(self, context: ExplorerContext) -> None:
+        self.context = context
         self.curve_figure, self.curve_lines = _figure("insertion / deletion of image 1 (image 2 fixed)",
                                                       "fraction of pixels", ["#1f77b4", "#d62728"],
                                                       ["insertion", "deletion"])
@@ -52,7 +56,7 @@ class CurvePlot:
         """Recompute the conditional insertion and deletion curves of ``map1`` (when shown)."""
         if not self.show_curves.value or map1 is None:
             return
-        model = self.explorer._model()
+        model = self.context.model()
         step = max(1, x1.shape[2] * x1.shape[3] // 50)
         ins = insertion_deletion(model, x1, x2, map1[None], mode="insertion", step=step).curve[0]
         dele = insertion_deletion(model, x1, x2, map1[None], mode="deletion", step=step).curve[0]
@@ -64,9 +68,9 @@ class CurvePlot:
     def sweep(self, kind: str | None = None) -> torch.Tensor:
         """Run and plot the sweep of ``kind`` (default: the dropdown's) on image 1."""
         kind = kind or self.sweep_kind.value
-        x1, _ = self.explorer.current_pair()
+        x1, _ = self.context.current_pair()
         strengths = [i / 10 for i in range(11)]
-        sims = similarity_sweep(self.explorer._model(), x1, kind, strengths)
+        sims = similarity_sweep(self.context.model(), x1, kind, strengths)
         self.sweep_lines.x = strengths
         self.sweep_lines.y = [sims.tolist()]
         self.last_sweep = sims

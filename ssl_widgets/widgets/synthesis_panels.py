@@ -5,67 +5,44 @@ the explorer is threaded and stops with its Cancel button.
 """
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
 import torch
 
 from ..attr import FeatureVisualization, ModelDifference
-from ..attr.engine import Cancelled, progress_listener
-from ..models import load_model
-from .controls import MethodControls
+from .base import MethodControls
 from .rendering import overlay_png
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .explorer import Explorer
+    from .context import ExplorerContext
 
 __all__ = ["FeatureVisualizationControls", "ModelDifferenceControls"]
 
 
 class _SynthesisControls(MethodControls):
-    """A tab with its own Run button and image outputs; needs :meth:`bind` to an explorer."""
+    """A tab with its own Run button and image outputs; needs :meth:`bind` to an explorer's context."""
 
-    explorer: Explorer | None = None
+    context: ExplorerContext | None = None
 
-    def bind(self, explorer: Explorer) -> None:
-        self.explorer = explorer
+    def bind(self, context: ExplorerContext) -> None:
+        self.context = context
 
     def request(self):
         return "synthesis", {}
 
+    def widgets(self) -> list[W.Widget]:
+        """The settings (a change shows the pair again, waiting for a run), not the image outputs."""
+        return [w for w in super().widgets() if not isinstance(w, W.Image)]
+
     def run(self) -> None:
-        """Start (or, unthreaded, perform) the synthesis with the explorer's model and pair."""
-        explorer = self.explorer
-        assert explorer is not None, "bind() the controls to an explorer first"
-        explorer._cancel.set()
-        explorer._cancel = cancel = threading.Event()
-
-        def report(_desc, done, total):
-            if cancel.is_set():
-                raise Cancelled()
-            explorer.progress.max, explorer.progress.value = max(total, 1), done
-
-        def work():
-            explorer.cancel_button.disabled = False
-            explorer.status.value = f"{self.title}: running ..."
-            try:
-                with progress_listener(report):
-                    self._synthesise()
-                explorer.status.value = f"{self.title}: done"
-                explorer.last_error = None
-            except Cancelled:
-                explorer.status.value = "cancelled"
-            except Exception as error:  # shown in the panel
-                explorer._show_error(error)
-            finally:
-                explorer.cancel_button.disabled = True
-
-        if explorer.threaded:
-            explorer._worker = threading.Thread(target=work, daemon=True)
-            explorer._worker.start()
-        else:
-            work()
+        """Start (or, unthreaded, perform) the synthesis with the explorer's model and pair, in its job runner."""
+        context = self.context
+        if context is None:
+            raise RuntimeError(f"{type(self).__name__} runs with an explorer: bind() it to the explorer's context first")
+        status = context.runner.status
+        context.runner.submit(lambda _job: self._synthesise(), status=f"{self.title}: running ...",
+                              on_result=lambda _: setattr(status, "value", f"{self.title}: done"))
 
     def _synthesise(self) -> None:
         raise NotImplementedError
@@ -92,15 +69,15 @@ class FeatureVisualizationControls(_SynthesisControls):
                 W.HBox([self.run_button, W.HTML("image whose partial embedding matches view 2's:")]), self.output]
 
     def _synthesise(self) -> None:
-        explorer = self.explorer
-        _, x2 = explorer.current_pair()
+        context = self.context
+        _, x2 = context.current_pair()
 
         def show(_step, image):
             self.output.value = overlay_png(image[0], display_size=224)
 
-        self.result = FeatureVisualization(explorer._model(), self.layer.value).visualize(
+        self.result = FeatureVisualization(context.model(), self.layer.value).visualize(
             x2, mode=self.mode.value, octaves=self.octaves.value, iterations=self.iterations.value,
-            parametrization=self.parametrization.value, generator=torch.Generator().manual_seed(explorer.seed.value),
+            parametrization=self.parametrization.value, generator=torch.Generator().manual_seed(context.seed),
             callback=show, callback_every=10)
         show(0, self.result)
 
@@ -129,12 +106,11 @@ class ModelDifferenceControls(_SynthesisControls):
                 W.HTML("feature inversion of view 1 from three depths of each model:"), grid]
 
     def _synthesise(self) -> None:
-        explorer = self.explorer
-        model = explorer._model()
+        context = self.context
+        model = context.model()
         other = self.other.value
-        other_model = explorer._models.get(other) or load_model(other)
-        explorer._models.setdefault(other, other_model)
-        x1, _ = explorer.current_pair()
+        other_model = context.load_model(other)
+        x1, _ = context.current_pair()
         self.labels[0].value, self.labels[1].value = f"<b>{model.name}</b>", f"<b>{other}</b>"
 
         def show(layer, index, _step, image):
@@ -142,7 +118,7 @@ class ModelDifferenceControls(_SynthesisControls):
 
         self.result = ModelDifference(model, other_model).invert(
             x1, layers=self.layers, iterations=self.iterations.value,
-            generator=torch.Generator().manual_seed(explorer.seed.value), callback=show, callback_every=25)
+            generator=torch.Generator().manual_seed(context.seed), callback=show, callback_every=25)
         for layer, pair in self.result.items():
             for index, image in enumerate(pair):
                 show(layer, index, 0, image)
