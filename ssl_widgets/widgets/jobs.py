@@ -53,10 +53,10 @@ class JobRunner:
     Examples:
         >>> runner = JobRunner(threaded=False)
         >>> shown = []
-        >>> runner.submit(lambda job: 6 * 7, status="computing ...", on_result=shown.append)
-        >>> shown, runner.cancel_button.disabled, runner.last_error
-        ([42], True, None)
-        >>> runner.submit(lambda job: 1 / 0, status="computing ...")
+        >>> job = runner.submit(lambda job: 6 * 7, status="computing ...", on_result=shown.append)
+        >>> shown, job.current, runner.cancel_button.disabled, runner.last_error
+        ([42], True, True, None)
+        >>> job = runner.submit(lambda job: 1 / 0, status="computing ...")
         >>> runner.last_error
         'ZeroDivisionError: division by zero'
     """
