@@ -1,13 +1,14 @@
 """One small panel per method, for notebooks that teach a single method."""
 from __future__ import annotations
 
-from .controls import (AveragedTransformsControls, CAMControls, CorrespondenceControls, GradientControls,
-                       OcclusionControls, PairwiseControls, PixelInvarianceControls)
+from .controls import (AttentionControls, AveragedTransformsControls, CAMControls, CorrespondenceControls,
+                       GradientControls, OcclusionControls, PairwiseControls, PCAControls, PixelInvarianceControls)
 from .explorer import Explorer
 from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
 
 __all__ = ["OcclusionPanel", "CAMPanel", "AveragedTransformsPanel", "GradientPanel", "PairwiseOcclusionPanel",
-           "PixelInvariancePanel", "CorrespondencePanel", "FeatureVisualizationPanel", "ModelDifferencePanel"]
+           "PixelInvariancePanel", "CorrespondencePanel", "FeatureVisualizationPanel", "ModelDifferencePanel",
+           "AttentionPanel", "FeaturePCAPanel"]
 
 
 class OcclusionPanel(Explorer):
@@ -62,3 +63,29 @@ class CorrespondencePanel(Explorer):
     """Click-to-correspond only."""
 
     tabs = (CorrespondenceControls,)
+
+
+class AttentionPanel(Explorer):
+    """The class token's attention (``cls-attention``) of a Vision Transformer only (block, head or mean of heads).
+
+    Examples:
+        >>> from ssl_widgets.widgets import AttentionPanel
+        >>> panel = AttentionPanel("tiny-dino-vit", threaded=False, display_size=64)
+        >>> panel.status.value, tuple(panel.maps[0].shape)
+        ('cls-attention', (112, 112))
+    """
+
+    tabs = (AttentionControls,)
+
+
+class FeaturePCAPanel(Explorer):
+    """Patch-feature PCA (``feature-pca``) of both images as RGB only (the layer chosen above).
+
+    Examples:
+        >>> from ssl_widgets.widgets import FeaturePCAPanel
+        >>> panel = FeaturePCAPanel("tiny-dino-vit", threaded=False, display_size=64)
+        >>> panel.status.value, tuple(panel.maps[0].shape)
+        ('feature-pca', (3, 112, 112))
+    """
+
+    tabs = (PCAControls,)
