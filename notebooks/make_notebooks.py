@@ -631,6 +631,16 @@ strongest). Many lines fanning out of one patch mean that patch interacts with s
 view (often a texture or a colour shared by both). The two maps on the right are the marginals (row and column
 sums), ordinary maps that every metric of the package accepts (`result.marginals()`).
 
+Here most of the 12 strongest joint-occlusion pairs fan out from the lower part of view 1 (the nose, the
+muzzle and the cheeks) to one patch of view 2, the eye at the right of the zoomed grey view (the thickest,
+yellowest lines); two weaker pairs join the foreheads. The marginals agree: view 2's is red on that eye
+(up to about 0.5), view 1's is red over the nose and the lower face. So the model's similarity rests on
+view 2's right eye *together with* view 1's lower face: a pair relevance is an interaction, not a
+correspondence (the eye of view 2 is not matched with an eye of view 1; see the benchmark below). The
+relevances sum to 7.68, not to the cosine 0.908: occlusion interactions are not a decomposition.
+The bilinear version below draws another picture: its lines join view 1's left eye and nose with the eyes
+and the lower face of view 2, and its values are tiny.
+
 The sum of the bilinear relevances equals the cosine only for bias-free models; the trained models have
 BatchNorm shifts, so part of the similarity is not assigned to any pair.
 """),
