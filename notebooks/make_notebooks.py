@@ -1,9 +1,14 @@
-"""Writes the tutorial and classroom notebooks (run from the repository root: python notebooks/make_notebooks.py).
+"""Writes the tutorial and classroom notebooks, without outputs (run from the repository root)::
 
-Each notebook has a cell tagged ``parameters`` with small defaults that run on a 2-core CPU in well
-under 5 minutes; papermill (or editing that cell) scales them up.
+    python notebooks/make_notebooks.py          # every notebook
+    python notebooks/make_notebooks.py 07 08    # the notebooks whose names start with 07 or 08
+
+then ``python notebooks/run_all.py 07 08`` executes them in place (they are stored executed).
+Each notebook has a cell tagged ``parameters`` with small defaults that run top to bottom in under a
+minute on a 2-core CPU; papermill (or editing that cell) scales them up.
 """
 import re
+import sys
 from pathlib import Path
 
 import nbformat as nbf
@@ -1496,7 +1501,8 @@ pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title="interaction-ca
 """),
     md("""
 **Reading the figure.** Image 2 is a zoomed, grey and blurred crop of image 1, and the model still
-finds the two views very similar (cosine 0.91 in the title). Each map is Interaction-CAM: bright = the
+finds the two views very similar (cosine 0.91 in the title; the explorer above draws view 2 with its own
+sliders, hence its slightly different read-out). Each map is Interaction-CAM: bright = the
 cells whose channels, active in both views, push the similarity up (all values are >= 0). On image 1
 the heat is a band across the eyes and the bridge of the nose, brightest on the eye at the left of the
 picture and between the eyes (up to about 0.09), while the ears, the fur at the borders and the mouth
@@ -1549,8 +1555,11 @@ def all_notebooks() -> dict:
     return {name: tutorial(name, cells) for name, cells in sorted(notebooks.items())}
 
 
-def main() -> None:
+def main(prefixes: list[str]) -> None:
+    """Writes every notebook, or those whose names start with one of ``prefixes`` (e.g. ``07 08``)."""
     for name, cells in all_notebooks().items():
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = cells
@@ -1559,4 +1568,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
