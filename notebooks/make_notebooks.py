@@ -1,9 +1,14 @@
-"""Writes the tutorial and classroom notebooks (run from the repository root: python notebooks/make_notebooks.py).
+"""Writes the tutorial and classroom notebooks, without outputs (run from the repository root)::
 
-Each notebook has a cell tagged ``parameters`` with small defaults that run on a 2-core CPU in well
-under 5 minutes; papermill (or editing that cell) scales them up.
+    python notebooks/make_notebooks.py          # every notebook
+    python notebooks/make_notebooks.py 07 08    # the notebooks whose names start with 07 or 08
+
+then ``python notebooks/run_all.py 07 08`` executes them in place (they are stored executed).
+Each notebook has a cell tagged ``parameters`` with small defaults that run top to bottom in under a
+minute on a 2-core CPU; papermill (or editing that cell) scales them up.
 """
 import re
+import sys
 from pathlib import Path
 
 import nbformat as nbf
@@ -235,14 +240,36 @@ maps_figure([x, x], [None, heat[0]], [IMAGE, f"pixel invariance of {IMAGE}"], nc
         code('MODEL = "tiny-simclr"\nIMAGE = "chelsea"\nPOINT = (40, 56)\nTHREADS = 1', parameters=True),
         code(SETUP),
         code("""
+from matplotlib.patches import Rectangle
 from ssl_widgets.analysis import dense_correspondence, similarity_sweep, SWEEPS
+from ssl_widgets.plotting import DisplayFigure, overlay
 
 x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=0)
-heat = dense_correspondence(model, x1, x2, POINT)
+heat = dense_correspondence(model, x1, x2, POINT)  # (7, 7) cosines in [-1, 1]
 i, j = divmod(int(heat.argmax()), heat.shape[1])
 print(f"the point {POINT} of image 1 answers best at cell ({i}, {j}) of image 2, cosine {float(heat.max()):.2f}")
-for kind in SWEEPS:
-    print(f"{kind:13s}", " ".join(f"{v:.2f}" for v in similarity_sweep(model, x1, kind).tolist()))
+strengths = [k / 10 for k in range(11)]
+curves = {kind: similarity_sweep(model, x1, kind, strengths) for kind in SWEEPS}
+for kind, curve in curves.items():
+    print(f"{kind:13s}", " ".join(f"{v:.2f}" for v in curve.tolist()))
+
+fig = DisplayFigure(figsize=(12, 3.6))
+ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.25, 1.5]})
+overlay(ax1, x1)
+ax1.plot(POINT[1], POINT[0], "+", color="cyan", ms=16, mew=3)
+ax1.set_title(f"image 1: the point (y, x) = {POINT}", fontsize=9)
+overlay(ax2, x2, heat, colorbar=True)
+cell = x2.shape[-1] / heat.shape[1]
+ax2.add_patch(Rectangle((j * cell, i * cell), cell, cell, fill=False, color="cyan", lw=2))
+ax2.set_title(f"image 2: cosine to that point's feature (best: cell {(i, j)})", fontsize=9)
+for kind, curve in curves.items():
+    ax3.plot(strengths, curve.tolist(), marker=".", label=kind)
+ax3.set_xlabel("transform strength s")
+ax3.set_ylabel("cos(f(x), f(T_s(x)))")
+ax3.set_title(f"invariance sweeps of {IMAGE}", fontsize=9)
+ax3.legend(fontsize=8)
+fig.tight_layout()
+fig
 """),
         code("""
 from ssl_widgets.widgets import CorrespondencePanel
@@ -261,7 +288,13 @@ its own map); *conditional* ones perturb one image and keep the other fixed.
 * **Average drop** (lower) / **increase** (higher): mask each image by its normalised map.
 * **Max-sensitivity** (lower): how much the map changes under small input noise.
 """),
-        code('MODEL = "tiny-simclr"\nIMAGE = "coffee"\nTHREADS = 1', parameters=True),
+        code('''
+MODEL = "tiny-simclr"
+IMAGE = "coffee"
+STEP = 448       # pixels per insertion/deletion step: 28 steps at 112 px (the paper's 224 gives 56, twice the time)
+EVAL_PAIRS = 2   # pairs of the evaluation driver's run below
+THREADS = 1
+''', parameters=True),
         code(SETUP),
         code("""
 from ssl_widgets.attr import InteractionCAM, PairInputXGradient
@@ -274,8 +307,8 @@ maps = {
     "random": (torch.rand(1, 7, 7, generator=torch.Generator().manual_seed(0)),) * 2,
 }
 for name, (m1, m2) in maps.items():
-    si = insertion_deletion(model, x1, x2, m1, m2, mode="insertion").score
-    sd = insertion_deletion(model, x1, x2, m1, m2, mode="deletion").score
+    si = insertion_deletion(model, x1, x2, m1, m2, mode="insertion", step=STEP).score
+    sd = insertion_deletion(model, x1, x2, m1, m2, mode="deletion", step=STEP).score
     cad = average_drop_increase(model, x1, x2, m1).drop
     print(f"{name:24s} SI {float(si):.3f}  SD {float(sd):.3f}  CAD {float(cad):.3f}")
 """),
@@ -293,8 +326,8 @@ folder = Path(tempfile.mkdtemp())
 for name in ("chelsea", "coffee", "rocket"):
     sample_image(name).save(folder / f"{name}.png")
 out = folder / "eval"
-evaluate(EvaluationConfig(data=str(folder), model=MODEL, methods=["grad-cam", "interaction-cam:max"], pairs=2,
-                          out=str(out), sensitivity_samples=2, show_progress=False))
+evaluate(EvaluationConfig(data=str(folder), model=MODEL, methods=["grad-cam", "interaction-cam:max"],
+                          pairs=EVAL_PAIRS, step=STEP, out=str(out), sensitivity_samples=2, show_progress=False))
 print((out / "table.md").read_text())
 """),
         md("The driver also plots the mean insertion and deletion curves of each method (`curves.png`):"),
@@ -308,8 +341,9 @@ Image(filename=str(out / "curves.png"))
 # Loading published weights
 
 `ssl_widgets.load_model` knows the published SimCLR v2 (1x, 2x), Barlow Twins, SimSiam and the
-supervised torchvision ResNet-50. Downloads go to torch.hub's cache (`$TORCH_HOME/hub/checkpoints`)
-and are checked; `weights=PATH` always works offline.
+supervised torchvision ResNet-50. This notebook **never downloads anything unless you ask it to**: by
+default it looks for the weight file on your disk, loads it if it is there, and otherwise tells you
+where to put it and goes on with the shipped tiny models.
 
 | name | licence of the weights |
 |---|---|
@@ -317,9 +351,24 @@ and are checked; `weights=PATH` always works offline.
 | barlow-twins-r50 | CC-BY-NC 4.0 (the full checkpoint with the projector) |
 | simsiam-r50 | CC-BY-NC 4.0 |
 | resnet50-supervised | BSD-3-Clause |
+
+**Three ways to get a published model** (set them in the parameters cell below):
+1. `WEIGHTS = "/path/to/file.pth"`: a file you downloaded yourself. In Python this is
+   `ssl_widgets.load_model(MODEL, weights=WEIGHTS)`, on the command line `--weights PATH`. Always offline.
+2. Put the file in torch.hub's cache, `$TORCH_HOME/hub/checkpoints/` (the cell below prints the exact
+   path): it is then found without `WEIGHTS`, and checked against its published or pinned hash.
+3. `DOWNLOAD = True` (or run Jupyter with the environment variable `SSL_WIDGETS_DOWNLOAD=1`): opt in to
+   a download into that cache (a ResNet-50 file: 100 MB or more). Without it, nothing is fetched.
 """),
-        code('MODEL = "barlow-twins-r50"\nTHREADS = 1', parameters=True),
         code("""
+import os
+MODEL = "barlow-twins-r50"
+WEIGHTS = None  # or "/path/to/checkpoint.pth": a weight file you already have
+DOWNLOAD = os.environ.get("SSL_WIDGETS_DOWNLOAD") == "1"  # True: allowed to download into torch.hub's cache
+THREADS = 1
+""", parameters=True),
+        code("""
+from pathlib import Path
 import torch
 torch.set_num_threads(THREADS)
 import ssl_widgets
@@ -328,30 +377,42 @@ for name in ssl_widgets.available_models():
     spec = model_info(name)
     print(f"{name:20s} {spec.license:45s} {spec.url or 'weights=PATH'}")
 """),
-        md("Without network access a missing file says exactly what to fetch and where to put it:"),
+        md("""
+**Where the file would be.** `load_model(MODEL)` without `weights=` reads torch.hub's cache. We check
+that path first, so that loading never starts a download you did not ask for. Any error while loading
+(a corrupt file, a wrong checksum, a failed download) is raised, not hidden: read its message.
+"""),
         code("""
-try:
-    model = ssl_widgets.load_model(MODEL)
-    print("loaded", model)
-except FileNotFoundError as error:
-    print(error)
+spec = model_info(MODEL)
+cached = Path(torch.hub.get_dir()) / "checkpoints" / str(spec.file_name)
+if WEIGHTS is not None:
+    published = ssl_widgets.load_model(MODEL, weights=WEIGHTS)
+    print(f"loaded {MODEL} from {WEIGHTS}")
+elif cached.is_file() or DOWNLOAD:
+    published = ssl_widgets.load_model(MODEL)  # downloads only when the file is missing and DOWNLOAD is True
+    print(f"loaded {MODEL} from {cached}")
+else:
+    published = None
+    print(f"{MODEL} is not on this machine, and DOWNLOAD is off, so nothing was downloaded. To use it:")
+    print(f"  * download {spec.url or '(see the table above)'}")
+    print(f"    and set WEIGHTS = '/path/to/{spec.file_name}' (command line: --weights PATH), or")
+    print(f"  * place the file at {cached}, or")
+    print("  * set DOWNLOAD = True (or SSL_WIDGETS_DOWNLOAD=1) to let this notebook download it there.")
 """),
         md("""
-With the file in place (or `weights="/path/to/checkpoint.pth"`), every method and the explorer work
-as with the default models: `Explorer(model=ssl_widgets.load_model("barlow-twins-r50"))`.
+With the file in place, every method and the explorer work as with the default models:
+`Explorer(model=ssl_widgets.load_model("barlow-twins-r50", weights=PATH))`.
 
-**What you would see**, here with the shipped `tiny-barlow-twins` standing in for the published model
-(the same code runs on `barlow-twins-r50` once its file is in place, with sharper 224 px maps):
+**What you would see.** The next cell draws the published model's Interaction-CAM when it is loaded;
+offline (the stored outputs of this notebook) the shipped `tiny-barlow-twins` stands in for it: the
+same code, at 112 px instead of 224 px.
 """),
         code("""
 from ssl_widgets.attr import InteractionCAM
 from ssl_widgets.data import make_pair
 from ssl_widgets.plotting import pair_figure
 
-try:
-    model = ssl_widgets.load_model(MODEL)
-except FileNotFoundError:
-    model = ssl_widgets.load_model("tiny-barlow-twins")
+model = published if published is not None else ssl_widgets.load_model("tiny-barlow-twins")
 x1, x2 = make_pair("coffee", "aug", model.input_size, seed=0)
 cam = InteractionCAM(model).attribute((x1, x2), pooling="max")
 pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title=f"interaction-cam:max, {model.name}",
@@ -409,7 +470,7 @@ positive on the nose and the left eye (hiding them lowers the similarity), SimSi
 spread towards the borders, and Barlow Twins' is mostly negative on the left cheek: hiding colour it
 cannot match in the grey view *raises* its similarity. Interaction-CAM sits on the eyes for SimCLR, on
 the forehead between the eyes for Barlow Twins and broadly over the upper face for SimSiam. SimCLR loses
-its invariance to cropping first (its similarity is near 0 beyond a 50% crop). Read the curves before the
+its invariance to cropping first (its similarity is near 0 from strength 0.6 on). Read the curves before the
 maps: a model that is nearly invariant to a transform cannot let that transform move its explanation
 much either. These are small models on 640 images; the published ResNet-50s load with the same code
 (`FAMILIES = ["simclr-v2-r50-1x", "barlow-twins-r50", "simsiam-r50"]`, 224 px).
@@ -525,6 +586,18 @@ for column, (layer, (a, b)) in enumerate(pairs.items()):
         axes[row, column].imshow(to_image(image)); axes[row, column].set_axis_off()
         axes[row, column].set_title(f"{name}: {layer}", fontsize=9)
 """),
+        md("""
+**Reading the figure.** Each image is reconstructed from image 1's features at one depth (columns) of
+one model (rows), starting from noise. From the stem both models give back nearly the photograph:
+colours, eyes, nose and fur (SimCLR's with a faint checkerboard, the trace of strided convolutions).
+Deeper, the two models differ. From `tiny-simclr`'s layer1 and layer2 the cat's shape stays (both eyes,
+the nose, the stripes of the forehead) in roughly the right yellow-brown colours, increasingly
+over-sharpened and saturated. From `tiny-barlow-twins`' layer1 and layer2 the outlines of the eyes and
+the nose survive, but the colour does not: the images are magenta and green high-frequency noise. With
+these 60 steps, SimCLR's middle layers let the inversion recover more of the colour and texture than
+Barlow Twins' do; that is what can be *recovered* with this budget, not proof of what either model uses
+(raise `INVERSION_STEPS` and see whether the difference stays).
+"""),
         code("""
 from ssl_widgets.widgets import FeatureVisualizationPanel
 FeatureVisualizationPanel(model=model, images=IMAGE)
@@ -562,6 +635,16 @@ the wider and yellower the line, the larger the pair's relevance (all drawn pair
 strongest). Many lines fanning out of one patch mean that patch interacts with several regions of the other
 view (often a texture or a colour shared by both). The two maps on the right are the marginals (row and column
 sums), ordinary maps that every metric of the package accepts (`result.marginals()`).
+
+Here most of the 12 strongest joint-occlusion pairs fan out from the lower part of view 1 (the nose, the
+muzzle and the cheeks) to one patch of view 2, the eye at the right of the zoomed grey view (the thickest,
+yellowest lines); two weaker pairs join the foreheads. The marginals agree: view 2's is red on that eye
+(up to about 0.5), view 1's is red over the nose and the lower face. So the model's similarity rests on
+view 2's right eye *together with* view 1's lower face: a pair relevance is an interaction, not a
+correspondence (the eye of view 2 is not matched with an eye of view 1; see the benchmark below). The
+relevances sum to 7.68, not to the cosine 0.908: occlusion interactions are not a decomposition.
+The bilinear version below draws another picture: its lines join view 1's left eye and nose with the eyes
+and the lower face of view 2, and its values are tiny.
 
 The sum of the bilinear relevances equals the cosine only for bias-free models; the trained models have
 BatchNorm shifts, so part of the similarity is not assigned to any pair.
@@ -997,7 +1080,7 @@ fig.tight_layout()
 **Reading the figure.** Both models ignore blur. The CNN is almost perfectly invariant to grayscale,
 the ViT much less (0.63 at full strength); the ViT tolerates a centre crop (zoom) almost completely
 (DINO trains with small local crops matched to global ones), where the CNN's similarity falls to about 0
-beyond a 3x zoom. Strong colour jitter and solarisation break both. Invariance mirrors each training
+from a 2x zoom on (strength 0.6: a crop keeping half of the side). Strong colour jitter and solarisation break both. Invariance mirrors each training
 recipe's augmentations, but beware: a model whose embeddings barely change under *anything* is not
 invariant, it is uninformative; check retrieval (the model card) before praising a flat curve.
 
@@ -1118,8 +1201,8 @@ with $P$ a pooling (mean, max or attention) of each view's channel.
 image 1 all four variants put their maximum on the astronaut's gold neck ring and lower face; in the
 augmented view (zoomed, darker) the maps spread over the face and neck, and plain Grad-CAM also lights
 the right edge, where the rocket is, which the Interaction-CAM variants suppress (that content is
-not shared by both views' channels). The colour bars differ by orders of magnitude between variants:
-compare positions, not values. The smooth blobs are upsampling: each 16x16 px cell is one number.
+not shared by both views' channels). The colour bars differ by up to 25 times between variants (about
+0.02 for mean-pooled Interaction-CAM, 0.5 for max pooling): compare positions, not values. The smooth blobs are upsampling: each 16x16 px cell is one number.
 """,
         "tryit": """
 **Try it.** In the panel, switch pooling between mean, max and attention, and change view 2's crop:
@@ -1148,8 +1231,8 @@ an integrated-gradients-like average along the path from the transformed image t
 """,
         "reading": """
 **Reading the figures.** View 2 is a darker, lower-contrast copy with the same geometry. The plain
-map (top) is a set of blobs on the launch towers left and right of the rocket and on the rocket's
-edges, not on the rocket body; the guided map (bottom) concentrates on the rocket body and the towers,
+map (top) is a set of blobs in the dark sky between the rocket and the launch towers, left and right
+of the rocket, not on the rocket body; the guided map (bottom) concentrates on the rocket body and the towers,
 a picture that follows the image's bright structures. The values are tiny (1e-3 and 1e-5): the
 similarity (0.94) hardly changes along this colour path. A cleaner, edge-like map is not evidence of a
 better explanation (see the sanity checks below).
@@ -1231,6 +1314,22 @@ can believe.
 * Invariance to *these* perturbations says nothing about other transforms (crops, rotations).
 """},
     "07_correspondence_and_sweeps.ipynb": {
+        "reading": """
+**Reading the figure.** The cyan cross marks the point (y, x) = (40, 56) of image 1: the bridge of the
+nose between the cat's eyes. Image 2 is a zoomed, grey, blurred crop of image 1. The middle panel is
+the cosine between the trunk feature under the cross and the feature of each of image 2's 7x7 cells
+(upsampled; all positive here, so drawn from 0). It peaks at cell (3, 3) (the cyan box, cosine 0.88),
+which is the same spot between the eyes in the zoomed view: the features find the right place although
+the zoom and the colour changed. The peak is broad: the cells over both eyes and the nose stay
+yellow-orange and only the fur at the borders turns purple, because one 16 px cell covers a large part
+of the face. On the right, the invariance curves: grayscale (0.99 at full strength) and blur (0.91 at
+sigma 3) barely move the embedding; colour jitter holds until s = 0.5 and then collapses (0.32 at 0.7);
+solarisation falls in steps to 0.14; the centre crop falls first and furthest: 0.51 at s = 0.4 and about
+0 from s = 0.6 (a crop keeping half of the side).
+
+*Question:* the training used random crops, yet the crop curve falls fastest. What is different about a
+centre crop that zooms 2x to 5x, compared with the crops the model was trained on?
+""",
         "learn": """
 **What you will learn**
 * to find, for one point of image 1, where image 2 "answers" in feature space;
@@ -1248,6 +1347,21 @@ under the point $p$. Sweep: $\\mathrm{inv}(s) = \\cos(f(x), f(T_s(x)))$ for $s =
   imply invariance to real defocus or to other images.
 """},
     "08_metrics.ipynb": {
+        "reading": """
+**Reading the figure.** Mean curves over the driver's 2 pairs. *Insertion* (left, higher is better)
+starts at 0.66, the similarity of the two blurred images, and ends at 0.72, the similarity of the pair
+itself. Interaction-CAM (max) climbs to about 0.72 after inserting only 7% of the pixels; Grad-CAM first
+*falls* (to 0.63) and passes 0.70 only after about 20-30%: Interaction-CAM puts the shared evidence
+first, hence its higher SI in the table (0.730 against 0.717). Neither curve is monotone, and both
+overshoot the final value (up to 0.75): adding true pixels can lower the similarity. *Deletion* (right,
+lower is better) starts at 0.72; Grad-CAM's curve falls faster and deeper (0.27 at 15% deleted, 0.21
+at about 43%) while Interaction-CAM's stays between 0.4 and 0.65 up to 40%, so Grad-CAM wins deletion
+(SD 0.461 against 0.552). Both curves climb back once half of the pixels are gone and end at exactly 1:
+with every pixel deleted both images are the same fill, and identical images have cosine 1. That end
+point is an artefact of the protocol, and part of the area: compare methods on the same pairs, never
+read a score as an absolute number. The two methods split the two games, which is why the table reports
+both (and why 2 pairs are not enough: the curves are jagged).
+""",
         "learn": """
 **What you will learn**
 * how explanation maps are scored without ground truth: deletion, insertion, average drop, max-sensitivity;
@@ -1268,10 +1382,21 @@ $\\max(0, s - s_{\\text{masked}}) / s$.
 * Max-sensitivity rewards smooth maps, including uninformative ones (a constant map is perfectly stable).
 """},
     "09_published_weights.ipynb": {
+        "reading": """
+**Reading the figure** (offline, with the stand-in `tiny-barlow-twins`). View 2 is a grey, blurred crop of
+the coffee cup, and this model finds the pair barely similar (cosine 0.13): Barlow Twins is the least
+invariant of the shipped models to grayscale (see the curves below). The Interaction-CAM of view 1 is
+brightest on the front of the cup's rim and the cup body below it (up to about 4.5); in view 2 it is
+spread over the rim's right side, the inside of the cup and the bottom corners (up to about 12). With so
+weak a similarity the map explains a weak match: it says where the little shared evidence is, not why
+the views look alike. A published ResNet-50 at 224 px gives a finer map of the same pair.
+""",
         "learn": """
 **What you will learn**
 * which published self-supervised checkpoints the package knows, and their licences;
-* how to use a checkpoint offline with `weights=PATH`.
+* how to use a checkpoint offline with `weights=PATH` (`--weights PATH` on the command line), and how to
+  opt in to a download;
+* what the three self-supervised objectives change, on the shipped tiny models.
 """,
         "limits": """
 **What this cannot tell you.** The shipped tiny models are trained on a small data set at 112 px; the
@@ -1279,6 +1404,17 @@ published ResNet-50s (224 px) give sharper, more semantic maps. An explanation o
 explanation of *that* model, not of SimCLR in general.
 """},
     "12_feature_visualization_and_model_difference.ipynb": {
+        "reading": """
+**Reading the figure.** The target is view 2, a grey, zoomed crop of the cat. Starting from faint noise,
+`score` (maximise the cosine at layer3; 6 octaves of 10 steps) already shows the target's layout: two
+dark eye shapes at the left and the right, the vertical stripes of the forehead above them, the nose
+below, in browns with green corners. The colours are free, because a grey target says nothing about
+colour and layer3 matches shapes and textures. `feature` (push along the target's feature direction)
+exaggerates the same parts: darker, larger eyes and a stronger band of stripes. The Fourier
+parametrisation is still saturated, many-coloured noise on white with dark eye-like blobs: with only 10
+steps per octave it has not converged (raise `ITERATIONS`), so this panel shows the method's budget, not
+the layer.
+""",
         "learn": """
 **What you will learn**
 * to synthesise an image that a layer finds similar to a target (feature visualisation);
@@ -1364,9 +1500,17 @@ pair_figure(x1, x2, cam[0], cam[1], float(cam.similarity), title="interaction-ca
             labels=(IMAGE, f"augmented view of {IMAGE}"))
 """),
     md("""
-**Reading the figure.** The title gives the similarity of the two views; each view carries the
-Interaction-CAM map (bright = the cells whose channels, active in both views, push the similarity up).
-The map is a 7x7 grid upsampled to the image, so it points at regions, not details.
+**Reading the figure.** Image 2 is a zoomed, grey and blurred crop of image 1, and the model still
+finds the two views very similar (cosine 0.91 in the title; the explorer above draws view 2 with its own
+sliders, hence its slightly different read-out). Each map is Interaction-CAM: bright = the
+cells whose channels, active in both views, push the similarity up (all values are >= 0). On image 1
+the heat is a band across the eyes and the bridge of the nose, brightest on the eye at the left of the
+picture and between the eyes (up to about 0.09), while the ears, the fur at the borders and the mouth
+stay dark. On image 2 it concentrates on the eye at the right of the picture (up to about 0.14) and
+the nose bridge; the other eye is dimmer. So for this model the two views are similar mostly because
+of the eyes, which both views show. The map is a 7x7 grid upsampled to the image (each cell 16 px), so
+it points at regions, not details, and its values are not comparable across models or methods: read
+the positions, then check them with another method (the explorer's tabs).
 """),
     md("""
 A one-line alternative in a classroom: `%load_ext ssl_widgets` once, then
@@ -1411,8 +1555,11 @@ def all_notebooks() -> dict:
     return {name: tutorial(name, cells) for name, cells in sorted(notebooks.items())}
 
 
-def main() -> None:
+def main(prefixes: list[str]) -> None:
+    """Writes every notebook, or those whose names start with one of ``prefixes`` (e.g. ``07 08``)."""
     for name, cells in all_notebooks().items():
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = cells
@@ -1421,4 +1568,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

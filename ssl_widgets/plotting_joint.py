@@ -77,7 +77,8 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
         settings: shown under the title.
 
     Returns:
-        The matplotlib ``Figure``.
+        The matplotlib ``Figure`` (a :class:`~ssl_widgets.plotting.DisplayFigure`: it shows as an image when it
+        is the last expression of a notebook cell).
 
     Examples:
         >>> from ssl_widgets.attr import JointGradient
@@ -87,11 +88,9 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
         >>> len(fig.axes[0].patches)  # and the two patches of each pair boxed
         16
     """
-    from matplotlib.figure import Figure
+    from .plotting import DisplayFigure, overlay
 
-    from .plotting import overlay
-
-    fig = Figure(figsize=(12, 3.9))
+    fig = DisplayFigure(figsize=(12, 3.9))  # shows itself as a PNG in Jupyter (a plain Figure shows as text)
     grid = fig.add_gridspec(1, 3, width_ratios=[2.1, 1.05, 1.05])
     ax = fig.add_subplot(grid[0])
     pairs = draw_top_matches(ax, x1, x2, result, k=k, b=b)

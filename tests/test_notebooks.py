@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 #: a code cell "draws" when it calls a figure helper of ssl_widgets.plotting, creates a figure or uses pyplot
-DRAWS = re.compile(r"\b(pair_figure|maps_figure|overlay|DisplayFigure|plot_curves)\(|\bplt\.|\bFigure\(|\.imshow\(")
+DRAWS = re.compile(r"\b(pair_figure|maps_figure|top_matches_figure|overlay|DisplayFigure|plot_curves)\(|\bplt\.|\bFigure\(|\.imshow\(")
 
 
 def draws(source: str) -> bool:
@@ -32,6 +32,7 @@ def test_draws_detects_figure_code():
     assert draws("fig = pair_figure(x1, x2, m1, m2, 0.5)")
     assert draws("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()")
     assert draws("maps_figure([x], [m], ['a'])")
+    assert draws("top_matches_figure(x1, x2, result, k=12)")
     assert not draws("print(similarity)  # pair_figure( is not called here")
     assert not draws("from ssl_widgets.plotting import pair_figure")
 

@@ -146,7 +146,20 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
         ``{method: {"accuracy", "chance", "patches", "seconds"}}``.
 
     Examples:
-        >>> table = evaluate_correspondence("images/", "tiny-simclr", pairs=4)  # doctest: +SKIP
+        Two shipped sample images written to a folder (``ssl-widgets samples --out DIR`` does the same
+        from the command line), one pair, the cheapest method:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from ssl_widgets.data import sample_image
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for name in ("chelsea", "coffee"):
+        ...         sample_image(name).save(Path(folder) / f"{name}.png")
+        ...     table = evaluate_correspondence(folder, "tiny-simclr", methods=["feature-cosine"], pairs=1)
+        >>> sorted(table["feature-cosine"])
+        ['accuracy', 'chance', 'patches', 'seconds']
+        >>> 0.0 <= table["feature-cosine"]["accuracy"] <= 1.0
+        True
     """
     for name in methods:
         if name not in CORRESPONDENCE_METHODS:
