@@ -202,3 +202,12 @@ def test_maps_figure_and_overlay_draw_their_inputs():
     shown = plotting.overlay(ax, images[0], maps[2], alpha=0.3, cmap="viridis", vmin=-1.0, vmax=2.0)
     assert shown.get_cmap().name == "viridis" and shown.get_clim() == (-1.0, 2.0) and shown.get_alpha() == 0.3
     assert plotting.overlay(ax, images[0]) is None
+
+
+def test_unknown_options_are_refused_except_those_passed_on_to_train(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["models", "--bogus"])
+    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as shown:  # train's own --help, not the top-level parser's
+        main(["train", "--help"])
+    assert shown.value.code == 0 and "--method" in capsys.readouterr().out
