@@ -21,3 +21,17 @@ def torch_home(tmp_path, monkeypatch):
 def image_folder(tmp_path_factory):
     """15 small PNG images of different colours (training, evaluation, retrieval and CLI tests)."""
     return write_image_folder(tmp_path_factory.mktemp("images"), n=15)
+
+
+@pytest.fixture(autouse=True)
+def _global_rng_restored():
+    """What a test does to the global RNG is undone after it, so no test's numbers depend on the tests before it."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """``SSL_WIDGETS_REVERSE_TESTS=1``: run the selected tests in reverse order (a check that none depends on another
+    having run before it)."""
+    if os.environ.get("SSL_WIDGETS_REVERSE_TESTS") == "1":
+        items.reverse()

@@ -48,10 +48,12 @@ def seeded_init(module, seed=0):
 
 
 def small_resnet(block=BasicBlock, maxpool=True, width=4, normalized=True, seed=0, head=True):
-    trunk = randomize_bn(seeded_init(ResNetTrunk(block, [1, 1, 1, 1], width=width, stem_maxpool=maxpool), seed), seed)
-    dims = [trunk.out_channels, 8, 6]
+    with torch.random.fork_rng(devices=[]):  # module constructors draw their default init from the global RNG
+        trunk = ResNetTrunk(block, [1, 1, 1, 1], width=width, stem_maxpool=maxpool)
+        head_module = mlp_head([trunk.out_channels, 8, 6]) if head else None
+    trunk = randomize_bn(seeded_init(trunk, seed), seed)
     kwargs = {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)} if normalized else {}
-    head_module = seeded_init(mlp_head(dims), seed + 1000).eval() if head else None
+    head_module = seeded_init(head_module, seed + 1000).eval() if head else None
     return SSLModel(trunk, head_module, input_size=32, **kwargs).eval()
 
 

@@ -298,3 +298,77 @@ def test_cli_similarity_and_models(capsys):
     assert "tiny-simclr" in out and "tiny-barlow-twins" in out
     assert main(["models"]) == 0
     assert "CC-BY-NC 4.0" in capsys.readouterr().out
+
+
+# -- state restoration beyond the pair methods: pixel invariance, model difference, the analysis functions ---------
+def _state(model):
+    """Mode, requires_grad, every kind of hook and the memory format of each module / parameter."""
+    return ({name: m.training for name, m in model.named_modules()},
+            {name: p.requires_grad for name, p in model.named_parameters()},
+            {name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for name, m in model.named_modules()},
+            {name: (p.is_contiguous(), p.is_contiguous(memory_format=torch.channels_last))
+             for name, p in model.named_parameters() if p.dim() == 4})
+
+
+def _run_pixel_invariance(model, x):
+    return PixelInvariance(model).attribute(x, n_samples=8, size=8, epochs=2, generator=torch.Generator().manual_seed(0))
+
+
+def _run_model_difference(model, x):
+    from ssl_widgets.attr import ModelDifference
+
+    return ModelDifference(model, small_resnet(seed=1)).invert(x, layers=["layer1"], iterations=2)
+
+
+def _run_correspondence(model, x):
+    from ssl_widgets.analysis import dense_correspondence
+
+    return dense_correspondence(model, x, x, (5.0, 7.0), layer="layer3")
+
+
+def _run_sweep(model, x):
+    from ssl_widgets.analysis import similarity_sweep
+
+    return similarity_sweep(model, x, "grayscale", strengths=(0.0, 0.5))
+
+
+STATEFUL = [_run_pixel_invariance, _run_model_difference, _run_correspondence, _run_sweep]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+@pytest.mark.parametrize("run", STATEFUL, ids=lambda f: f.__name__[5:])
+def test_model_state_restored_by_the_other_functions(run, channels_last):
+    """After success and after the model raises: the same modes (a mix), flags (one frozen), hooks and memory format
+    (a channels-last model stays channels-last, a contiguous one contiguous)."""
+    model = small_resnet()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    model.trunk.layer2.eval()
+    model.trunk.conv1.weight.requires_grad_(False)
+    own = model.trunk.layer4.register_forward_hook(lambda *_: None)
+    x = arange_image(1, 32, 32)
+    before = _state(model)
+    run(model, x)
+    assert _state(model) == before
+
+    def boom(*_):
+        raise RuntimeError("boom inside the model")
+
+    failing = model.trunk.layer1.register_forward_pre_hook(boom)
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom inside the model"):
+        run(model, x)
+    assert _state(model) == before
+    failing.remove()
+    own.remove()
+
+
+@pytest.mark.parametrize("cls, kwargs", PAIR_METHODS, ids=IDS)
+def test_pair_methods_keep_a_channels_last_model_channels_last(cls, kwargs, pair):
+    model = small_resnet().to(memory_format=torch.channels_last)
+    before = _state(model)
+    cls(model).attribute(pair, **kwargs)
+    assert _state(model) == before
+    assert model.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -157,3 +157,57 @@ def test_estimate_uses_median_times_of_the_remaining_records(tmp_path):
     # a: median 4 s x 7 remaining pairs; b: 1 s x 9
     assert _estimate(str(tmp_path), ["a", "b"], 10) == pytest.approx(4 * 7 + 1 * 9)
     assert _estimate(str(tmp_path), ["a", "c"], 10) is None
+
+
+def test_pair_figure_draws_the_images_and_maps_it_is_given():
+    """The pixels drawn are the inputs: each image panel holds the image (H,W,3), each map panel the image and then
+    the map itself, stretched over the image's extent; colour bars span the map's range (symmetric when signed)."""
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.rand(1, 3, 16, 20, generator=g), torch.rand(1, 3, 16, 20, generator=g)
+    map1 = torch.arange(20.0).reshape(1, 4, 5) - 7  # signed: -7 .. 12
+    map2 = torch.rand(1, 8, 10, generator=g) * 3  # non-negative
+    fig = pair_figure(x1, x2, map1, map2, 0.25)
+    axes = fig.axes
+    for ax, x in ((axes[0], x1), (axes[1], x2), (axes[2], x1), (axes[3], x2)):
+        np.testing.assert_allclose(ax.images[0].get_array(), x[0].permute(1, 2, 0).numpy(), atol=1e-7)
+        assert ax.images[0].get_extent() == [0, 20, 16, 0]
+    for ax, m, limits in ((axes[2], map1, (-12.0, 12.0)), (axes[3], map2, (0.0, float(map2.max())))):
+        shown = ax.images[-1]
+        np.testing.assert_allclose(shown.get_array(), m[0].numpy(), atol=1e-7)
+        assert shown.get_extent() == [0, 20, 16, 0] and shown.get_alpha() == 0.5
+        assert shown.get_clim() == pytest.approx(limits)
+    bars = axes[4:]
+    assert len(bars) == 2
+    assert bars[0].get_ylim() == pytest.approx((-12.0, 12.0))  # centred on zero
+    assert bars[1].get_ylim() == pytest.approx((0.0, float(map2.max())))
+    assert "+0.250" in fig._suptitle.get_text()
+
+
+def test_maps_figure_and_overlay_draw_their_inputs():
+    g = torch.Generator().manual_seed(2)
+    images = [torch.rand(1, 3, 8, 8, generator=g) for _ in range(3)]
+    maps = [torch.rand(2, 2, generator=g) - 0.7, None, torch.rand(1, 4, 4, generator=g)]
+    fig = plotting.maps_figure(images, maps, ["a", "b", "c"], ncols=2)
+    panels = [ax for ax in fig.axes if ax.get_title() in ("a", "b", "c")]
+    assert [ax.get_title() for ax in panels] == ["a", "b", "c"]
+    for ax, x, m in zip(panels, images, maps):
+        np.testing.assert_allclose(ax.images[0].get_array(), x[0].permute(1, 2, 0).numpy(), atol=1e-7)
+        assert len(ax.images) == (1 if m is None else 2)
+        if m is not None:
+            np.testing.assert_allclose(ax.images[1].get_array(), m.reshape(m.shape[-2:]).numpy(), atol=1e-7)
+    low, high = panels[0].images[1].get_clim()
+    assert low == -high == pytest.approx(-float(maps[0].abs().max()))
+    # overlay with explicit colour map and limits uses them as given
+    ax = plotting.DisplayFigure().subplots()
+    shown = plotting.overlay(ax, images[0], maps[2], alpha=0.3, cmap="viridis", vmin=-1.0, vmax=2.0)
+    assert shown.get_cmap().name == "viridis" and shown.get_clim() == (-1.0, 2.0) and shown.get_alpha() == 0.3
+    assert plotting.overlay(ax, images[0]) is None
+
+
+def test_unknown_options_are_refused_except_those_passed_on_to_train(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["models", "--bogus"])
+    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as shown:  # train's own --help, not the top-level parser's
+        main(["train", "--help"])
+    assert shown.value.code == 0 and "--method" in capsys.readouterr().out

@@ -13,7 +13,6 @@ from ssl_widgets.attr import (
     cam_variants,
     guided_relus,
 )
-from ssl_widgets.attr.gradients import blur_maps
 from ssl_widgets.models import SSLModel
 
 # saved at import, before any guided method ran: the swap of F.relu / torch.relu is process-wide
@@ -205,7 +204,36 @@ def test_input_x_gradient_in_input_space_and_blur():
     torch.testing.assert_close(result[0], (a * g1).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
     torch.testing.assert_close(result[1], (b * g2).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
     blurred = PairInputXGradient(model).attribute((x1, x2), blur=True)
-    torch.testing.assert_close(blurred[0], blur_maps(result[0]), atol=1e-8, rtol=1e-4)
+    for k in range(2):
+        torch.testing.assert_close(blurred[k], gaussian_11x11_sigma5(result[k]), atol=1e-8, rtol=1e-4)
+
+
+def gaussian_11x11_sigma5(maps):
+    """The paper's map smoothing written out: a 2-D 11x11 Gaussian (sigma 5) after reflect padding of 5."""
+    offsets = torch.arange(-5, 6, dtype=maps.dtype)
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 5.0 ** 2))
+    padded = F.pad(maps[:, None], (5, 5, 5, 5), mode="reflect")
+    return F.conv2d(padded, (kernel / kernel.sum())[None, None])[:, 0]
+
+
+def test_blurred_maps_are_the_papers_gaussian():
+    """blur=True of every gradient method: the reference above, which turns a pixel into the 11x11 Gaussian."""
+    point = torch.zeros(1, 20, 20)
+    point[0, 9, 10] = 1.0
+    offsets = torch.arange(-5, 6, dtype=torch.float32)
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / 50.0)
+    torch.testing.assert_close(gaussian_11x11_sigma5(point)[0, 4:15, 5:16], kernel / kernel.sum(), atol=1e-7, rtol=1e-5)
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=5)
+    kwargs = {"n_samples": 2, "generator": torch.Generator().manual_seed(0)}
+    plain = PairSmoothGrad(model).attribute((x1, x2), **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    blurred = PairSmoothGrad(model).attribute((x1, x2), blur=True, **kwargs)
+    torch.testing.assert_close(blurred[1], gaussian_11x11_sigma5(plain[1]), atol=1e-8, rtol=1e-4)
+    x_t = (x1 * 0.5 + 0.3).clamp(0, 1)
+    plain = AveragedTransforms(model).attribute((x1, x_t), steps=3)
+    blurred = AveragedTransforms(model).attribute((x1, x_t), steps=3, blur=True)
+    torch.testing.assert_close(blurred[0], gaussian_11x11_sigma5(plain[0]), atol=1e-8, rtol=1e-4)
 
 
 def test_smoothgrad_matches_slow_loop():
@@ -227,6 +255,39 @@ def test_smoothgrad_matches_slow_loop():
                                                  perturbations_per_eval=per_eval)
         torch.testing.assert_close(result[0], expected[0].detach(), atol=1e-8, rtol=1e-4)
         torch.testing.assert_close(result[1], expected[1].detach(), atol=1e-8, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shared_noise, sigma_from_range", [(False, "divide"), (True, "multiply"), (False, "multiply")])
+def test_smoothgrad_options_match_slow_loop(shared_noise, sigma_from_range):
+    """shared_noise=False: each image gets its own draws (all of image 1's, then image 2's, per batch of samples);
+    sigma_from_range="multiply": sigma = stdev * (max - min) of the normalised image instead of stdev / (max - min)."""
+    model = small_resnet()
+    x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=5)
+    x1_n, x2_n = model.normalize(x1), model.normalize(x2)
+    spread = float(x1_n.max() - x1_n.min())  # sigma comes from image 1's range, for both images' noise
+    sigma = 0.3 * spread if sigma_from_range == "multiply" else 0.3 / spread
+    g = torch.Generator().manual_seed(2)
+    noise1 = [torch.randn(x1_n.shape, generator=g) * sigma for _ in range(4)]
+    noise2 = noise1 if shared_noise else [torch.randn(x2_n.shape, generator=g) * sigma for _ in range(4)]
+    total1, total2 = torch.zeros_like(x1_n), torch.zeros_like(x2_n)
+    for e1, e2 in zip(noise1, noise2):
+        a, b = (x1_n + e1).requires_grad_(True), (x2_n + e2).requires_grad_(True)
+        d1, d2 = torch.autograd.grad(cos(model.forward_normalized(a), model.forward_normalized(b)).sum(), [a, b])
+        total1, total2 = total1 + d1, total2 + d2
+    result = PairSmoothGrad(model).attribute((x1, x2), n_samples=4, stdev=0.3, perturbations_per_eval=4,
+                                             generator=torch.Generator().manual_seed(2), shared_noise=shared_noise,
+                                             sigma_from_range=sigma_from_range)
+    torch.testing.assert_close(result[0], (x1_n * total1 / 4).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(result[1], (x2_n * total2 / 4).abs().amax(1).detach(), atol=1e-8, rtol=1e-4)
+    default = PairSmoothGrad(model).attribute((x1, x2), n_samples=4, stdev=0.3, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(result[0], default[0])
+    if not shared_noise:  # independent noise also takes images of different sizes
+        assert PairSmoothGrad(model).attribute((x1, arange_image(1, 24, 24)), n_samples=2,
+                                               shared_noise=False)[1].shape == (1, 24, 24)
+    with pytest.raises(ValueError, match="sigma_from_range must be 'divide' or 'multiply'"):
+        PairSmoothGrad(model).attribute((x1, x2), n_samples=2, sigma_from_range="add")
+    with pytest.raises(ValueError, match="shared_noise needs x1 and x2 of the same shape"):
+        PairSmoothGrad(model).attribute((x1, arange_image(1, 24, 24)), n_samples=2)
 
 
 def test_averaged_transforms_matches_batch_one_loop():
@@ -251,11 +312,29 @@ def test_averaged_transforms_noise_is_seeded_and_spares_the_ends():
     model = small_resnet()
     x = arange_image(1, 32, 32)
     x_t = (x * 0.5 + 0.3).clamp(0, 1)
-    a = AveragedTransforms(model).attribute((x, x_t), noise=True, generator=torch.Generator().manual_seed(0))
-    b = AveragedTransforms(model).attribute((x, x_t), noise=True, generator=torch.Generator().manual_seed(0))
-    c = AveragedTransforms(model).attribute((x, x_t), noise=False)
+    a = AveragedTransforms(model).attribute((x, x_t), steps=5, noise=True,
+                                                generator=torch.Generator().manual_seed(0))
+    b = AveragedTransforms(model).attribute((x, x_t), steps=5, noise=True,
+                                                generator=torch.Generator().manual_seed(0))
+    c = AveragedTransforms(model).attribute((x, x_t), steps=5, noise=False)
     torch.testing.assert_close(a[0], b[0])
     assert not torch.allclose(a[0], c[0])
+    # a loop: noise of sigma 0.15 / range(x_n) on the interior points only; x (the start) and the last point
+    # (which also multiplies the second map) stay clean
+    steps = 5
+    x_n, t_n = model.normalize(x), model.normalize(x_t)
+    sigma = 0.15 / float(x_n.max() - x_n.min())
+    eps = torch.randn((1, steps - 1, *x.shape[1:]), generator=torch.Generator().manual_seed(0))[0] * sigma
+    lambdas = [1.0 - m / steps for m in range(1, steps)]
+    points = [lam * x_n[0] + (1 - lam) * t_n[0] + (eps[m] if m < steps - 2 else 0) for m, lam in enumerate(lambdas)]
+    g1, g2 = torch.zeros_like(x_n), torch.zeros_like(x_n)
+    for point in points:
+        start, other = x_n.clone().requires_grad_(True), point[None].clone().requires_grad_(True)
+        d1, d2 = torch.autograd.grad(cos(model.forward_normalized(start), model.forward_normalized(other)).sum(),
+                                     [start, other])
+        g1, g2 = g1 + d1 / (steps - 1), g2 + d2 / (steps - 1)
+    torch.testing.assert_close(a[0], (x_n * g1).abs().amax(1).detach(), atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(a[1], (points[-1][None] * g2).abs().amax(1).detach(), atol=1e-7, rtol=1e-4)
     with pytest.raises(ValueError, match="same shape"):
         AveragedTransforms(model).attribute((x, arange_image(1, 16, 16)))
     with pytest.raises(ValueError, match="steps must be >= 2"):

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import arange_image, mean_color_model, small_resnet
+from helpers import arange_image, cos, mean_color_model, seeded_init, small_resnet
 from torch import nn
 
 from ssl_widgets.attr import JointAttribution, JointGradient, JointOcclusion, get_method
@@ -13,15 +13,10 @@ from ssl_widgets.attr.joint import patch_boxes, patch_index
 from ssl_widgets.models import SSLModel
 
 
-def cos(a, b):
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
-
-
 def linear_model(normalized=True):
     """A bias-free conv and a bias-free linear head: the embedding is linear in the model's input."""
-    torch.manual_seed(0)
-    trunk = nn.Conv2d(3, 5, 3, padding=1, bias=False)
-    head = nn.Linear(5, 4, bias=False)
+    trunk = seeded_init(nn.Conv2d(3, 5, 3, padding=1, bias=False), 0)
+    head = seeded_init(nn.Linear(5, 4, bias=False), 1)
     kwargs = {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)} if normalized else {}
     return SSLModel(trunk, head, input_size=12, **kwargs).eval()
 

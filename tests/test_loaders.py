@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet50
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from ssl_widgets.models import CheckpointError, load_model, zoo
-from ssl_widgets.models.architectures import resnet50_trunk
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -35,13 +35,29 @@ def randomize(module, seed):
     return module.eval()
 
 
+def wide_resnet50(width):
+    """SimCLR v2's ResNet-50 (width) x: every channel count of ResNet-50 times ``width``, stem included.
+
+    Built from torchvision's own ResNet and Bottleneck (not the package's trunk). torchvision's
+    ``width_per_group`` (wide_resnet50_2) widens only the 3x3 convolutions, so the stages are rebuilt here
+    with ``width`` times the planes (4096 output channels at 2x, as SimCLR v2's r50_2x).
+    """
+    net = ResNet(Bottleneck, [3, 4, 6, 3])
+    if width != 1:
+        net.inplanes = 64 * width
+        net.conv1 = nn.Conv2d(3, 64 * width, 7, stride=2, padding=3, bias=False)
+        net.bn1 = nn.BatchNorm2d(64 * width)
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+            setattr(net, f"layer{index + 1}", net._make_layer(Bottleneck, planes * width, blocks,
+                                                               stride=1 if index == 0 else 2))
+    return net
+
+
 def torchvision_trunk(seed, width=1):
-    if width == 1:
-        net = randomize(resnet50(), seed)
-        net.fc = nn.Identity()
-        net.avgpool = nn.Identity()
-        return net
-    return randomize(resnet50_trunk(width), seed)
+    net = randomize(resnet50() if width == 1 else wide_resnet50(width), seed)
+    net.fc = nn.Identity()
+    net.avgpool = nn.Identity()
+    return net
 
 
 def trunk_features(net, x):

@@ -178,3 +178,48 @@ def test_metric_errors():
         average_drop_increase(model, x1, x2, torch.full((1, 4, 4), float("nan")))
     with pytest.raises(TypeError, match="uint8"):
         average_drop_increase(model, x1.to(torch.uint8), x2, torch.rand(1, 4, 4))
+
+
+def test_metrics_on_a_batch_equal_the_rows_one_by_one():
+    model = small_resnet()
+    x1, x2 = arange_image(3, 16, 16), arange_image(3, 16, 16, offset=5).flip(0)
+    g = torch.Generator().manual_seed(4)
+    m1, m2 = torch.rand(3, 16, 16, generator=g), torch.rand(3, 8, 8, generator=g)
+    for mode in ("deletion", "insertion"):
+        for second in (None, m2):
+            both = insertion_deletion(model, x1, x2, m1, second, mode=mode, step=20, steps_per_eval=5)
+            for b in range(3):
+                row = insertion_deletion(model, x1[b:b + 1], x2[b:b + 1], m1[b:b + 1],
+                                         None if second is None else second[b:b + 1], mode=mode, step=20)
+                torch.testing.assert_close(both.curve[b], row.curve[0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(both.score[b], row.score[0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(both.base[b], row.base[0], atol=1e-6, rtol=1e-5)
+    both = average_drop_increase(model, x1, x2, m1, m2)
+    for b in range(3):
+        row = average_drop_increase(model, x1[b:b + 1], x2[b:b + 1], m1[b:b + 1], m2[b:b + 1])
+        torch.testing.assert_close(both.drop[b], row.drop[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(both.increase[b], row.increase[0])
+
+
+def test_max_sensitivity_forwards_keyword_arguments():
+    """Every attribute call (the base one and each trial) gets the caller's keywords; blur defaults to False."""
+    model = small_resnet()
+    x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=5)
+
+    class Recording(PairInputXGradient):
+        calls = []
+
+        def attribute(self, inputs, guided=False, blur=False):
+            self.calls.append({"guided": guided, "blur": blur})
+            return super().attribute(inputs, guided=guided, blur=blur)
+
+    method = Recording(model)
+    guided = max_sensitivity(method, (x1, x2), n_samples=2, generator=torch.Generator().manual_seed(0), guided=True)
+    assert method.calls == [{"guided": True, "blur": False}] * 3
+    method.calls.clear()
+    max_sensitivity(method, (x1, x2), n_samples=2, blur=True)
+    assert method.calls == [{"guided": False, "blur": True}] * 3
+    plain = max_sensitivity(method, (x1, x2), n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert float(guided[0]) != pytest.approx(float(plain[0]), rel=1e-3)  # the keyword changes the number
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pooling'"):
+        max_sensitivity(method, (x1, x2), n_samples=1, pooling="max")

@@ -1,7 +1,7 @@
 """SSLModel, input validation and the shipped default models."""
 import pytest
 import torch
-from helpers import seeded_init
+from helpers import seeded_init, small_resnet, write_image_folder
 from torch import nn
 
 from ssl_widgets.models import SSLModel, available_models, load_model
@@ -114,3 +114,13 @@ def test_shipped_models_are_trained_not_random():
 def test_resnet_trunk_output_stride():
     trunk = tiny_resnet18_trunk(8)
     assert trunk(torch.zeros(1, 3, 112, 112)).shape == (1, 64, 7, 7)
+
+
+def test_test_helpers_leave_the_global_rng_alone(tmp_path):
+    """The shared test helpers seed local generators only: the global RNG's state is the same after them."""
+    state = torch.get_rng_state()
+    a = small_resnet(seed=3)
+    write_image_folder(tmp_path, n=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = small_resnet(seed=3)  # and the same seed gives the same model
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -159,8 +159,9 @@ class _Untraceable(torch.nn.Module):
 
 
 def test_untraceable_trunk_gets_exact_full_forward_passes():
-    torch.manual_seed(0)
-    model = SSLModel(_Untraceable(), None, input_size=16).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SSLModel(_Untraceable(), None, input_size=16).eval()
     assert IncrementalTrunk.from_trunk(model.trunk) is None
     x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=4)
     result = ConditionalOcclusion(model).attribute((x1, x2), 6, 5, grid=True)

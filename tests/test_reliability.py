@@ -176,8 +176,10 @@ def test_window_map_memory_does_not_grow_with_the_number_of_windows():
 
 def _tiny_file(path, seed=0):
     arch = {"width": 4, "head_dims": [16, 8], "input_size": 32}
-    torch.manual_seed(seed)
-    save_tiny_checkpoint(build_tiny_model(arch), arch, path)
+    with torch.random.fork_rng(devices=[]):  # the global RNG is seeded for the build and restored after it
+        torch.manual_seed(seed)
+        model = build_tiny_model(arch)
+    save_tiny_checkpoint(model, arch, path)
 
 
 @pytest.fixture
@@ -237,12 +239,10 @@ def test_download_times_out_with_the_url_and_the_place_for_the_file(cached_spec,
             outcome.append(error)
 
     worker = threading.Thread(target=load, daemon=True)
-    started = time.monotonic()
     worker.start()
     worker.join(30)
     try:
         assert not worker.is_alive(), "load_model still waits for a server that never answers"
-        assert time.monotonic() - started < 20
         (error,) = outcome
         message = str(error)
         assert isinstance(error, FileNotFoundError) and url in message and str(placed) in message

@@ -95,7 +95,17 @@ def test_helpers():
     x = torch.zeros(1, 1, 3, 3)
     x[0, 0, 1, 1] = 1.0
     assert float(total_variation(x)) == pytest.approx(4.0)
-    blurred = gaussian_blur_image(torch.rand(1, 3, 16, 16), 1.5)
-    assert blurred.shape == (1, 3, 16, 16)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    # sigma 1.5: truncated at 4 sigma (radius 6), reflect padding, one 2-D kernel per channel
+    offsets = torch.arange(-6, 7, dtype=torch.float32)
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 1.5 ** 2))
+    kernel = (kernel / kernel.sum()).expand(3, 1, 13, 13)
+    expected = F.conv2d(F.pad(image, (6, 6, 6, 6), mode="reflect"), kernel, groups=3)
+    torch.testing.assert_close(gaussian_blur_image(image, 1.5), expected, atol=1e-6, rtol=1e-5)
+    point = torch.zeros(1, 3, 16, 16)
+    point[:, 1, 8, 7] = 1.0  # away from the borders: the kernel itself, in that channel only
+    blurred = gaussian_blur_image(point, 1.5)
+    torch.testing.assert_close(blurred[0, 1, 2:15, 1:14], kernel[0, 0], atol=1e-7, rtol=1e-5)
+    assert float(blurred[0, 0].abs().max()) == 0.0 and float(blurred[0, 2].abs().max()) == 0.0
     with pytest.raises(ValueError, match="unknown layer"):
         partial_forward(small_resnet(), arange_image(1, 32, 32), "nope")

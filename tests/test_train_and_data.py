@@ -151,6 +151,33 @@ def test_view_transforms_are_seeded(name):
     torch.testing.assert_close(a, b)
 
 
+def test_seeded_views_equal_torchvision_with_that_seed():
+    """make_view(.., seed=s) is the documented torchvision pipeline run right after torch.manual_seed(s); other seeds
+    give other views."""
+    from torchvision import transforms as T
+
+    from ssl_widgets.data.images import to_pil
+
+    pil = to_pil(load_image("astronaut"))
+    pipelines = {  # the module docstring's table at size 64 (kernel 21 scales to 7, 11 to 3)
+        "aug": [T.RandomResizedCrop(64), T.RandomHorizontalFlip(0.5),
+                T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(0.2),
+                T.RandomApply([T.GaussianBlur(7, sigma=(0.1, 2.0))], p=0.5)],
+        "color-jitter": [T.Resize(73), T.CenterCrop(64), T.ColorJitter(0.8, 0.8, 0.8, 0.4)],
+        "blur": [T.Resize(73), T.CenterCrop(64), T.GaussianBlur(3, sigma=5.0)],
+    }
+    for name, steps in pipelines.items():
+        views = {}
+        for seed in (3, 4):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                expected = T.Compose(steps + [T.ToTensor()])(pil)[None]
+            views[seed] = make_view("astronaut", name, 64, seed=seed)
+            torch.testing.assert_close(views[seed], expected, atol=0, rtol=0, msg=f"{name} seed {seed}")
+        if name != "blur":  # the blur view has no randomness
+            assert not torch.equal(views[3], views[4]), name
+
+
 def test_seeded_views_leave_global_rng_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)
@@ -227,3 +254,27 @@ def test_retrieval_with_an_embedding_of_known_answer(image_folder):
             return torch.ones(x.shape[0], 3, 1, 1)
 
     assert retrieval_top1(SSLModel(Constant(), None, input_size=8), files, views_per_image=2) == pytest.approx(1 / 3)
+
+
+def test_ssl_widgets_train_subcommand(image_folder, tmp_path, capsys):
+    """``ssl-widgets train ...`` (the console script) trains like ``python -m ssl_widgets.train``: a loadable file and
+    a summary with finite losses, one per epoch."""
+    import json
+
+    from ssl_widgets.cli import main
+
+    out = tmp_path / "cli.pt"
+    assert main(["train", "--method", "simclr", "--data", str(image_folder), "--out", str(out), "--epochs", "2",
+                 "--image-size", "32", "--width", "4", "--head-dims", "16,8", "--batch-size", "4",
+                 "--no-progress"]) == 0
+    summary = json.loads(out.with_suffix(".pt.json").read_text())
+    assert summary["status"] == "done" and summary["epochs_done"] == 2 and summary["method"] == "simclr"
+    assert len(summary["loss_history"]) == 2 and all(np.isfinite(v) and v > 0 for v in summary["loss_history"])
+    assert summary["train_images"] == 12 and summary["heldout_images"] == 3
+    model = load_model("tiny-simclr", weights=out)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    top1 = summary["heldout_top1_seed1"]
+    assert top1 is None or 0.0 <= top1 <= 1.0
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--method", "moco", "--data", str(image_folder), "--out", str(out)])
+    assert refused.value.code == 2 and "invalid choice: 'moco'" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from helpers import write_image_folder
 
 from ssl_widgets.models import available_models, load_model
 from ssl_widgets.models.tiny_vit import DINOHead, build_tiny_vit_backbone
@@ -17,12 +18,9 @@ from ssl_widgets.train.losses import dino_loss, simsiam_loss, update_center
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    for i in range(10):  # 8 training images, 2 held out
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"img_{i:02d}.png")
-    return root
+def ten_images(tmp_path_factory):
+    """Ten images (8 training, 2 held out): fewer than conftest's 15, for faster training runs."""
+    return write_image_folder(tmp_path_factory.mktemp("images"), n=10, height=40, width=48, seed=1)
 
 
 def cnn_config(folder, out, method, epochs=1, head_dims=(16, 8), **kw):
@@ -100,10 +98,10 @@ def test_dino_centre_is_a_moving_average_and_head_is_weight_normalised():
 
 # -- training ---------------------------------------------------------------------------------------
 
-def test_simsiam_training_writes_a_loadable_tiny_simsiam(image_folder, tmp_path):
+def test_simsiam_training_writes_a_loadable_tiny_simsiam(ten_images, tmp_path):
     out = tmp_path / "simsiam.pt"
     # the trunk is 32 wide and so is the projector: the paper's CAM path predictor(GAP(A)) is defined
-    summary = train(cnn_config(image_folder, out, "simsiam", head_dims=(32, 32), predictor_dims=[4, 32]),
+    summary = train(cnn_config(ten_images, out, "simsiam", head_dims=(32, 32), predictor_dims=[4, 32]),
                     show_progress=False)
     assert summary["train_images"] == 8 and np.isfinite(summary["final_loss"])
     assert "tiny-simsiam" in available_models()
@@ -116,9 +114,9 @@ def test_simsiam_training_writes_a_loadable_tiny_simsiam(image_folder, tmp_path)
     assert isinstance(model.head[0][-1], torch.nn.BatchNorm1d) and not model.head[0][-1].affine
 
 
-def test_dino_training_writes_the_shipped_vit_format(image_folder, tmp_path):
+def test_dino_training_writes_the_shipped_vit_format(ten_images, tmp_path):
     out = tmp_path / "dino.pt"
-    summary = train(vit_config(image_folder, out, epochs=2), show_progress=False)
+    summary = train(vit_config(ten_images, out, epochs=2), show_progress=False)
     assert np.isfinite(summary["final_loss"]) and summary["epochs_done"] == 2
     packed = torch.load(out, weights_only=True)
     assert packed["format"] == "ssl_widgets.tiny/1" and packed["head"] == {}
@@ -132,9 +130,9 @@ def test_dino_training_writes_the_shipped_vit_format(image_folder, tmp_path):
     assert packed["meta"]["chosen_epoch"] in (1, 2)
 
 
-def test_best_checkpoint_is_the_chosen_epochs_weights(image_folder, tmp_path):
+def test_best_checkpoint_is_the_chosen_epochs_weights(ten_images, tmp_path):
     best = tmp_path / "best.pt"
-    summary = train(cnn_config(image_folder, best, "barlow-twins", epochs=3), show_progress=False)
+    summary = train(cnn_config(ten_images, best, "barlow-twins", epochs=3), show_progress=False)
     curve = summary["heldout_curve_seed1"]
     assert [e for e, _ in curve] == [1, 2, 3]
     chosen = summary["chosen_epoch"]
@@ -142,7 +140,7 @@ def test_best_checkpoint_is_the_chosen_epochs_weights(image_folder, tmp_path):
     assert chosen == next(e for e, t in curve if t == max(t for _, t in curve))  # first epoch of the best
     # the same run stopped after the chosen epoch (same schedule, no evaluation) has the same weights
     plain = tmp_path / "plain.pt"
-    cfg = cnn_config(image_folder, plain, "barlow-twins", epochs=3)
+    cfg = cnn_config(ten_images, plain, "barlow-twins", epochs=3)
     cfg.eval_every = 0
     train(cfg, show_progress=False, max_epochs_this_run=chosen)
     a, b = torch.load(best, weights_only=True), torch.load(plain, weights_only=True)
@@ -152,10 +150,10 @@ def test_best_checkpoint_is_the_chosen_epochs_weights(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["simsiam", "dino"])
-def test_resume_continues_to_the_same_weights(image_folder, tmp_path, method):
+def test_resume_continues_to_the_same_weights(ten_images, tmp_path, method):
     def config(out):
-        return vit_config(image_folder, out, epochs=3) if method == "dino" else \
-            cnn_config(image_folder, out, "simsiam", epochs=3)
+        return vit_config(ten_images, out, epochs=3) if method == "dino" else \
+            cnn_config(ten_images, out, "simsiam", epochs=3)
 
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
     train(config(straight), resume=False, show_progress=False)
@@ -180,34 +178,34 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_resume_refuses_a_checkpoint_with_pickled_objects(image_folder, tmp_path):
+def test_resume_refuses_a_checkpoint_with_pickled_objects(ten_images, tmp_path):
     out = tmp_path / "model.pt"
     marker = tmp_path / "code_ran"
     torch.save({"model": {}, "epoch": 1, "payload": _Exploit(marker)}, str(out) + ".ckpt")
     with pytest.raises(UnsafeCheckpointError, match="refusing to resume from .*--no-resume"):
-        train(cnn_config(image_folder, out, "simclr"), show_progress=False)
+        train(cnn_config(ten_images, out, "simclr"), show_progress=False)
     with pytest.raises(UnsafeCheckpointError, match="could run arbitrary code"):
         load_training_state(str(out) + ".ckpt")
     assert not marker.exists()
     # --no-resume starts over and replaces the file with a safe one
-    train(cnn_config(image_folder, out, "simclr"), resume=False, show_progress=False)
+    train(cnn_config(ten_images, out, "simclr"), resume=False, show_progress=False)
     assert load_training_state(str(out) + ".ckpt")["epoch"] == 1
 
 
-def test_config_errors_name_the_problem(image_folder, tmp_path):
+def test_config_errors_name_the_problem(ten_images, tmp_path):
     with pytest.raises(ValueError, match="predictor_dims is for method 'simsiam' only"):
-        cnn_config(image_folder, tmp_path / "x.pt", "simclr", predictor_dims=[4, 8])
+        cnn_config(ten_images, tmp_path / "x.pt", "simclr", predictor_dims=[4, 8])
     with pytest.raises(ValueError, match="blur_p must be two probabilities"):
-        cnn_config(image_folder, tmp_path / "x.pt", "barlow-twins", blur_p=[0.5])
+        cnn_config(ten_images, tmp_path / "x.pt", "barlow-twins", blur_p=[0.5])
     with pytest.raises(ValueError, match="image_size 30 is not a multiple of patch_size 8"):
         TrainConfig(method="dino", data=".", out="x.pt", image_size=30)
 
 
-def test_cli_lists_the_methods_and_trains(image_folder, tmp_path, capsys):
+def test_cli_lists_the_methods_and_trains(ten_images, tmp_path, capsys):
     help_text = build_parser().format_help()
     for method in ("simclr", "barlow-twins", "simsiam", "dino"):
         assert method in help_text
-    assert train_main(["--method", "simsiam", "--data", str(image_folder), "--out", str(tmp_path / "s.pt"),
+    assert train_main(["--method", "simsiam", "--data", str(ten_images), "--out", str(tmp_path / "s.pt"),
                        "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--width", "4",
                        "--head-dims", "16,8", "--predictor-dims", "4,8", "--device", "cpu", "--no-progress",
                        "--amp", "--channels-last", "--blur-p", "1,0.1", "--solarize-p", "0,0.2"]) == 0

@@ -27,12 +27,14 @@ from ssl_widgets.models import SSLModel
 
 
 def tiny_vit(seed=0, **extra):
-    torch.manual_seed(seed)
     arch = {"img_size": 16, "patch_size": 4, "embed_dim": 12, "depth": 2, "num_heads": 2, "num_classes": 0, "global_pool": "token"}
-    vit = VisionTransformer(**{**arch, **extra})
+    with torch.random.fork_rng(devices=[]):  # timm initialises from the global RNG: seeded here, restored after
+        torch.manual_seed(seed)
+        vit = VisionTransformer(**{**arch, **extra})
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in vit.parameters():
-            p.add_(torch.randn(p.shape) * 0.3)
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
     return vit.eval()
 
 

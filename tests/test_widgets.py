@@ -7,7 +7,26 @@ import torch
 from PIL import Image
 
 import ssl_widgets.widgets.explorer as explorer_module
-from ssl_widgets.widgets import CAMPanel, Explorer, GradientPanel, OcclusionPanel
+from ssl_widgets.attr import (
+    AveragedTransforms,
+    ContextAgnosticOcclusion,
+    InteractionCAM,
+    PairSmoothGrad,
+    PairwiseOcclusion,
+    PixelInvariance,
+    upsample,
+)
+from ssl_widgets.data import make_view
+from ssl_widgets.models import load_model
+from ssl_widgets.widgets import (
+    AveragedTransformsPanel,
+    CAMPanel,
+    Explorer,
+    GradientPanel,
+    OcclusionPanel,
+    PairwiseOcclusionPanel,
+    PixelInvariancePanel,
+)
 from ssl_widgets.widgets.magic import parse_magic_line, ssl_explore
 
 
@@ -68,9 +87,16 @@ def test_cam_controls_and_layer(explorer):
     cam.variant.value = "attention"
     cam.interaction.value = True
     assert explorer.status.value == "interaction-cam:attention+gi"
+    trunk_output = explorer.maps[0].clone()
     explorer.layer_select.value = "layer3"
-    assert explorer._cache[explorer.request_key()][0].shape == (1, 112, 112)
     assert explorer.request_key()[2] == "layer3"
+    # the shown maps are the method's own at that layer, brought to image size
+    x1, x2 = explorer.current_pair()
+    expected = InteractionCAM(load_model(explorer.model_select.value), "layer3").attribute(
+        (x1, x2), pooling="attention", gradient_interaction=True)
+    for k in range(2):
+        torch.testing.assert_close(explorer.maps[k], upsample(expected[k], (112, 112))[0], atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(explorer.maps[0], trunk_output, atol=1e-4)
 
 
 def test_display_controls_redraw_without_recomputing(explorer, monkeypatch):
@@ -82,6 +108,23 @@ def test_display_controls_redraw_without_recomputing(explorer, monkeypatch):
     assert explorer.view1.value != before
     explorer.colormap.value = "viridis"
     assert not calls
+
+
+def test_views_show_the_image_blended_with_the_upsampled_map():
+    """At display size = input size, view 1's pixels are (1 - opacity) * image + opacity * colormap(map), the map
+    upsampled bilinearly to the image and scaled to its own min..max."""
+    from matplotlib import colormaps
+
+    e = Explorer(threaded=False, display_size=112, method="grad-cam")
+    e.opacity.value, e.colormap.value = 0.6, "viridis"
+    x1, x2 = e.current_pair()
+    for view, x, heat in ((e.view1, x1, e.maps[0]), (e.view2, x2, e.maps[1])):
+        shown = np.asarray(Image.open(io.BytesIO(view.value)).convert("RGB"), dtype=np.float64) / 255
+        up = torch.nn.functional.interpolate(heat[None, None].float(), size=(112, 112), mode="bilinear",
+                                             align_corners=False)[0, 0].numpy()
+        norm = (up - up.min()) / (up.max() - up.min())
+        expected = 0.4 * x[0].permute(1, 2, 0).numpy() + 0.6 * colormaps["viridis"](norm)[..., :3]
+        assert np.abs(shown - expected).max() <= 1 / 255 + 1e-6
 
 
 def test_results_are_cached(explorer, monkeypatch):
@@ -100,6 +143,23 @@ def test_augmentation_controls_change_view_2(explorer):
     assert explorer.seed.value == 1
     _, after = explorer.current_pair()
     assert not torch.equal(before, after) and explorer.similarity != similarity
+
+    def torchvision_view(seed, blur=None):  # the controls' pipeline, written out, after torch.manual_seed(seed)
+        from torchvision import transforms as T
+
+        from ssl_widgets.data.images import to_pil
+
+        steps = [T.RandomResizedCrop(112, scale=(0.3, 1.0)), T.RandomHorizontalFlip(0.5),
+                 T.ColorJitter(0.4, 0.4, 0.4, 0.1)] + ([T.GaussianBlur(7, sigma=1.0)] if blur else [])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return T.Compose(steps + [T.ToTensor()])(to_pil(explorer.image1_select.value))[None]
+
+    torch.testing.assert_close(before, torchvision_view(0), atol=0, rtol=0)
+    torch.testing.assert_close(after, torchvision_view(1), atol=0, rtol=0)
+    explorer.blur.value = 1.0
+    torch.testing.assert_close(explorer.current_pair()[1], torchvision_view(1, blur=True), atol=0, rtol=0)
+    explorer.blur.value = 0.0
     explorer.grayscale.value = True
     _, gray = explorer.current_pair()
     torch.testing.assert_close(gray[:, 0], gray[:, 1])
@@ -225,10 +285,54 @@ def test_sweep_and_curves_use_bqplot(explorer):
     assert len(explorer.curves.curve_lines.y) == 2
 
 
-@pytest.mark.parametrize("panel, status", [(GradientPanel, "smoothgrad:guided"), (CAMPanel, "interaction-cam:max")])
-def test_single_method_panels(panel, status):
-    p = panel(threaded=False, display_size=64, method=status)
-    assert len(p.method_controls) == 1 and p.status.value == status
+def _seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# panel, method it starts on, slider settings, the method's maps computed directly (model, x1, x2, image 1's name)
+PANELS = [
+    (OcclusionPanel, "context-agnostic-occlusion", {"patch": 16, "stride": 8, "fill": "grey"},
+     lambda m, x1, x2, _: ContextAgnosticOcclusion(m).attribute((x1, x2), 16, 8, baselines=0.5)),
+    (CAMPanel, "interaction-cam:mean", {},
+     lambda m, x1, x2, _: InteractionCAM(m).attribute((x1, x2), pooling="mean")),
+    (GradientPanel, "smoothgrad:guided", {"samples": 5},
+     lambda m, x1, x2, _: PairSmoothGrad(m).attribute((x1, x2), n_samples=5, guided=True, blur=True,
+                                                     generator=_seeded())),
+    (AveragedTransformsPanel, "averaged-transforms:guided", {"steps": 3, "transform": "grayscale"},
+     lambda m, x1, _, image: AveragedTransforms(m).attribute(
+         (x1, make_view(image, "grayscale", 32, seed=0)), steps=3, guided=True, blur=True)),
+    (PairwiseOcclusionPanel, "pairwise-occlusion", {"samples": 20, "seed": 3},
+     lambda m, x1, x2, _: PairwiseOcclusion(m).attribute((x1, x2), n_samples=20, scale=(0.1, 0.3),
+                                                         generator=_seeded(3))),
+    (PixelInvariancePanel, "pixel-invariance", {"samples": 50, "epochs": 10, "threshold": 0.3},
+     lambda m, x1, _, __: PixelInvariance(m).attribute(x1, n_samples=50, epochs=10, threshold=0.3,
+                                                       size=9, generator=_seeded())),  # 64 px at 224, for 32 px
+]
+
+
+@pytest.mark.parametrize("panel, method, sliders, direct", PANELS, ids=[p[0].__name__ for p in PANELS])
+def test_single_method_panels_show_the_methods_maps(panel, method, sliders, direct):
+    """Each panel has one tab, and the maps it shows are the method's own (same settings and seed) at image size.
+
+    A small 32 px model keeps the panels' first computation (at the default settings) short."""
+    from helpers import small_resnet
+
+    model = small_resnet()
+    p = panel(model, threaded=False, display_size=64, method=method)
+    assert len(p.method_controls) == 1 and p.status.value.startswith(method)
+    controls = p.method_controls[0]
+    for name, value in sliders.items():
+        getattr(controls, name).value = value
+    assert p.last_error is None and p.status.value.startswith(method), p.status.value
+    x1, x2 = p.current_pair()
+    assert x1.shape == (1, 3, 32, 32)
+    expected = direct(model, x1, x2, p.image1_select.value)
+    if panel is PixelInvariancePanel:  # one map, of image 1
+        torch.testing.assert_close(p.maps[0], upsample(expected, (32, 32))[0], atol=1e-6, rtol=1e-4)
+        assert p.maps[1] is None
+        return
+    for k in range(2):
+        torch.testing.assert_close(p.maps[k], upsample(expected[k], (32, 32))[0], atol=1e-6, rtol=1e-4)
 
 
 def test_magic_line():

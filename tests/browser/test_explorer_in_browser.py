@@ -1,6 +1,10 @@
 """The quickstart notebook in a real browser: Voila serves it, Debian's Chromium renders it,
 Playwright moves sliders, switches methods and clicks on the image.
 
+The page is shared by the tests (one Voila kernel), so each test first brings the explorer to the state it needs
+(its tab selected from another one, the accordion opened only if closed): any order passes
+(``SSL_WIDGETS_REVERSE_TESTS=1`` runs them backwards, see conftest.py).
+
 Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it) and the
 ``test`` extra (playwright, voila). Screenshots go to ``$SSL_WIDGETS_SCREENSHOTS`` (default: the
 test's temporary folder).
@@ -107,6 +111,17 @@ def no_error(page) -> bool:
     return not any("error:" in t for t in status_text(page))
 
 
+def select_tab(page, title: str, shown) -> None:
+    """Make ``title`` the selected method tab and wait until ``shown()``, whichever tab an earlier test left selected:
+    another tab is chosen first, so the tab's first computation (or prompt) always happens here."""
+    other = "Gradients" if title != "Gradients" else "Interaction-CAM"
+    page.locator(".lm-TabBar-tab", has_text=other).first.click()
+    wait_for(lambda: not any(t.startswith(("computing", "click a point")) for t in status_text(page)),
+             what=f"the {other} tab", page=page)
+    page.locator(".lm-TabBar-tab", has_text=title).first.click()
+    wait_for(shown, what=f"the {title} tab", page=page)
+
+
 def test_quickstart_renders_the_explorer(page):
     wait_for(lambda: len(image_sources(page)) >= 2 and "cos similarity" in page.content(), what="the two views")
     assert "cos similarity" in similarity_text(page)
@@ -115,10 +130,8 @@ def test_quickstart_renders_the_explorer(page):
 
 
 def test_switching_method_and_moving_the_patch_slider_change_the_heatmap(page):
-    before = image_sources(page)
-    page.locator(".lm-TabBar-tab", has_text="Occlusion").first.click()
-    wait_for(lambda: any("conditional-occlusion" in t and "coarse" not in t for t in status_text(page))
-             and image_sources(page) != before, what="the occlusion map")
+    select_tab(page, "Occlusion", lambda: any("conditional-occlusion" in t and "coarse" not in t
+                                              for t in status_text(page)))
     assert no_error(page)
     after_method = image_sources(page)
     handle = page.locator(".widget-slider", has_text="patch size").locator(".noUi-handle").first
@@ -133,15 +146,16 @@ def test_switching_method_and_moving_the_patch_slider_change_the_heatmap(page):
 
 def test_resample_changes_the_similarity(page):
     before = similarity_text(page)
-    page.locator(".jupyter-widget-Collapse-header", has_text="view 2 augmentation").first.click()  # open it
-    page.locator("button", has_text="resample").first.click()
+    resample = page.locator("button", has_text="resample").first
+    if not resample.is_visible():  # open the accordion unless an earlier test left it open
+        page.locator(".jupyter-widget-Collapse-header", has_text="view 2 augmentation").first.click()
+    resample.click()
     wait_for(lambda: similarity_text(page) != before, what="a new similarity")
     assert no_error(page)
 
 
 def test_click_on_image_1_shows_the_correspondence(page):
-    page.locator(".lm-TabBar-tab", has_text="Correspondence").first.click()
-    wait_for(lambda: any("click a point" in t for t in status_text(page)), what="the correspondence tab", page=page)
+    select_tab(page, "Correspondence", lambda: any("click a point" in t for t in status_text(page)))
     before = image_sources(page)
     page.locator("img.ssl-view").first.click(position={"x": 90, "y": 70})
     wait_for(lambda: any("correspondence of the point" in t for t in status_text(page)), what="the click")
