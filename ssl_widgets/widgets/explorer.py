@@ -12,6 +12,7 @@ import torch
 from ..analysis import dense_correspondence
 from ..attr.applicability import not_applicable
 from ..attr.engine import Cancelled, eval_similarity, progress_listener
+from ..attr.occlusion import preview_stride
 from ..data import SAMPLE_IMAGES, make_view
 from ..data.views import custom_view
 from ..explain import explain_pair
@@ -338,7 +339,8 @@ class Explorer(JointClickMixin, W.VBox):
         try:
             with progress_listener(self._progress_reporter(cancel)):
                 if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
-                    coarse = dict(settings, strides=max(1, settings["sliding_window_shapes"] // 2))
+                    window = settings["sliding_window_shapes"]
+                    coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
                     preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
                     if generation == self._generation:
                         self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
