@@ -113,3 +113,41 @@ def test_preview_stride_tiles_the_image():
         stride = preview_stride(window, sizes)
         assert window // 2 <= stride <= window
         assert all((side - window) % stride == 0 for side in sizes) or stride == window // 2
+
+
+def test_tracing_leaves_modules_running_in_other_threads_alone():
+    """``torch.fx`` patches ``nn.Module.__call__`` process-wide while it traces: a module another thread
+    runs meanwhile must run normally (not be sent to the tracer)."""
+    tracing, finished = threading.Event(), threading.Event()
+
+    class Pausing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            if isinstance(x, torch.fx.Proxy):  # only while being traced: let the other thread run now
+                tracing.set()
+                finished.wait(10)
+            return self.conv(x)
+
+    seen = []
+
+    def other():
+        tracing.wait(10)
+        try:
+            net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+            seen.append(tuple(net(torch.ones(1, 3, 2, 2)).shape))
+        except Exception as error:  # noqa: BLE001  reported by the assertion below
+            seen.append(error)
+        finished.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    trunk = Pausing().eval()
+    private, traced = private_trunk(trunk)
+    thread.join()
+    assert seen == [(1, 2, 2, 2)]
+    assert traced and isinstance(private, torch.fx.GraphModule)
+    x = torch.rand(1, 3, 4, 4)
+    torch.testing.assert_close(private(x), trunk(x))
