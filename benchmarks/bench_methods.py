@@ -87,6 +87,17 @@ def vit_model(device: str, size: int = 224) -> SSLModel:
     return SSLModel(_ViTTrunk(vit), None, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="vit-s16").eval().to(device)
 
 
+def cpu_name() -> str:
+    """The CPU model (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -187,7 +198,7 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     x1 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     x2 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
-    header = (f"device={device} ({torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor()})"
+    header = (f"device={device} ({torch.cuda.get_device_name() if device.startswith('cuda') else cpu_name()})"
               f" threads={args.threads} size={args.size} torch={torch.__version__} model=ResNet-50 (random weights)")
     print(header, flush=True)
     results = {"header": header, "args": vars(args), "occlusion": [], "methods": []}

@@ -1,9 +1,11 @@
 """Interaction latency of the Explorer on the shipped default model (headless, like a kernel).
 
-    python benchmarks/bench_widgets.py --threads 1
+    python benchmarks/bench_widgets.py --threads 2 --patch 28 --stride 4
 
-Reports the median over repeats of: the first (coarse) occlusion frame after a patch-size change,
-the refined occlusion map, a CAM update (pooling change), and an opacity redraw.
+Reports the median over repeats of: the first (coarse) occlusion frame and the refined
+conditional-occlusion map after a request (the Explorer's result cache cleared each time; the
+model's private inference copy stays cached, as after any first use), a CAM update (pooling
+change), and an opacity redraw.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ssl_widgets.attr.occlusion import preview_stride  # noqa: E402
 from ssl_widgets.widgets import Explorer  # noqa: E402
 
 
@@ -24,23 +27,31 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="tiny-simclr")
+    parser.add_argument("--patch", type=int, default=28, help="occlusion patch size (px)")
+    parser.add_argument("--stride", type=int, default=4, help="occlusion stride (px)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     explorer = Explorer(model=args.model, threaded=True, method="interaction-cam:max")
     explorer.wait()
     occlusion = explorer.method_controls[0]
+    model_size = explorer._model().input_size
     first, full, cam, redraw = [], [], [], []
     explorer.method_tabs.selected_index = 0
     explorer.wait()
-    for k in range(args.repeats):
+    occlusion.stride.value = args.stride
+    explorer.wait()
+    occlusion.patch.value = args.patch
+    explorer.wait()
+    for _ in range(args.repeats):
         seen = []
 
         def record(change, seen=seen):
             seen.append((time.perf_counter(), change["new"]))
 
+        explorer._cache.clear()  # nothing cached: a new request, as after a change of a setting
         explorer.status.observe(record, names="value")
         start = time.perf_counter()
-        occlusion.patch.value = 20 + 2 * k  # a new setting each time: nothing cached
+        explorer.refresh()
         explorer.wait()
         explorer.status.unobserve(record, names="value")
         coarse = [t for t, v in seen if "coarse" in v]
@@ -60,7 +71,8 @@ def main() -> int:
     med = statistics.median
     print(f"model={args.model} threads={args.threads} repeats={args.repeats} (medians)")
     print("| interaction | seconds |\n|---|---|")
-    print(f"| first occlusion frame (coarse stride) | {med(first):.2f} |")
+    preview = preview_stride(args.patch, [model_size] * 2)
+    print(f"| first occlusion frame (patch {args.patch}, stride {preview}) | {med(first):.2f} |")
     print(f"| refined occlusion map (patch {occlusion.patch.value}, stride {occlusion.stride.value}) | {med(full):.2f} |")
     print(f"| CAM update (pooling change, uncached) | {med(cam):.3f} |")
     print(f"| opacity redraw | {med(redraw):.3f} |")

@@ -3,9 +3,12 @@
 The user's module is never modified: it is deep-copied (under a lock, so that two threads do not
 copy a module while it is being converted), put in eval mode, traced with ``torch.fx`` and each
 ``Conv2d -> BatchNorm2d`` pair whose convolution feeds only that BatchNorm is replaced by one
-convolution with folded weights. Copies are cached per trunk and rebuilt when any parameter or
-buffer changes (their version counters), when the trunk's mode changes, or for another
-device/dtype/memory format.
+convolution with folded weights. Copies are cached per trunk (thread-safe; tracing and folding a
+ResNet-50 costs about as much as a few forward passes) and rebuilt when any parameter or buffer
+differs from the values the copy was made from (compared element by element on every call, so
+that in-place updates through ``.data``, which bypass PyTorch's version counters, as in EMA/momentum
+teacher updates, are seen too), when a tensor is replaced or the trunk's mode changes, or for
+another device/dtype/memory format.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 __all__ = ["fold_batchnorm", "private_trunk"]
 
 _LOCK = threading.Lock()
+_TRACE_LOCK = threading.Lock()
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
@@ -79,10 +83,50 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def _version_key(module: nn.Module) -> tuple:
-    tensors = [*module.parameters(), *module.buffers()]
-    return (tuple((id(t), t._version, t.device, t.dtype) for t in tensors),
+class _ThreadTracer(fx.Tracer):
+    """``torch.fx``'s tracer, safe while other threads run modules.
+
+    While it traces, ``torch.fx`` replaces ``nn.Module.__call__`` (and ``__getattr__``) for the whole
+    process; a module called from another thread at that moment (a widget redrawing, another
+    method's forward pass) would be sent to this tracer and fail. Calls from other threads run as usual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def _trace(module: nn.Module) -> fx.GraphModule:
+    """``fx.symbolic_trace``, one trace at a time (each patches process-wide state) and thread-safe."""
+    with _TRACE_LOCK:
+        tracer = _ThreadTracer()
+        graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, module.__class__.__name__)
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [t.detach() for t in (*module.parameters(), *module.buffers())]
+
+
+def _structure_key(module: nn.Module) -> tuple:
+    return (tuple((id(t), t.shape, t.device, t.dtype) for t in (*module.parameters(), *module.buffers())),
             tuple(m.training for m in module.modules()))
+
+
+def _same_values(snapshot: list[torch.Tensor], module: nn.Module) -> bool:
+    """Whether the module's parameters and buffers still equal ``snapshot`` (the values the copy was made from)."""
+    current = _tensors(module)
+    return len(current) == len(snapshot) and all(torch.equal(a, b) for a, b in zip(snapshot, current))
 
 
 def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
@@ -90,7 +134,8 @@ def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dt
     """An eval-mode copy of ``trunk`` for inference: traced and BN-folded when ``torch.fx`` can trace it.
 
     Args:
-        trunk: the user's trunk (left untouched; its current parameters are copied).
+        trunk: the user's trunk (left untouched; its current parameters are copied). The cache keeps
+            a copy of its parameters and buffers to compare against (one model size of memory).
         device: where the copy lives (default: the trunk's device).
         dtype: parameter dtype of the copy (``float32``; ``bfloat16``/``float16`` for the fast mode).
         channels_last: convert 4-D weights to channels-last memory format.
@@ -108,15 +153,19 @@ def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dt
         device = next((p.device for p in trunk.parameters()), torch.device("cpu"))
     options = (str(torch.device(device)), dtype, channels_last)
     with _LOCK:
-        key = _version_key(trunk)
+        key = _structure_key(trunk)
         entry = _CACHE.get(trunk)
-        if entry is not None and entry["key"] == key and options in entry["copies"]:
+        if entry is not None and (entry["key"] != key or not _same_values(entry["values"], trunk)):
+            del _CACHE[trunk]  # the trunk changed since: every cached copy is stale
+            entry = None
+        if entry is not None and options in entry["copies"]:
             return entry["copies"][options]
+        values = [t.clone() for t in _tensors(trunk)]
         private = copy.deepcopy(trunk).eval()
     for p in private.parameters():
         p.requires_grad_(False)
     try:
-        private = fx.symbolic_trace(private)
+        private = _trace(private)
         fold_batchnorm(private)
         traced = True
     except Exception:  # noqa: BLE001  untraceable control flow: a plain copy, full forward passes
@@ -125,9 +174,10 @@ def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dt
     if channels_last:
         private = private.to(memory_format=torch.channels_last)
     with _LOCK:
-        entry = _CACHE.get(trunk)
-        if entry is None or entry["key"] != key:
-            entry = {"key": key, "copies": {}}
-            _CACHE[trunk] = entry
-        entry["copies"][options] = (private, traced)
+        if _structure_key(trunk) == key and _same_values(values, trunk):  # not changed while being copied
+            entry = _CACHE.get(trunk)
+            if entry is None or entry["key"] != key or not _same_values(entry["values"], trunk):
+                entry = {"key": key, "values": values, "copies": {}}
+                _CACHE[trunk] = entry
+            entry["copies"][options] = (private, traced)
     return private, traced

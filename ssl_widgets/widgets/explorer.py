@@ -16,6 +16,7 @@ import torch
 
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
+from ..attr.occlusion import preview_stride
 from ..explain import explain_pair
 from ..models import SSLModel
 from .context import ExplorerContext, ModelStore
@@ -209,7 +210,8 @@ class Explorer(JointClickMixin, W.VBox):
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
         if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
-            coarse = dict(settings, strides=max(1, settings["sliding_window_shapes"] // 2))
+            window = settings["sliding_window_shapes"]
+            coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
             preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
             if job.current:
                 self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
