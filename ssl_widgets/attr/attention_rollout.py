@@ -6,6 +6,7 @@ from captum.attr import Attribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .cls_attention import attention_blocks, pair_attentions, resolve_block, token_map
 from .engine import PairAttribution
 
@@ -83,3 +84,8 @@ class AttentionRollout(Attribution):
         maps = [token_map(self.model, rollout(a, head_fusion)[:, 0], x.shape[2:]) for a, x in ((a1, x1), (a2, x2))]
         return PairAttribution(maps, sims, {"method": "attention-rollout", "head_fusion": head_fusion,
                                             "blocks": (self.blocks[first][0], self.blocks[last][0])})
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("attention-rollout", AttentionRollout, kind="view", summary="attention flow into the class token "
+                  "through all blocks", architectures=("vit",), vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam", order=410)

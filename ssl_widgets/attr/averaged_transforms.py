@@ -6,6 +6,7 @@ from captum.attr import GradientAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import PairAttribution, check_model, cosine, eval_similarity, guided_relus, preserved_model_state
 from .gradients import input_times_gradient_map
 
@@ -89,3 +90,11 @@ class AveragedTransforms(GradientAttribution):
         similarity = eval_similarity(model, x_n, t_n)
         meta = {"method": "averaged-transforms", "steps": steps, "guided": guided, "noise": noise, "blur": blur}
         return PairAttribution(maps, similarity, meta)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): the second view is a photometric transform
+SPEC = MethodSpec("averaged-transforms", AveragedTransforms, summary="gradients averaged along a photometric path",
+                  variants=("averaged-transforms", "averaged-transforms:guided", "averaged-transforms:noise",
+                            "averaged-transforms:guided+noise"),
+                  options={"guided": ("guided", True), "noise": ("noise", True)}, seeded=True,
+                  view_transform="combine", order=60)

@@ -13,6 +13,7 @@ from captum.attr import LayerAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec, resolve
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
 __all__ = ["PairGradCAM", "InteractionCAM", "cam_variants", "CAM_VARIANTS", "POOLINGS"]
@@ -153,16 +154,21 @@ def _variant_maps(a1, a2, g1, g2, pooling: str | None, gradient_interaction: boo
 
 
 def parse_cam_variant(name: str) -> tuple[str | None, bool]:
-    """``"interaction-cam:max+gi"`` -> ``("max", True)``; ``"grad-cam"`` -> ``(None, False)``."""
-    if name == "grad-cam":
-        return None, False
-    base, _, option = name.partition(":")
-    if base != "interaction-cam":
+    """``"interaction-cam:max+gi"`` -> ``("max", True)``; ``"grad-cam"`` -> ``(None, False)``.
+
+    The names are parsed by :func:`ssl_widgets.attr.spec.resolve` (the one parser of method names).
+
+    Examples:
+        >>> parse_cam_variant("interaction-cam:attention+gi")
+        ('attention', True)
+    """
+    try:
+        spec, settings = resolve(name)
+    except ValueError:
+        spec, settings = None, {}
+    if spec is None or spec.cls not in (PairGradCAM, InteractionCAM):
         raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
-    pooling, _, gi = (option or "mean").partition("+")
-    if pooling not in POOLINGS or gi not in ("", "gi"):
-        raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
-    return pooling, gi == "gi"
+    return settings.get("pooling"), bool(settings.get("gradient_interaction", False))
 
 
 def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], variants: Iterable[str] = CAM_VARIANTS,
@@ -262,3 +268,15 @@ class InteractionCAM(LayerAttribution):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         name = f"interaction-cam:{pooling}" + ("+gi" if gradient_interaction else "")
         return cam_variants(self.model, inputs, [name], self.layer_name, head)[name]
+
+
+#: the method records (see :mod:`ssl_widgets.attr.spec`)
+SPEC = (
+    MethodSpec("grad-cam", PairGradCAM, summary="Grad-CAM of the similarity at a layer", layer="constructor",
+               order=40),
+    MethodSpec("interaction-cam", InteractionCAM, summary="CAMs re-weighted by a channel weight shared by both images",
+               variants=CAM_VARIANTS[1:], layer="constructor", order=50,
+               options={**{p: ("pooling", p) for p in POOLINGS}, "gi": ("gradient_interaction", True)},
+               fixed={"pooling": "mean", "gradient_interaction": False},
+               aliases={"interaction-cam+gi": "interaction-cam:mean+gi"}),
+)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
 __all__ = ["ClassTokenAttention", "attention_blocks", "recorded_attention"]
@@ -138,3 +139,8 @@ class ClassTokenAttention(Attribution):
             maps.append(token_map(self.model, row.mean(1), x.shape[2:]))
         return PairAttribution(maps, sims, {"method": "cls-attention", "block": name.rsplit(".attn", 1)[0],
                                             "head": "mean" if head is None else head})
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("cls-attention", ClassTokenAttention, kind="view", summary="the class token's attention (DINO's "
+                  "maps)", architectures=("vit",), vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam", order=400)

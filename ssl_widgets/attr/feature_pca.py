@@ -6,6 +6,7 @@ from captum.attr import Attribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
 __all__ = ["PatchFeaturePCA", "joint_pca"]
@@ -106,3 +107,8 @@ class PatchFeaturePCA(Attribution):
         meta = {"method": "feature-pca", "layer": layer or "trunk output", "n_components": n_components,
                 "explained_variance_ratio": ratios}
         return PairAttribution((torch.stack(maps1), torch.stack(maps2)), sims, meta)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): RGB maps of a layer's patch features
+SPEC = MethodSpec("feature-pca", PatchFeaturePCA, kind="view", summary="principal components of patch features "
+                  "as RGB", layer="setting", order=420)

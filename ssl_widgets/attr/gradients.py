@@ -12,6 +12,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import PairAttribution, check_count, check_model, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
 
 __all__ = ["PairInputXGradient", "PairSmoothGrad", "input_times_gradient_map", "blur_maps"]
@@ -133,3 +134,14 @@ class PairSmoothGrad(GradientAttribution):
         meta = {"method": "smoothgrad", "n_samples": n_samples, "stdev": stdev, "guided": guided, "blur": blur,
                 "shared_noise": shared_noise, "sigma_from_range": sigma_from_range}
         return PairAttribution((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), meta)
+
+
+#: the method records (see :mod:`ssl_widgets.attr.spec`)
+SPEC = (
+    MethodSpec("input-x-gradient", PairInputXGradient, summary="input x gradient of the similarity",
+               variants=("input-x-gradient", "input-x-gradient:guided"), options={"guided": ("guided", True)},
+               order=70),
+    MethodSpec("smoothgrad", PairSmoothGrad, summary="input x gradient averaged over noisy copies",
+               variants=("smoothgrad", "smoothgrad:guided"), options={"guided": ("guided", True)}, slow=True,
+               seeded=True, order=80),
+)

@@ -26,6 +26,7 @@ from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import check_model, chunks, cosine, preserved_model_state, progress
 from .joint import JointAttribution, check_grid, patch_index, pool_to_patches
 
@@ -181,3 +182,8 @@ class JointGradient(GradientAttribution):
         meta = {"method": self.method_name, "grid1": g1, "grid2": g2, "size1": tuple(x1.shape[2:]),
                 "size2": tuple(x2.shape[2:]), "batch_size": batch_size, "mode": mode}
         return JointAttribution(relevance, cosine(z1, z2), meta)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("joint-gradient", JointGradient, kind="joint", summary="pair-to-pair relevance of patches, exact "
+                  "for a linear embedding", order=300)

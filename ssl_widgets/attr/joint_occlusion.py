@@ -29,6 +29,7 @@ from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .spec import MethodSpec
 from .engine import (
     check_model,
     chunks,
@@ -193,3 +194,8 @@ class JointOcclusion(PerturbationAttribution):
         filled_mean = filled_sum / filled_weight.clamp(min=1e-30)[:, None]
         missing = (kept_weight == 0) | (filled_weight == 0)
         return torch.where(missing[:, None], torch.zeros_like(kept_mean), kept_mean - filled_mean)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("joint-occlusion", JointOcclusion, kind="joint", summary="interaction of every patch pair under "
+                  "occlusion", slow=True, seeded=True, order=310)

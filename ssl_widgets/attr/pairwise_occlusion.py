@@ -7,6 +7,7 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_pair
 from ..data.augment import box_masks, random_erasing_boxes
 from ..models.wrapper import SSLModel
+from .spec import ALL_METRICS, MethodSpec
 from .engine import PairAttribution, check_count, check_model, chunks, cosine, preserved_model_state, progress
 
 __all__ = ["PairwiseOcclusion"]
@@ -110,3 +111,9 @@ class PairwiseOcclusion(PerturbationAttribution):
         meta = {"method": "pairwise-occlusion", "n_samples": n_samples, "scale": scale, "ratio": ratio,
                 "erased_pixels": erased_pixels}
         return PairAttribution(maps, base, meta)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("pairwise-occlusion", PairwiseOcclusion, summary="random rectangles erased from both images",
+                  slow=True, seeded=True, metrics=tuple(m for m in ALL_METRICS if m != "MS"), order=30,
+                  sign_note="red: erasing this region lowers the similarity; blue: erasing it raises the similarity")

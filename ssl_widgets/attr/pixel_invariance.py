@@ -8,6 +8,7 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_images
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
 from ..models.wrapper import SSLModel
+from .spec import CONDITIONAL_METRICS, MethodSpec, Setting
 from .engine import check_count, check_model, chunks, cosine, preserved_model_state, progress
 from .gradients import blur_maps
 
@@ -147,3 +148,12 @@ class PixelInvariance(PerturbationAttribution):
                 optimizer.step()
                 bar.update(1)
         return weight.detach()[0]
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): one map per image, so only the conditional metrics
+SPEC = MethodSpec("pixel-invariance", PixelInvariance, kind="single", summary="which pixels the similarity is "
+                  "invariant to (a linear surrogate)",
+                  settings=(Setting("size", 64, 8, 224, "side of the surrogate's pixel grid", scaled=True, floor=8),
+                            Setting("n_samples", 500, 50, 2000, "augmented copies"),
+                            Setting("epochs", 300, 10, 1000, "surrogate fitting steps")),
+                  slow=True, seeded=True, metrics=CONDITIONAL_METRICS, order=200)

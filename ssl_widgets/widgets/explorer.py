@@ -12,6 +12,7 @@ import torch
 from ..analysis import dense_correspondence
 from ..attr.applicability import not_applicable
 from ..attr.engine import Cancelled, eval_similarity, progress_listener
+from ..attr.spec import all_specs
 from ..data import SAMPLE_IMAGES, make_view
 from ..data.views import custom_view
 from ..explain import explain_pair
@@ -25,7 +26,7 @@ __all__ = ["Explorer"]
 
 OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
 AUGMENTED = "(augmented view of image 1)"
-LAYER_METHODS = ("grad-cam", "interaction-cam", "feature-pca")  # methods that use the layer choice
+LAYER_METHODS = tuple(s.name for s in all_specs() if s.needs_layer)  # methods that use the layer choice
 
 
 class Explorer(JointClickMixin, W.VBox):
