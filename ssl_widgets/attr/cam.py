@@ -13,6 +13,7 @@ from captum.attr import LayerAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .base import LayerPairMethod
 from .spec import MethodSpec, resolve
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
@@ -205,7 +206,7 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
     return results
 
 
-class PairGradCAM(LayerAttribution):
+class PairGradCAM(LayerPairMethod, LayerAttribution):
     """Grad-CAM adapted to a pair: ``CAM_k = sum_c A_k[c] * ReLU(dS/dA_k[c])`` (element-wise form).
 
     Args:
@@ -215,12 +216,6 @@ class PairGradCAM(LayerAttribution):
     Examples:
         >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))
     """
-
-    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
-        check_model(model)
-        module = model.trunk if layer is None else model.get_layer(layer)
-        super().__init__(model, module)
-        self.model, self.layer_name = model, layer
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], head: str = "paper") -> PairAttribution:
         """CAMs of both images at the layer's resolution.
@@ -235,7 +230,7 @@ class PairGradCAM(LayerAttribution):
         return cam_variants(self.model, inputs, ["grad-cam"], self.layer_name, head)["grad-cam"]
 
 
-class InteractionCAM(LayerAttribution):
+class InteractionCAM(LayerPairMethod, LayerAttribution):
     """Interaction-CAM: CAMs re-weighted by a channel weight shared by both images.
 
     ``w = P(A1) * P(A2)`` with ``P`` spatial mean, max, or self-attention pooling; with
@@ -244,12 +239,6 @@ class InteractionCAM(LayerAttribution):
     Examples:
         >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
     """
-
-    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
-        check_model(model)
-        module = model.trunk if layer is None else model.get_layer(layer)
-        super().__init__(model, module)
-        self.model, self.layer_name = model, layer
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], pooling: str = "mean",
                   gradient_interaction: bool = False, head: str = "paper") -> PairAttribution:

@@ -26,8 +26,9 @@ from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .base import ModelMethod
 from .spec import MethodSpec
-from .engine import check_model, chunks, cosine, preserved_model_state, progress
+from .engine import chunks, cosine, preserved_model_state, progress
 from .joint import JointAttribution, check_grid, patch_index, pool_to_patches
 
 __all__ = ["JointGradient", "dimension_relevance"]
@@ -122,7 +123,7 @@ def unfused_attention(model: nn.Module) -> Iterator[None]:
             module.fused_attn = flag
 
 
-class JointGradient(GradientAttribution):
+class JointGradient(ModelMethod, GradientAttribution):
     """Bilinear gradient x input decomposition ``R_ij = sum_k R_i(u1_k) R_j(u2_k)`` on patch pairs.
 
     See the module docstring for how the normalisation enters; for a bias-free linear or ReLU
@@ -140,10 +141,6 @@ class JointGradient(GradientAttribution):
     """
 
     method_name = "joint-gradient"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   batch_size: int = 64, mode: str = "auto", show_progress: bool = False) -> JointAttribution:

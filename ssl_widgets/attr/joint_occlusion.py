@@ -28,10 +28,9 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
-from ..models.wrapper import SSLModel
+from .base import ModelMethod
 from .spec import MethodSpec
 from .engine import (
-    check_model,
     chunks,
     cosine,
     preserved_model_state,
@@ -48,7 +47,7 @@ def _unit(z: torch.Tensor) -> torch.Tensor:
     return z / z.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 
-class JointOcclusion(PerturbationAttribution):
+class JointOcclusion(ModelMethod, PerturbationAttribution):
     """Pairwise occlusion interaction ``s - s(-i) - s(-j) + s(-i,-j)`` on two patch grids.
 
     See the module docstring for the definition, the context-averaged variant and its estimator.
@@ -63,10 +62,6 @@ class JointOcclusion(PerturbationAttribution):
     """
 
     method_name = "joint-occlusion"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   baselines: float | torch.Tensor | None = None, context_probability: float = 0.0,

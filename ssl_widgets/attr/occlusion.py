@@ -7,13 +7,12 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
-from ..models.wrapper import SSLModel
+from .base import PairMethod
 from .spec import ALL_METRICS, MethodSpec, Setting
 from ._regions import gather
 from .engine import (
     PairAttribution,
     check_count,
-    check_model,
     chunks,
     cosine,
     preserved_model_state,
@@ -44,14 +43,10 @@ def window_grid(image_size: tuple[int, int], window: tuple[int, int], stride: tu
     return torch.cartesian_prod(ys, xs)
 
 
-class _WindowOcclusion(PerturbationAttribution):
+class _WindowOcclusion(PairMethod, PerturbationAttribution):
     """Shared machinery: windows, chunked and incremental evaluation, result assembly."""
 
     method_name = "occlusion"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     # -- evaluation helpers -------------------------------------------------------------
     @staticmethod
