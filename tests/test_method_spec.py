@@ -268,4 +268,4 @@ def test_a_new_method_reaches_the_cli_explain_driver_and_registry(image_folder, 
     evaluate(EvaluationConfig(data=str(image_folder), model="tiny-simclr", methods=[name], pairs=1, out=str(tmp_path / "e"),
                               step=448, sensitivity_samples=1, show_progress=False))
     (record,) = [json.loads(line) for line in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
-    assert record["method"] == name and all(isinstance(record[k], float) for k in ("SI", "CD", "MS"))
+    assert record["method"] == name and all(isinstance(record["metrics"][k], float) for k in ("SI", "CD", "MS"))

@@ -217,6 +217,8 @@ class PairGradCAM(LayerPairMethod, LayerAttribution):
         >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))
     """
 
+    method_name = "grad-cam"
+
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], head: str = "paper") -> PairAttribution:
         """CAMs of both images at the layer's resolution.
 
@@ -239,6 +241,8 @@ class InteractionCAM(LayerPairMethod, LayerAttribution):
     Examples:
         >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
     """
+
+    method_name = "interaction-cam"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], pooling: str = "mean",
                   gradient_interaction: bool = False, head: str = "paper") -> PairAttribution:
