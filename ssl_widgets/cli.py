@@ -5,10 +5,24 @@ import argparse
 import sys
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_METHOD", "build_parser", "main"]
+__all__ = ["DEFAULT_METHOD", "build_parser", "main", "method_names"]
 
 #: the method of ``ssl-widgets explain`` without ``--method``
 DEFAULT_METHOD = "interaction-cam:max"
+
+
+def method_names() -> tuple[str, ...]:
+    """The names ``ssl-widgets explain --method`` lists: every listed name of the method records.
+
+    Read from :func:`ssl_widgets.attr.spec.listed_names` (imports the method modules, so torch).
+
+    Examples:
+        >>> "interaction-cam:max+gi" in method_names()
+        True
+    """
+    from .attr.spec import listed_names
+
+    return listed_names("pair", "single", "joint") + listed_names("view")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -63,8 +77,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
     from .attr.applicability import check_applicable
-    from .attr.averaged_transforms import AveragedTransforms
-    from .attr.registry import get_method
+    from .attr.spec import resolve
     from .data import make_pair
     from .explain import explain_pair, sign_note
     from .models import load_model
@@ -72,10 +85,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cls, _ = get_method(args.method)
+    spec = resolve(args.method)[0]
     model = load_model(args.model, weights=args.weights)
     check_applicable(args.method, model)
-    transform, second = _second_view(args, "combine" if cls is AveragedTransforms else "aug")
+    transform, second = _second_view(args, spec.view_transform or "aug")
     x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
     overrides = {}
     if args.window:
@@ -83,8 +96,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.stride:
         overrides["strides"] = args.stride
     generator = torch.Generator().manual_seed(args.seed)
-    if args.method in ("joint-gradient", "joint-occlusion"):
-        return _write_joint_figure(args, cls(model), model, x1, x2, generator, second)
+    if spec.kind == "joint":
+        return _write_joint_figure(args, spec, model, x1, x2, generator, second)
     result = explain_pair(model, args.method, x1, x2, layer=args.layer, generator=generator, **overrides)
     settings = {k: v for k, v in result.meta.items() if k != "method"}
     fig = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]),
@@ -118,15 +131,13 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_joint_figure(args: argparse.Namespace, method, model, x1, x2, generator, second: str) -> int:
+def _write_joint_figure(args: argparse.Namespace, spec, model, x1, x2, generator, second: str) -> int:
     """Joint methods: the top-matches figure (strongest patch pairs joined by lines, and the marginals)."""
     from .plotting import image_label
     from .plotting_joint import top_matches_figure
 
-    settings = {"grid": args.grid}
-    if args.method == "joint-occlusion":
-        settings["generator"] = generator
-    result = method.attribute((x1, x2), **settings)
+    settings = {"grid": args.grid, **({"generator": generator} if spec.seeded else {})}
+    result = spec.build(model).attribute((x1, x2), **settings)
     shown = {k: v for k, v in result.meta.items() if k not in ("method", "size1", "size2", "grid2")}
     fig = top_matches_figure(x1, x2, result, k=args.top, title=f"{args.method} on {args.model}",
                              labels=(image_label(args.image), second), settings=shown)
@@ -178,9 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="sample name (chelsea, coffee, astronaut, rocket, motorcycle, grace_hopper) or path")
     p.add_argument("image2", nargs="?", default=None,
                    help="second image, used as given (default: an augmented view of IMAGE)")
-    p.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"method name (default: {DEFAULT_METHOD}); e.g. conditional-occlusion, grad-cam, "
-                        "input-x-gradient, averaged-transforms")
+    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
+                   help=f"method name (default: {DEFAULT_METHOD}); one of: {', '.join(method_names())}")
     p.add_argument("--model", default="tiny-simclr", help="zoo name (default: tiny-simclr)")
     p.add_argument("--weights", default=None, help="weight file for --model")
     p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")

@@ -216,6 +216,7 @@ def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
     assert float(w_fit.min()) >= 0
 
 
+from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients  # noqa: E402
 from ssl_widgets.attr import (  # noqa: E402
     JOINT_METHOD_NAMES,
     VIT_METHOD_NAMES,
@@ -245,6 +246,7 @@ REGISTRY = {
     "input-x-gradient:guided": (PairInputXGradient, {"guided": True}),
     "smoothgrad": (PairSmoothGrad, {}),
     "smoothgrad:guided": (PairSmoothGrad, {"guided": True}),
+    "integrated-gradients": (PairIntegratedGradients, {}),
     "interaction-cam:mean+gi": (InteractionCAM, {"pooling": "mean", "gradient_interaction": True}),
     "pixel-invariance": (PixelInvariance, {}),
     "joint-gradient": (JointGradient, {}),

@@ -4,11 +4,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..models.wrapper import SSLModel
+from .spec import resolve
 
 __all__ = ["architecture", "check_applicable", "not_applicable"]
-
-#: methods that read a ViT's attention weights (token trunks only)
-ATTENTION_METHODS = ("cls-attention", "attention-rollout")
 
 
 def architecture(model: SSLModel) -> str:
@@ -26,7 +24,9 @@ def not_applicable(name: str, model: SSLModel) -> str | None:
     """Why method ``name`` does not apply to ``model`` (``None`` when it applies).
 
     Guided back-propagation (``:guided`` variants) is defined for ReLU networks only, so it is refused for a
-    model with GELU activations (every ViT); the attention views need a ViT's attention.
+    model with GELU activations (every ViT); a method whose record lists only ``"vit"`` in its
+    ``architectures`` (the attention views) is refused for a CNN.
+    A name that is not a method's (the explorer's ``"correspondence"`` tab) applies to every model.
 
     Examples:
         >>> from ssl_widgets.models import SSLModel
@@ -36,13 +36,16 @@ def not_applicable(name: str, model: SSLModel) -> str | None:
         >>> print(not_applicable("input-x-gradient:guided", vit))  # doctest: +ELLIPSIS
         method 'input-x-gradient:guided' does not apply to model 'vit_tiny_patch16_224' (a Vision Transformer): ...
     """
-    base, _, options = name.partition(":")
+    try:
+        spec, settings = resolve(name)
+    except ValueError:
+        return None
     where = f"method {name!r} does not apply to model {model.name!r} (a {architecture(model)}): "
-    if "guided" in options.split("+") and any(isinstance(m, nn.GELU) for m in model.modules()):
+    if settings.get("guided") and any(isinstance(m, nn.GELU) for m in model.modules()):
         return where + ("guided backpropagation is defined for ReLU networks and this model uses GELU "
-                        f"activations; use {base!r} (plain gradients)")
-    if base in ATTENTION_METHODS and not model.is_token_model:
-        return where + "it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam"
+                        f"activations; use {spec.name!r} (plain gradients)")
+    if ("vit" if model.is_token_model else "cnn") not in spec.architectures:
+        return where + (spec.vit_only_reason or f"it applies to {' and '.join(spec.architectures)} models only")
     return None
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from captum.attr import Attribution
 
-from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .base import PairMethod
+from .spec import MethodSpec
 from .cls_attention import attention_blocks, pair_attentions, resolve_block, token_map
 from .engine import PairAttribution
 
@@ -38,7 +39,7 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean") -> torch.
     return result
 
 
-class AttentionRollout(Attribution):
+class AttentionRollout(PairMethod, Attribution):
     """How much each patch flows into the class token through all blocks (attention rollout).
 
     Each block's attention (heads fused) gets the identity added for the residual connection and
@@ -54,10 +55,11 @@ class AttentionRollout(Attribution):
         torch.Size([1, 2, 2])
     """
 
+    method_name = "attention-rollout"
+
     def __init__(self, model: SSLModel) -> None:
-        self.blocks = attention_blocks(model, "attention-rollout")
+        self.blocks = attention_blocks(model, self.method_name)
         super().__init__(model)
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], head_fusion: str = "mean",
                   start_block: int | str = 0, end_block: int | str = -1) -> PairAttribution:
@@ -74,12 +76,16 @@ class AttentionRollout(Attribution):
         """
         if head_fusion not in HEAD_FUSIONS:
             raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
+        x1, x2 = self._inputs(inputs, convert=False)
         first, last = resolve_block(self.blocks, start_block), resolve_block(self.blocks, end_block)
         if first > last:
             raise ValueError(f"start_block {start_block!r} comes after end_block {end_block!r}")
         modules = [m for _, m in self.blocks[first:last + 1]]
         a1, a2, sims = pair_attentions(self.model, x1, x2, modules)
         maps = [token_map(self.model, rollout(a, head_fusion)[:, 0], x.shape[2:]) for a, x in ((a1, x1), (a2, x2))]
-        return PairAttribution(maps, sims, {"method": "attention-rollout", "head_fusion": head_fusion,
-                                            "blocks": (self.blocks[first][0], self.blocks[last][0])})
+        return self._result(maps, sims, head_fusion=head_fusion, blocks=(self.blocks[first][0], self.blocks[last][0]))
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("attention-rollout", AttentionRollout, kind="view", summary="attention flow into the class token "
+                  "through all blocks", architectures=("vit",), vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam", order=410)

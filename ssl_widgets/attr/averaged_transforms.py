@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from captum.attr import GradientAttribution
 
-from .._validation import check_pair
-from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, cosine, eval_similarity, guided_relus, preserved_model_state
+from .base import PairMethod
+from .spec import MethodSpec
+from .engine import PairAttribution, cosine, eval_similarity, guided_relus
 from .gradients import input_times_gradient_map
 
 __all__ = ["AveragedTransforms", "path_coefficients"]
@@ -24,7 +24,7 @@ def path_coefficients(steps: int) -> list[float]:
     return [1.0 - m / steps for m in range(steps)]
 
 
-class AveragedTransforms(GradientAttribution):
+class AveragedTransforms(PairMethod, GradientAttribution):
     """Averaged Transforms: gradients of ``cos(f(x), f(x^l))`` along ``x^l = l*x + (1-l)*x_t``.
 
     For each path point after the first, ``S_m = cos(f(x^1), f(x^{l_m}))``; ``g1`` is the mean of
@@ -38,9 +38,7 @@ class AveragedTransforms(GradientAttribution):
         >>> m1, m2 = AveragedTransforms(model).attribute((x1, x2), guided=True)
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "averaged-transforms"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], steps: int = 10, guided: bool = False,
                   noise: bool = False, blur: bool = False, generator: torch.Generator | None = None,
@@ -59,7 +57,7 @@ class AveragedTransforms(GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``; ``.similarity`` is ``cos(f(x), f(x_t))``.
         """
-        x, x_t = (v.to(self.model.device) for v in check_pair(inputs, ("x", "x_t"), self.model.mean.dtype))
+        x, x_t = self._inputs(inputs, ("x", "x_t"))
         if x.shape != x_t.shape:
             raise ValueError(f"x and x_t must have the same shape (a photometric transform), got {tuple(x.shape)} "
                              f"and {tuple(x_t.shape)}")
@@ -74,7 +72,7 @@ class AveragedTransforms(GradientAttribution):
             eps = torch.randn(path.shape, generator=generator).to(path) * (noise_stdev / spread)
             eps[:, -1] = 0  # the last point stays clean; the first (x itself) is not in `path`
             path = path + eps
-        with preserved_model_state(model, requires_grad=False, channels_last=True), guided_relus(model, guided), \
+        with self._preserved(channels_last=True), guided_relus(model, guided), \
                 torch.enable_grad():
             start = x_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
             points = path.reshape(-1, *rest).detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -87,5 +85,12 @@ class AveragedTransforms(GradientAttribution):
         last = path[:, -1]
         maps = (input_times_gradient_map(x_n, g1, blur), input_times_gradient_map(last, g2, blur))
         similarity = eval_similarity(model, x_n, t_n)
-        meta = {"method": "averaged-transforms", "steps": steps, "guided": guided, "noise": noise, "blur": blur}
-        return PairAttribution(maps, similarity, meta)
+        return self._result(maps, similarity, steps=steps, guided=guided, noise=noise, blur=blur)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): the second view is a photometric transform
+SPEC = MethodSpec("averaged-transforms", AveragedTransforms, summary="gradients averaged along a photometric path",
+                  variants=("averaged-transforms", "averaged-transforms:guided", "averaged-transforms:noise",
+                            "averaged-transforms:guided+noise"),
+                  options={"guided": ("guided", True), "noise": ("noise", True)}, seeded=True,
+                  view_transform="combine", order=60)

@@ -13,6 +13,8 @@ from captum.attr import LayerAttribution
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .base import LayerPairMethod
+from .spec import MethodSpec, resolve
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
 __all__ = ["PairGradCAM", "InteractionCAM", "cam_variants", "CAM_VARIANTS", "POOLINGS"]
@@ -153,16 +155,21 @@ def _variant_maps(a1, a2, g1, g2, pooling: str | None, gradient_interaction: boo
 
 
 def parse_cam_variant(name: str) -> tuple[str | None, bool]:
-    """``"interaction-cam:max+gi"`` -> ``("max", True)``; ``"grad-cam"`` -> ``(None, False)``."""
-    if name == "grad-cam":
-        return None, False
-    base, _, option = name.partition(":")
-    if base != "interaction-cam":
+    """``"interaction-cam:max+gi"`` -> ``("max", True)``; ``"grad-cam"`` -> ``(None, False)``.
+
+    The names are parsed by :func:`ssl_widgets.attr.spec.resolve` (the one parser of method names).
+
+    Examples:
+        >>> parse_cam_variant("interaction-cam:attention+gi")
+        ('attention', True)
+    """
+    try:
+        spec, settings = resolve(name)
+    except ValueError:
+        spec, settings = None, {}
+    if spec is None or spec.cls not in (PairGradCAM, InteractionCAM):
         raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
-    pooling, _, gi = (option or "mean").partition("+")
-    if pooling not in POOLINGS or gi not in ("", "gi"):
-        raise ValueError(f"unknown CAM variant {name!r}; choose one of {CAM_VARIANTS}")
-    return pooling, gi == "gi"
+    return settings.get("pooling"), bool(settings.get("gradient_interaction", False))
 
 
 def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], variants: Iterable[str] = CAM_VARIANTS,
@@ -199,7 +206,7 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
     return results
 
 
-class PairGradCAM(LayerAttribution):
+class PairGradCAM(LayerPairMethod, LayerAttribution):
     """Grad-CAM adapted to a pair: ``CAM_k = sum_c A_k[c] * ReLU(dS/dA_k[c])`` (element-wise form).
 
     Args:
@@ -210,11 +217,7 @@ class PairGradCAM(LayerAttribution):
         >>> m1, m2 = PairGradCAM(model).attribute((x1, x2))
     """
 
-    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
-        check_model(model)
-        module = model.trunk if layer is None else model.get_layer(layer)
-        super().__init__(model, module)
-        self.model, self.layer_name = model, layer
+    method_name = "grad-cam"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], head: str = "paper") -> PairAttribution:
         """CAMs of both images at the layer's resolution.
@@ -229,7 +232,7 @@ class PairGradCAM(LayerAttribution):
         return cam_variants(self.model, inputs, ["grad-cam"], self.layer_name, head)["grad-cam"]
 
 
-class InteractionCAM(LayerAttribution):
+class InteractionCAM(LayerPairMethod, LayerAttribution):
     """Interaction-CAM: CAMs re-weighted by a channel weight shared by both images.
 
     ``w = P(A1) * P(A2)`` with ``P`` spatial mean, max, or self-attention pooling; with
@@ -239,11 +242,7 @@ class InteractionCAM(LayerAttribution):
         >>> m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
     """
 
-    def __init__(self, model: SSLModel, layer: str | None = None) -> None:
-        check_model(model)
-        module = model.trunk if layer is None else model.get_layer(layer)
-        super().__init__(model, module)
-        self.model, self.layer_name = model, layer
+    method_name = "interaction-cam"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], pooling: str = "mean",
                   gradient_interaction: bool = False, head: str = "paper") -> PairAttribution:
@@ -262,3 +261,15 @@ class InteractionCAM(LayerAttribution):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         name = f"interaction-cam:{pooling}" + ("+gi" if gradient_interaction else "")
         return cam_variants(self.model, inputs, [name], self.layer_name, head)[name]
+
+
+#: the method records (see :mod:`ssl_widgets.attr.spec`)
+SPEC = (
+    MethodSpec("grad-cam", PairGradCAM, summary="Grad-CAM of the similarity at a layer", layer="constructor",
+               order=40),
+    MethodSpec("interaction-cam", InteractionCAM, summary="CAMs re-weighted by a channel weight shared by both images",
+               variants=CAM_VARIANTS[1:], layer="constructor", order=50,
+               options={**{p: ("pooling", p) for p in POOLINGS}, "gi": ("gradient_interaction", True)},
+               fixed={"pooling": "mean", "gradient_interaction": False},
+               aliases={"interaction-cam+gi": "interaction-cam:mean+gi"}),
+)

@@ -14,8 +14,9 @@ import torch
 from captum.attr import Attribution
 from torch import nn
 
-from .._validation import check_pair
 from ..models.wrapper import SSLModel
+from .base import PairMethod
+from .spec import MethodSpec
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
 __all__ = ["ClassTokenAttention", "attention_blocks", "recorded_attention"]
@@ -89,7 +90,7 @@ def token_map(model: SSLModel, row: torch.Tensor, image_size) -> torch.Tensor:
     return row[:, model.num_prefix_tokens:].reshape(row.shape[0], h, w)
 
 
-class ClassTokenAttention(Attribution):
+class ClassTokenAttention(PairMethod, Attribution):
     """Where the class token looks: its attention to each patch in one block, per head or averaged.
 
     ``map[b, i, j] = softmax(q_cls k^T / sqrt(d))[patch (i, j)]`` (averaged over heads unless a head
@@ -109,10 +110,11 @@ class ClassTokenAttention(Attribution):
         torch.Size([1, 4, 4])
     """
 
+    method_name = "cls-attention"
+
     def __init__(self, model: SSLModel) -> None:
-        self.blocks = attention_blocks(model, "cls-attention")
+        self.blocks = attention_blocks(model, self.method_name)
         super().__init__(model)
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], block: int | str = -1,
                   head: int | None = None) -> PairAttribution:
@@ -126,7 +128,7 @@ class ClassTokenAttention(Attribution):
         Returns:
             :class:`PairAttribution` with maps ``(B, H/p, W/p)``.
         """
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
+        x1, x2 = self._inputs(inputs, convert=False)
         index = resolve_block(self.blocks, block)
         name, module = self.blocks[index]
         if head is not None and not 0 <= head < module.num_heads:
@@ -136,5 +138,9 @@ class ClassTokenAttention(Attribution):
         for attn, x in ((a1, x1), (a2, x2)):
             row = attn[:, :, 0] if head is None else attn[:, head:head + 1, 0]
             maps.append(token_map(self.model, row.mean(1), x.shape[2:]))
-        return PairAttribution(maps, sims, {"method": "cls-attention", "block": name.rsplit(".attn", 1)[0],
-                                            "head": "mean" if head is None else head})
+        return self._result(maps, sims, block=name.rsplit(".attn", 1)[0], head="mean" if head is None else head)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("cls-attention", ClassTokenAttention, kind="view", summary="the class token's attention (DINO's "
+                  "maps)", architectures=("vit",), vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam", order=400)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from captum.attr import Attribution
 
-from .._validation import check_pair
-from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_model, cosine, preserved_model_state
+from .base import PairMethod
+from .spec import MethodSpec
+from .engine import PairAttribution, cosine
 
 __all__ = ["PatchFeaturePCA", "joint_pca"]
 
@@ -44,7 +44,7 @@ def joint_pca(features: list[torch.Tensor], n_components: int = 3) -> tuple[list
     return [p.float() for p in proj.split([f.shape[0] for f in features])], ratio.float()
 
 
-class PatchFeaturePCA(Attribution):
+class PatchFeaturePCA(PairMethod, Attribution):
     """The first principal components of a layer's patch features, as RGB images of the patch grid.
 
     The PCA is fitted over the patch features of *both* images of each pair, so equal colours mean
@@ -63,9 +63,7 @@ class PatchFeaturePCA(Attribution):
         (torch.Size([1, 3, 2, 2]), torch.Size([1, 3, 3, 2]))
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "feature-pca"
 
     def _features(self, x: torch.Tensor, layer: str | None) -> torch.Tensor:
         if layer is None:
@@ -92,8 +90,8 @@ class PatchFeaturePCA(Attribution):
         """
         if n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {n_components}")
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
-        with preserved_model_state(self.model, requires_grad=False), torch.no_grad():
+        x1, x2 = self._inputs(inputs, convert=False)
+        with self._preserved(), torch.no_grad():
             f1, f2 = self._features(x1, layer), self._features(x2, layer)
             sims = cosine(self.model(x1), self.model(x2))
         maps1, maps2, ratios = [], [], []
@@ -103,6 +101,10 @@ class PatchFeaturePCA(Attribution):
             maps1.append(p1.T.reshape(n_components, *f1.shape[2:]))
             maps2.append(p2.T.reshape(n_components, *f2.shape[2:]))
             ratios.append([round(v, 3) for v in ratio.tolist()])
-        meta = {"method": "feature-pca", "layer": layer or "trunk output", "n_components": n_components,
-                "explained_variance_ratio": ratios}
-        return PairAttribution((torch.stack(maps1), torch.stack(maps2)), sims, meta)
+        return self._result((torch.stack(maps1), torch.stack(maps2)), sims, layer=layer or "trunk output",
+                            n_components=n_components, explained_variance_ratio=ratios)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): RGB maps of a layer's patch features
+SPEC = MethodSpec("feature-pca", PatchFeaturePCA, kind="view", summary="principal components of patch features "
+                  "as RGB", layer="setting", order=420)

@@ -10,9 +10,10 @@ import torch
 from captum.attr import GradientAttribution
 from torchvision.transforms.functional import gaussian_blur
 
-from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_count, check_model, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
+from .base import PairMethod
+from .spec import MethodSpec
+from .engine import PairAttribution, check_count, chunks, cosine, eval_similarity, guided_relus, preserved_model_state
 
 __all__ = ["PairInputXGradient", "PairSmoothGrad", "input_times_gradient_map", "blur_maps"]
 
@@ -40,16 +41,14 @@ def pair_gradients(model: SSLModel, x1_n: torch.Tensor, x2_n: torch.Tensor,
     return g1, g2, sims.detach()
 
 
-class PairInputXGradient(GradientAttribution):
+class PairInputXGradient(PairMethod, GradientAttribution):
     """Input x Gradient of the pair similarity: ``map_k = max_c |x_k * dS/dx_k|``.
 
     Examples:
         >>> m1, m2 = PairInputXGradient(model).attribute((x1, x2), guided=True)
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "input-x-gradient"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], guided: bool = False,
                   blur: bool = False) -> PairAttribution:
@@ -63,14 +62,14 @@ class PairInputXGradient(GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
         """
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
+        x1, x2 = self._inputs(inputs)
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)
         g1, g2, sims = pair_gradients(self.model, x1_n, x2_n, guided)
         maps = (input_times_gradient_map(x1_n, g1, blur), input_times_gradient_map(x2_n, g2, blur))
-        return PairAttribution(maps, sims, {"method": "input-x-gradient", "guided": guided, "blur": blur})
+        return self._result(maps, sims, guided=guided, blur=blur)
 
 
-class PairSmoothGrad(GradientAttribution):
+class PairSmoothGrad(PairMethod, GradientAttribution):
     """SmoothGrad of the pair similarity, batched.
 
     As the paper's code: each sample adds the *same* noise ``eps ~ N(0, sigma^2)`` to both images
@@ -80,9 +79,7 @@ class PairSmoothGrad(GradientAttribution):
     the usual SmoothGrad convention.
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "smoothgrad"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], n_samples: int = 50, stdev: float = 0.15,
                   guided: bool = False, blur: bool = False, generator: torch.Generator | None = None,
@@ -108,7 +105,7 @@ class PairSmoothGrad(GradientAttribution):
         check_count(perturbations_per_eval, "perturbations_per_eval")
         if sigma_from_range not in ("divide", "multiply"):
             raise ValueError("sigma_from_range must be 'divide' or 'multiply'")
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
+        x1, x2 = self._inputs(inputs)
         if shared_noise and x1.shape != x2.shape:
             raise ValueError("shared_noise needs x1 and x2 of the same shape")
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)
@@ -130,6 +127,16 @@ class PairSmoothGrad(GradientAttribution):
             maps1.append(input_times_gradient_map(a, grad1 / n_samples, blur))
             maps2.append(input_times_gradient_map(c, grad2 / n_samples, blur))
             sims.append(eval_similarity(self.model, a, c))
-        meta = {"method": "smoothgrad", "n_samples": n_samples, "stdev": stdev, "guided": guided, "blur": blur,
-                "shared_noise": shared_noise, "sigma_from_range": sigma_from_range}
-        return PairAttribution((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), meta)
+        return self._result((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), n_samples=n_samples, stdev=stdev,
+                            guided=guided, blur=blur, shared_noise=shared_noise, sigma_from_range=sigma_from_range)
+
+
+#: the method records (see :mod:`ssl_widgets.attr.spec`)
+SPEC = (
+    MethodSpec("input-x-gradient", PairInputXGradient, summary="input x gradient of the similarity",
+               variants=("input-x-gradient", "input-x-gradient:guided"), options={"guided": ("guided", True)},
+               order=70),
+    MethodSpec("smoothgrad", PairSmoothGrad, summary="input x gradient averaged over noisy copies",
+               variants=("smoothgrad", "smoothgrad:guided"), options={"guided": ("guided", True)}, slow=True,
+               seeded=True, order=80),
+)

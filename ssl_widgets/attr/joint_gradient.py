@@ -26,7 +26,9 @@ from torch import nn
 
 from .._validation import check_pair
 from ..models.wrapper import SSLModel
-from .engine import check_model, chunks, cosine, preserved_model_state, progress
+from .base import ModelMethod
+from .spec import MethodSpec
+from .engine import chunks, cosine, preserved_model_state, progress
 from .joint import JointAttribution, check_grid, patch_index, pool_to_patches
 
 __all__ = ["JointGradient", "dimension_relevance"]
@@ -121,7 +123,7 @@ def unfused_attention(model: nn.Module) -> Iterator[None]:
             module.fused_attn = flag
 
 
-class JointGradient(GradientAttribution):
+class JointGradient(ModelMethod, GradientAttribution):
     """Bilinear gradient x input decomposition ``R_ij = sum_k R_i(u1_k) R_j(u2_k)`` on patch pairs.
 
     See the module docstring for how the normalisation enters; for a bias-free linear or ReLU
@@ -139,10 +141,6 @@ class JointGradient(GradientAttribution):
     """
 
     method_name = "joint-gradient"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   batch_size: int = 64, mode: str = "auto", show_progress: bool = False) -> JointAttribution:
@@ -181,3 +179,8 @@ class JointGradient(GradientAttribution):
         meta = {"method": self.method_name, "grid1": g1, "grid2": g2, "size1": tuple(x1.shape[2:]),
                 "size2": tuple(x2.shape[2:]), "batch_size": batch_size, "mode": mode}
         return JointAttribution(relevance, cosine(z1, z2), meta)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("joint-gradient", JointGradient, kind="joint", summary="pair-to-pair relevance of patches, exact "
+                  "for a linear embedding", order=300)

@@ -28,9 +28,9 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
-from ..models.wrapper import SSLModel
+from .base import ModelMethod
+from .spec import MethodSpec
 from .engine import (
-    check_model,
     chunks,
     cosine,
     preserved_model_state,
@@ -47,7 +47,7 @@ def _unit(z: torch.Tensor) -> torch.Tensor:
     return z / z.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 
-class JointOcclusion(PerturbationAttribution):
+class JointOcclusion(ModelMethod, PerturbationAttribution):
     """Pairwise occlusion interaction ``s - s(-i) - s(-j) + s(-i,-j)`` on two patch grids.
 
     See the module docstring for the definition, the context-averaged variant and its estimator.
@@ -62,10 +62,6 @@ class JointOcclusion(PerturbationAttribution):
     """
 
     method_name = "joint-occlusion"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   baselines: float | torch.Tensor | None = None, context_probability: float = 0.0,
@@ -193,3 +189,8 @@ class JointOcclusion(PerturbationAttribution):
         filled_mean = filled_sum / filled_weight.clamp(min=1e-30)[:, None]
         missing = (kept_weight == 0) | (filled_weight == 0)
         return torch.where(missing[:, None], torch.zeros_like(kept_mean), kept_mean - filled_mean)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("joint-occlusion", JointOcclusion, kind="joint", summary="interaction of every patch pair under "
+                  "occlusion", slow=True, seeded=True, order=310)

@@ -7,12 +7,12 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_pair
-from ..models.wrapper import SSLModel
+from .base import PairMethod
+from .spec import ALL_METRICS, MethodSpec, Setting
 from ._regions import gather
 from .engine import (
     PairAttribution,
     check_count,
-    check_model,
     chunks,
     cosine,
     preserved_model_state,
@@ -58,14 +58,10 @@ def preview_stride(window: int, sizes: list[int]) -> int:
     return low
 
 
-class _WindowOcclusion(PerturbationAttribution):
+class _WindowOcclusion(PairMethod, PerturbationAttribution):
     """Shared machinery: windows, chunked and incremental evaluation, result assembly."""
 
     method_name = "occlusion"
-
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
 
     # -- evaluation helpers -------------------------------------------------------------
     @staticmethod
@@ -271,3 +267,19 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
         d1 = embs[0][n1:] - embs[0][:n1]
         d2 = embs[1][n2:] - embs[1][:n2]
         return (cosine(d1, z[1]), cosine(d2, z[0])), cosine(z[0], z[1])
+
+
+_WINDOW_SETTINGS = (
+    Setting("sliding_window_shapes", 64, 4, 224, "window side in pixels", scaled=True, floor=2),
+    Setting("strides", 8, 1, 64, "window stride in pixels", scaled=True, floor=1),
+)
+#: the method records (see :mod:`ssl_widgets.attr.spec`); max-sensitivity is not computed for occlusion
+SPEC = (
+    MethodSpec("conditional-occlusion", ConditionalOcclusion, summary="occlude a window of one image, the other "
+               "image is the condition", settings=_WINDOW_SETTINGS, slow=True,
+               metrics=tuple(m for m in ALL_METRICS if m != "MS"), order=10,
+               sign_note="red: hiding this region lowers the similarity; blue: hiding it raises the similarity"),
+    MethodSpec("context-agnostic-occlusion", ContextAgnosticOcclusion, summary="what a window contributes by "
+               "itself", settings=_WINDOW_SETTINGS, slow=True, metrics=tuple(m for m in ALL_METRICS if m != "MS"),
+               order=20, sign_note="red: this patch alone points towards the other image; blue: it points away"),
+)

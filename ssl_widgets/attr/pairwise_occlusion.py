@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from captum.attr import PerturbationAttribution
 
-from .._validation import check_pair
 from ..data.augment import box_masks, random_erasing_boxes
-from ..models.wrapper import SSLModel
-from .engine import PairAttribution, check_count, check_model, chunks, cosine, preserved_model_state, progress
+from .base import PairMethod
+from .spec import ALL_METRICS, MethodSpec
+from .engine import PairAttribution, check_count, chunks, cosine
 
 __all__ = ["PairwiseOcclusion"]
 
@@ -23,7 +23,7 @@ def _check_range(value: object, name: str, upper: float | None) -> None:
         raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {value!r}")
 
 
-class PairwiseOcclusion(PerturbationAttribution):
+class PairwiseOcclusion(PairMethod, PerturbationAttribution):
     """Pairwise occlusion: erase a random rectangle from each image, credit the drop to one image.
 
     Each sample erases (fills with 0 in model input space) an independent rectangle in both
@@ -39,9 +39,7 @@ class PairwiseOcclusion(PerturbationAttribution):
         >>> m1, m2 = PairwiseOcclusion(model).attribute((x1, x2), generator=torch.Generator().manual_seed(0))
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "pairwise-occlusion"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], n_samples: int = 100,
                   scale: tuple[float, float] = (0.1, 0.3), ratio: tuple[float, float] = (1, 1.5),
@@ -69,14 +67,14 @@ class PairwiseOcclusion(PerturbationAttribution):
         check_count(perturbations_per_eval, "perturbations_per_eval")
         _check_range(scale, "scale", upper=1.0)
         _check_range(ratio, "ratio", upper=None)
-        x1, x2 = (x.to(self.model.device) for x in check_pair(inputs, dtype=self.model.mean.dtype))
+        x1, x2 = self._inputs(inputs)
         model = self.model
         maps = [torch.zeros(x.shape[0], *x.shape[2:], device=x.device) for x in (x1, x2)]
-        with preserved_model_state(model, requires_grad=False, channels_last=True), torch.no_grad():
+        with self._preserved(channels_last=True), torch.no_grad():
             x1_n, x2_n = model.normalize(x1), model.normalize(x2)
             base = cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
             steps = x1.shape[0] * -(-n_samples // perturbations_per_eval)
-            with progress(steps, show_progress, "pairwise-occlusion") as bar:
+            with self._progress(steps, show_progress) as bar:
                 for b in range(x1.shape[0]):
                     # softmax(drops) accumulated chunk by chunk (running maximum, rescaled sums), so
                     # memory stays bounded by perturbations_per_eval whatever n_samples is
@@ -107,6 +105,10 @@ class PairwiseOcclusion(PerturbationAttribution):
                     for k in range(2):
                         maps[k][b] /= denominator
         maps = [m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-9) for m in maps]
-        meta = {"method": "pairwise-occlusion", "n_samples": n_samples, "scale": scale, "ratio": ratio,
-                "erased_pixels": erased_pixels}
-        return PairAttribution(maps, base, meta)
+        return self._result(maps, base, n_samples=n_samples, scale=scale, ratio=ratio, erased_pixels=erased_pixels)
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`)
+SPEC = MethodSpec("pairwise-occlusion", PairwiseOcclusion, summary="random rectangles erased from both images",
+                  slow=True, seeded=True, metrics=tuple(m for m in ALL_METRICS if m != "MS"), order=30,
+                  sign_note="red: erasing this region lowers the similarity; blue: erasing it raises the similarity")

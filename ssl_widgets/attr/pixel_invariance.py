@@ -1,19 +1,56 @@
 """Pixel invariance (Sammani et al. 2022): a linear surrogate of the similarity under augmentation."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_images
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
-from ..models.wrapper import SSLModel
-from .engine import check_count, check_model, chunks, cosine, preserved_model_state, progress
+from .spec import CONDITIONAL_METRICS, MethodSpec, Setting
+from .base import ModelMethod
+from .engine import check_count, chunks, cosine, progress
 from .gradients import blur_maps
 
-__all__ = ["PixelInvariance", "nmf"]
+__all__ = ["InvarianceMaps", "PixelInvariance", "nmf"]
 
 _NO_SHIFT_JITTER = AugmentConfig(jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+
+
+class InvarianceMaps(torch.Tensor):
+    """The result of :meth:`PixelInvariance.attribute`: the ``(B, size, size)`` maps in ``[0, 1]``, plus ``.meta``.
+
+    It *is* that tensor (a ``torch.Tensor`` subclass): indexing, ``.shape``, arithmetic, plotting and
+    ``torch.equal`` work as on the plain tensor, every operation returns a plain tensor, and it is
+    saved (``torch.save``, pickle) as the plain tensor, without ``meta``. One map
+    per image (the method explains each image alone), so unlike a
+    :class:`~ssl_widgets.attr.engine.PairAttribution` there is no second map.
+
+    Attributes:
+        meta: the method name and settings used.
+
+    Examples:
+        >>> maps = InvarianceMaps.of(torch.zeros(2, 4, 4), {"method": "pixel-invariance", "size": 4})
+        >>> maps.shape, maps.meta["size"], type(maps[0]).__name__
+        (torch.Size([2, 4, 4]), 4, 'Tensor')
+        >>> first, second = maps  # unpacks over the batch, as the plain tensor
+    """
+
+    meta: dict[str, Any]
+    __torch_function__ = torch._C._disabled_torch_function_impl  # results of operations are plain tensors
+
+    @classmethod
+    def of(cls, maps: torch.Tensor, meta: dict[str, Any]) -> InvarianceMaps:
+        """``maps`` (detached) as an :class:`InvarianceMaps` carrying ``meta``."""
+        result = maps.detach().as_subclass(cls)
+        result.meta = dict(meta)
+        return result
+
+    def __reduce_ex__(self, protocol):
+        # saved (pickle, torch.save) as the plain tensor, so torch.load(weights_only=True) reads it; meta is not kept
+        return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
 
 
 def nmf(data: torch.Tensor, components: int, iterations: int = 200,
@@ -32,7 +69,7 @@ def nmf(data: torch.Tensor, components: int, iterations: int = 200,
     return w
 
 
-class PixelInvariance(PerturbationAttribution):
+class PixelInvariance(ModelMethod, PerturbationAttribution):
     """Which pixels the similarity is invariant to, from a linear surrogate (one map per image).
 
     ``n_samples`` augmented copies of ``x`` (colour jitter 0.8/0.8/0.8/0.2 with p 0.8, grayscale
@@ -47,9 +84,7 @@ class PixelInvariance(PerturbationAttribution):
         >>> heat = PixelInvariance(model).attribute(x, n_samples=200, epochs=100)
     """
 
-    def __init__(self, model: SSLModel) -> None:
-        super().__init__(check_model(model))
-        self.model = model
+    method_name = "pixel-invariance"
 
     def _dataset(self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None,
                  per_eval: int, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +114,7 @@ class PixelInvariance(PerturbationAttribution):
     def attribute(self, x: torch.Tensor, n_samples: int = 1000, size: int = 64, epochs: int = 1000,
                   lr: float = 0.1, l1_weight: float = 0.2, nmf_components: int | None = None,
                   threshold: float = 0.5, blur: bool = True, generator: torch.Generator | None = None,
-                  show_progress: bool = False, perturbations_per_eval: int = 32) -> torch.Tensor:
+                  show_progress: bool = False, perturbations_per_eval: int = 32) -> InvarianceMaps:
         """One invariance map per image.
 
         Args:
@@ -97,7 +132,7 @@ class PixelInvariance(PerturbationAttribution):
             perturbations_per_eval: augmented copies per forward pass.
 
         Returns:
-            ``(B, size, size)`` tensor in ``[0, 1]``.
+            :class:`InvarianceMaps`: the ``(B, size, size)`` tensor of maps in ``[0, 1]``, with ``.meta``.
         """
         for value, name in ((n_samples, "n_samples"), (size, "size"), (epochs, "epochs"),
                             (perturbations_per_eval, "perturbations_per_eval")):
@@ -105,7 +140,7 @@ class PixelInvariance(PerturbationAttribution):
         x = check_images(x, dtype=self.model.mean.dtype).detach().to(self.model.device)
         model = self.model
         out = []
-        with preserved_model_state(model, requires_grad=False):
+        with self._preserved():
             for b in range(x.shape[0]):
                 x_n = model.normalize(x[b:b + 1])
                 with torch.no_grad(), progress(-(-n_samples // perturbations_per_eval), show_progress,
@@ -125,7 +160,10 @@ class PixelInvariance(PerturbationAttribution):
         low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
         maps = ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
         maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
-        return (blur_maps(maps) if blur else maps).detach()
+        maps = blur_maps(maps) if blur else maps
+        return InvarianceMaps.of(maps, {"method": self.method_name, "n_samples": n_samples, "size": size,
+                                        "epochs": epochs, "lr": lr, "l1_weight": l1_weight,
+                                        "nmf_components": nmf_components, "threshold": threshold, "blur": blur})
 
     @staticmethod
     def _fit(x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor | None, epochs: int,
@@ -147,3 +185,12 @@ class PixelInvariance(PerturbationAttribution):
                 optimizer.step()
                 bar.update(1)
         return weight.detach()[0]
+
+
+#: the method record (see :mod:`ssl_widgets.attr.spec`): one map per image, so only the conditional metrics
+SPEC = MethodSpec("pixel-invariance", PixelInvariance, kind="single", summary="which pixels the similarity is "
+                  "invariant to (a linear surrogate)",
+                  settings=(Setting("size", 64, 8, 224, "side of the surrogate's pixel grid", scaled=True, floor=8),
+                            Setting("n_samples", 500, 50, 2000, "augmented copies"),
+                            Setting("epochs", 300, 10, 1000, "surrogate fitting steps")),
+                  slow=True, seeded=True, metrics=CONDITIONAL_METRICS, order=200)

@@ -1,7 +1,10 @@
 """Command line of the evaluation driver (imports torch only when it runs)."""
 from __future__ import annotations
 
-__all__ = ["add_arguments", "main", "run_from_args"]
+__all__ = ["DEFAULT_METHODS", "add_arguments", "main", "run_from_args"]
+
+#: the methods evaluated without ``--methods`` (any name of ``ssl_widgets.evaluate.driver.method_names()``)
+DEFAULT_METHODS = ("grad-cam", "interaction-cam", "input-x-gradient", "averaged-transforms")
 
 
 def add_arguments(parser) -> None:
@@ -13,9 +16,9 @@ def add_arguments(parser) -> None:
                         help="pairs: the pair metrics table; correspondence: the geometric correspondence benchmark "
                              "of the joint methods")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated method names (default grad-cam,interaction-cam,input-x-gradient,"
-                             "averaged-transforms; for --task correspondence: feature-cosine,joint-gradient,"
-                             "joint-occlusion)")
+                        help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; see "
+                             "`ssl-widgets explain --help` for all names; for --task correspondence: "
+                             "feature-cosine,joint-gradient,joint-occlusion)")
     parser.add_argument("--grid", type=int, default=7, help="patch grid of --task correspondence")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -100,7 +103,7 @@ def run_from_args(args) -> int:
                                 out=args.out, weights=args.weights)
         print((Path(args.out) / "correspondence.md").read_text())
         return 0
-    methods = args.methods or "grad-cam,interaction-cam,input-x-gradient,averaged-transforms"
+    methods = args.methods or ",".join(DEFAULT_METHODS)
     cfg = EvaluationConfig(data=args.data, model=args.model, weights=args.weights,
                            methods=[m for m in methods.split(",") if m], pairs=args.pairs, seed=args.seed,
                            out=args.out, transform=args.transform, step=args.step,

@@ -23,12 +23,8 @@ from typing import Any
 
 import torch
 
-from ..attr import get_method
 from ..attr.applicability import check_applicable
-from ..attr.averaged_transforms import AveragedTransforms
-from ..attr.occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
-from ..attr.pairwise_occlusion import PairwiseOcclusion
-from ..attr.pixel_invariance import PixelInvariance
+from ..attr.spec import listed_names, resolve
 from ..data import list_images, make_view
 from ..data.images import to_pil
 from ..explain import explain_pair
@@ -36,9 +32,21 @@ from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
 from .table import format_table, plot_curves, summarize
 
-__all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "record_settings"]
+__all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "method_names",
+           "record_settings"]
 
-NO_SENSITIVITY = (ConditionalOcclusion, ContextAgnosticOcclusion, PairwiseOcclusion, PixelInvariance)
+
+def method_names() -> tuple[str, ...]:
+    """The method names the driver evaluates: every listed name of the pair, one-map and joint methods.
+
+    Read from the method records (:mod:`ssl_widgets.attr.spec`); which metrics a method gets is its
+    record's ``metrics`` (the others are NA in the table).
+
+    Examples:
+        >>> "interaction-cam:max" in method_names(), "cls-attention" in method_names()
+        (True, False)
+    """
+    return listed_names("pair", "single", "joint")
 
 
 @dataclass
@@ -116,12 +124,12 @@ def _pair_tensors(path: Path, index: int, seed: int, size: int, transform: str):
 
 
 def _metrics_for(model, name: str, x1, x2, result, step: int, sensitivity_samples: int, seed: int) -> tuple[dict, dict]:
-    cls, settings = get_method(name)
+    spec, settings = resolve(name)
     m1, m2 = result[0], result[1]
     metrics: dict[str, float | None] = {}
     curves: dict[str, list[float]] = {}
-    single = cls is PixelInvariance
-    if not single:
+    single = spec.kind == "single"  # one map (the image's own): only the conditional metrics
+    if "SI" in spec.metrics:  # the symmetric metrics: both images perturbed together
         for kind, key in (("insertion", "SI"), ("deletion", "SD")):
             r = insertion_deletion(model, x1, x2, m1, m2, mode=kind, step=step)
             metrics[key] = float(r.score[0])
@@ -139,10 +147,10 @@ def _metrics_for(model, name: str, x1, x2, result, step: int, sensitivity_sample
     drops = [average_drop_increase(model, a, b, m) for a, b, m in directions]
     metrics["CAD"] = sum(float(r.drop[0]) for r in drops) / len(drops)
     metrics["CIC"] = sum(float(r.increase[0]) for r in drops) / len(drops)
-    if cls in NO_SENSITIVITY:
+    if "MS" not in spec.metrics:
         metrics["MS"] = None
     else:
-        method = cls(model)  # default layer for the CAMs
+        method = spec.build(model)  # default layer for the CAMs
         ms = max_sensitivity(method, (x1, x2), n_samples=sensitivity_samples,
                              generator=torch.Generator().manual_seed(seed), **settings)
         metrics["MS"] = float(ms[0])
@@ -182,7 +190,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
             dist.init_process_group(backend=backend)
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     for name in cfg.methods:
-        get_method(name)  # fail fast on an unknown name
+        resolve(name)  # fail fast on an unknown name
     model = load_model(cfg.model, weights=cfg.weights, device=device)
     check_applicable(list(cfg.methods), model)  # e.g. a ':guided' variant on a ViT, before any work
     out = Path(cfg.out)
@@ -220,7 +228,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
                 continue
             started = time.perf_counter()
             # averaged transforms explain a photometric pair (same geometry), as in the paper
-            transform = "combine" if get_method(name)[0] is AveragedTransforms else cfg.transform
+            transform = resolve(name)[0].view_transform or cfg.transform  # Averaged Transforms: "combine"
             x1, x2 = _pair_tensors(path, index, cfg.seed, model.input_size, transform)
             x1, x2 = x1.to(device), x2.to(device)
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + index)

@@ -17,6 +17,7 @@ import torch
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
 from ..attr.occlusion import preview_stride
+from ..attr.spec import all_specs
 from ..explain import explain_pair
 from ..models import SSLModel
 from .context import ExplorerContext, ModelStore
@@ -30,7 +31,7 @@ from .rendering import COLORMAPS, overlay_png
 __all__ = ["AUGMENTED", "Explorer"]
 
 OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
-LAYER_METHODS = ("grad-cam", "interaction-cam", "feature-pca")  # methods that use the layer choice
+LAYER_METHODS = tuple(s.name for s in all_specs() if s.needs_layer)  # methods that use the layer choice
 
 
 class Explorer(JointClickMixin, W.VBox):
