@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attr.engine import check_model, cosine, preserved_model_state
-from ..attr.maps import normalize_map
+from ..core import cosine, normalize_map
+from ..models.state import check_model, preserved_model_state
 from ..models.wrapper import SSLModel
 from .common import MetricResult, checked_pair, maps_to_image_size
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_images
-from ..attr.maps import upsample
+from ..core import upsample
 from ..models.wrapper import SSLModel
 
 __all__ = ["MetricResult", "maps_to_image_size", "embed"]
