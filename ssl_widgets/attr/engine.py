@@ -82,33 +82,81 @@ class PairAttribution(tuple):
 class SimilarityForward(nn.Module):
     """A scalar forward ``x -> cos(model(x), model(reference))`` for Captum's own methods.
 
-    The reference embedding is computed once (no gradient) and expanded to the batch.
+    The reference embeddings are computed once (no gradient). One reference is compared with
+    every input. ``B`` references are paired with ``B`` inputs row by row; when a Captum method
+    hands over an expanded batch of ``k * B`` inputs, the references are expanded the same way:
+
+    * ``expansion="repeat_interleave"`` (the default): ``x1, x1, .., x2, x2, ..``, as Captum's
+      ``NoiseTunnel`` (and so ``GradientShap``) expands its inputs;
+    * ``expansion="repeat"``: ``x1, x2, .., x1, x2, ..``, as ``IntegratedGradients``,
+      ``Occlusion`` / ``FeatureAblation`` (``perturbations_per_eval > 1``) and ``DeepLift`` do.
+
+    For any Captum method, and for compositions such as ``NoiseTunnel(IntegratedGradients)``,
+    passing ``additional_forward_args=(forward.reference_embedding,)`` is exact: Captum expands
+    that argument exactly as it expands the inputs, and :meth:`forward` pairs row by row.
 
     Args:
         model: the :class:`SSLModel`.
         reference: ``(1,3,H,W)`` or ``(B,3,H,W)`` images to compare with.
+        expansion: how a ``k * B`` batch of inputs is laid out (see above).
 
     Examples:
-        >>> from captum.attr import IntegratedGradients
+        >>> from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
         >>> ig = IntegratedGradients(SimilarityForward(model, x2))
         >>> attributions = ig.attribute(x1, baselines=x1 * 0)
+        >>> refs, inputs = torch.cat([x2, x1]), torch.cat([x1, x2])
+        >>> forward = SimilarityForward(model, refs)
+        >>> smooth = NoiseTunnel(Saliency(forward)).attribute(inputs, nt_samples=4, stdevs=0.0)
+        >>> torch.allclose(smooth, Saliency(forward).attribute(inputs), atol=1e-6)  # float rounding only
+        True
+        >>> ig2 = IntegratedGradients(forward).attribute(
+        ...     inputs, baselines=inputs * 0, n_steps=4, additional_forward_args=(forward.reference_embedding,))
+        >>> ig2.shape == inputs.shape
+        True
     """
 
-    def __init__(self, model: SSLModel, reference: torch.Tensor) -> None:
+    EXPANSIONS = ("repeat_interleave", "repeat")
+
+    def __init__(self, model: SSLModel, reference: torch.Tensor, expansion: str = "repeat_interleave") -> None:
         super().__init__()
         self.model = check_model(model)
+        if expansion not in self.EXPANSIONS:
+            raise ValueError(f"expansion must be one of {self.EXPANSIONS}, got {expansion!r}")
+        self.expansion = expansion
         reference = check_images(reference, "reference")
         with torch.no_grad():
             self.register_buffer("reference_embedding", model(reference.to(model.device)).detach())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reference_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``cos(model(x), reference)`` per row, ``(N,)``.
+
+        Args:
+            x: ``(N,3,H,W)`` images (a Captum method's possibly expanded batch).
+            reference_embedding: ``(N, D)`` references, one per row of ``x`` (Captum's expansion of
+                ``additional_forward_args=(forward.reference_embedding,)``); ``None``: the stored ones,
+                expanded as described in the class docstring.
+
+        Returns:
+            ``(N,)`` cosine similarities.
+        """
         z = self.model(x)
+        n = z.shape[0]
+        if reference_embedding is not None:
+            if reference_embedding.shape != z.shape:
+                raise ValueError(
+                    f"reference_embedding must have one row per input, shape {tuple(z.shape)}; got "
+                    f"{tuple(reference_embedding.shape)} (pass additional_forward_args=(forward.reference_embedding,))")
+            return cosine(z, reference_embedding.to(z))
         ref = self.reference_embedding
-        if ref.shape[0] == 1:
-            ref = ref.expand(z.shape[0], -1)
-        elif ref.shape[0] != z.shape[0]:
-            # Captum expands inputs by perturbations; repeat the references to match
-            ref = ref.repeat(z.shape[0] // ref.shape[0], 1)
+        b = ref.shape[0]
+        if b == 1:
+            ref = ref.expand(n, -1)
+        elif b != n:
+            if n % b:
+                raise ValueError(f"{n} inputs cannot be paired with {b} references: give 1 reference, "
+                                 f"{n}, or a divisor of {n}")
+            # Captum expanded the batch k-fold; expand the references the same way
+            ref = ref.repeat_interleave(n // b, dim=0) if self.expansion == "repeat_interleave" else ref.repeat(n // b, 1)
         return cosine(z, ref)
 
 
