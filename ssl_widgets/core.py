@@ -30,6 +30,7 @@ __all__ = [
     "PAPER_OCCLUSION_WINDOW",
     "SEED_MULTIPLIER",
     "as_pair",
+    "as_window",
     "captured_outputs",
     "cosine",
     "gaussian_blur",
@@ -216,6 +217,43 @@ def as_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if pair is None or len(pair) != 2 or not all(is_int(v) for v in pair):
         raise TypeError(f"{name} must be an int or a pair of ints (pixels), got {value!r}")
     return pair  # type: ignore[return-value]
+
+
+def as_window(value: int | tuple[int, ...], name: str) -> tuple[int, int]:
+    """An occlusion window or stride as ``(h, w)``, accepting Captum's spelling ``(3, h, w)``.
+
+    Captum's ``Occlusion`` takes ``sliding_window_shapes=(3, h, w)`` for RGB inputs (a window over
+    all channels); ``(h, w)`` and an int ``n`` (``(n, n)``) are accepted too. For a window the
+    channel count must be 3 (the methods occlude whole pixels); for a stride (``name`` starting with
+    ``"stride"``) any positive channel step is accepted and ignored (one window spans the channels).
+
+    Args:
+        value: ``n``, ``(h, w)`` or ``(c, h, w)``.
+        name: the argument's name, for the error messages.
+
+    Returns:
+        ``(h, w)``.
+
+    Examples:
+        >>> as_window((3, 16, 8), "sliding_window_shapes"), as_window(16, "sliding_window_shapes")
+        ((16, 8), (16, 16))
+        >>> as_window((1, 16, 16), "sliding_window_shapes")
+        Traceback (most recent call last):
+        ...
+        ValueError: sliding_window_shapes=(1, 16, 16) covers 1 channel(s); the occlusion methods occlude all 3 colour channels of a pixel: give (3, h, w), (h, w) or an int
+    """
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        channels, *spatial = value
+        if isinstance(channels, bool) or not isinstance(channels, int):
+            raise TypeError(f"{name} must be an int, (h, w) or (3, h, w) of ints, got {value!r}")
+        if name.startswith("stride"):
+            if channels < 1:
+                raise ValueError(f"{name}={tuple(value)!r}: the channel stride must be positive")
+        elif channels != 3:
+            raise ValueError(f"{name}={tuple(value)!r} covers {channels} channel(s); the occlusion methods occlude "
+                             f"all 3 colour channels of a pixel: give (3, h, w), (h, w) or an int")
+        return as_pair(tuple(spatial), name)
+    return as_pair(value, name)
 
 
 def upsample(maps: torch.Tensor, size: int | tuple[int, int], *, window: int | tuple[int, int] | None = None,

@@ -68,3 +68,50 @@ def test_similarity_forward_bad_input():
         forward(torch.cat([inputs, inputs[:1]]))
     with pytest.raises(ValueError, match="one row per input"):
         forward(inputs, forward.reference_embedding[:1])
+
+
+def _occlusion_case():
+    from ssl_widgets.attr import ConditionalOcclusion
+
+    model = small_resnet()
+    x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
+    return ConditionalOcclusion(model), (x1, x2)
+
+
+def test_occlusion_accepts_captums_window_spelling():
+    method, pair = _occlusion_case()
+    plain = method.attribute(pair, sliding_window_shapes=(8, 8), strides=4, grid=True)
+    captum = method.attribute(pair, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), grid=True)
+    as_int = method.attribute(pair, sliding_window_shapes=8, strides=(1, 4, 4), grid=True)
+    for k in range(2):
+        assert torch.equal(captum[k], plain[k]) and torch.equal(as_int[k], plain[k])
+    assert captum.meta["sliding_window_shapes"] == (8, 8)
+
+
+@pytest.mark.parametrize("window,match", [((1, 8, 8), "covers 1 channel"), ((4, 8, 8), "covers 4 channel"),
+                                          ((3, 8), None), ((3, 8, 8, 8), None), ((3.0, 8, 8), "ints")])
+def test_occlusion_window_errors(window, match):
+    method, pair = _occlusion_case()
+    with pytest.raises((ValueError, TypeError), match=match):
+        method.attribute(pair, sliding_window_shapes=window, strides=4)
+
+
+def test_metrics_accept_captum_shaped_attributions():
+    from ssl_widgets.metrics import average_drop_increase, insertion_deletion
+
+    model = small_resnet()
+    x1, x2 = arange_image(2, 32, 32), arange_image(2, 32, 32, offset=3)
+    rgb = (torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32) * 0.013).sin()
+    summed = rgb.sum(1)
+    small = summed[:, ::4, ::4].contiguous()
+    for metric, kwargs in ((insertion_deletion, {"step": 64}), (average_drop_increase, {})):
+        reference = metric(model, x1, x2, summed, summed, **kwargs)
+        captum = metric(model, x1, x2, rgb, rgb, **kwargs)
+        single = metric(model, x1, x2, small[:, None], small[:, None], **kwargs)
+        expected_single = metric(model, x1, x2, small, small, **kwargs)
+        for field in ("score", "curve", "drop", "increase"):
+            if getattr(reference, field) is not None:
+                assert torch.equal(getattr(captum, field), getattr(reference, field)), field
+                assert torch.equal(getattr(single, field), getattr(expected_single, field)), field
+    with pytest.raises(ValueError, match=r"\(B, 3, h, w\) with B=2; got \(2, 2, 32, 32\)"):
+        insertion_deletion(model, x1, x2, rgb[:, :2])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import as_pair as _pair  # noqa: F401  (re-exported: attr/occlusion.py imports it from here)
+from ..core import as_pair as _pair  # noqa: F401  (re-exported for older imports)
 from ..core import normalize_map, upsample
 
 __all__ = ["upsample", "window_mean_map", "normalize_map"]

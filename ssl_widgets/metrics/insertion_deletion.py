@@ -50,7 +50,8 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
     Args:
         model: the model.
         x1, x2: ``(B,3,H,W)`` images.
-        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size).
+        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size); Captum-shaped
+            ``(B,1,h,w)`` and ``(B,3,H,W)`` attributions are accepted (channels summed).
         mode: ``"deletion"`` (lower AUC is better) or ``"insertion"`` (higher is better).
         step: pixels per step (224 in the paper: T = ceil(H*W / step) steps, T+1 scores).
         steps_per_eval: curve steps per forward pass (bounds the memory).
