@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import torch
 
 from ._validation import check_images
-from .attr.engine import check_model, cosine, preserved_model_state
+from .core import captured_outputs, cosine, gaussian_blur, grayscale
+from .models.state import check_model, preserved_model_state
 from .models.wrapper import SSLModel
 
 __all__ = ["dense_correspondence", "similarity_sweep", "SWEEPS", "sweep_view"]
@@ -15,12 +16,8 @@ __all__ = ["dense_correspondence", "similarity_sweep", "SWEEPS", "sweep_view"]
 def _layer_features(model: SSLModel, x: torch.Tensor, layer: str | None) -> torch.Tensor:
     if layer is None:
         return model.features(x)
-    captured: list[torch.Tensor] = []
-    handle = model.get_layer(layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
+    with captured_outputs(model.get_layer(layer)) as captured:
         model(x)
-    finally:
-        handle.remove()
     return captured[-1]
 
 
@@ -83,10 +80,9 @@ def sweep_view(x: torch.Tensor, kind: str, strength: float) -> torch.Tensor:
             return x
         sigma = 3 * s
         kernel = max(3, int(2 * round(3 * sigma) + 1))
-        return TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+        return gaussian_blur(x, kernel, sigma)
     if kind == "grayscale":
-        gray = TF.rgb_to_grayscale(x, 3)
-        return (1 - s) * x + s * gray
+        return (1 - s) * x + s * grayscale(x)
     if kind == "solarize":
         threshold = 1 - s
         return torch.where(x >= threshold, 1 - x, x) if s > 0 else x

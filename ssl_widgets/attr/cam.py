@@ -12,6 +12,7 @@ import torch
 from captum.attr import LayerAttribution
 
 from .._validation import check_pair
+from ..core import captured_outputs
 from ..models.wrapper import SSLModel
 from .base import LayerPairMethod
 from .spec import MethodSpec, resolve
@@ -86,20 +87,15 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
                 a2, g2 = model.layer_map(a2, x2.shape[2:]), model.layer_map(g2, x2.shape[2:])
         else:
             module = model.get_layer(layer)
-            captured: list[tuple[torch.Tensor, int]] = []
+            def keep(out):  # the version counter reveals a later in-place change
+                return out, out._version if isinstance(out, torch.Tensor) else 0
 
-            def keep(_module, _inputs, out):
-                captured.append((out, out._version if isinstance(out, torch.Tensor) else 0))
-
-            handle = module.register_forward_hook(keep)
-            try:
+            with captured_outputs(module, keep) as captured:
                 if same_size:
                     z1, z2 = model(torch.cat([x1, x2])).chunk(2)
                 else:
                     z1 = model(x1)
                     z2 = model(x2)
-            finally:
-                handle.remove()
             kinds = "(B, C, h, w) feature map" + (" or (B, N, C) token sequence" if model.is_token_model else "")
             outputs = _checked_layer_outputs(model, layer, captured, 1 if same_size else 2)
             sims = cosine(z1, z2)

@@ -14,6 +14,7 @@ import torch
 from captum.attr import Attribution
 from torch import nn
 
+from ..core import module_hooks
 from ..models.wrapper import SSLModel
 from .base import PairMethod
 from .spec import MethodSpec
@@ -60,16 +61,14 @@ def recorded_attention(modules: list[nn.Module]) -> Iterator[list[list[torch.Ten
     block; the flags are restored and the hooks removed on exit, also on error."""
     records: list[list[torch.Tensor]] = [[] for _ in modules]
     fused = [m.fused_attn for m in modules]
-    handles = []
+    hooks = [(module.attn_drop, lambda _m, _i, out, i=i: records[i].append(out.detach()))
+             for i, module in enumerate(modules)]
     try:
-        for i, module in enumerate(modules):
+        for module in modules:
             module.fused_attn = False
-            handles.append(module.attn_drop.register_forward_hook(
-                lambda _m, _i, out, i=i: records[i].append(out.detach())))
-        yield records
+        with module_hooks(forward=hooks):
+            yield records
     finally:
-        for handle in handles:
-            handle.remove()
         for module, flag in zip(modules, fused):
             module.fused_attn = flag
 

@@ -2,18 +2,19 @@
 
 * :class:`PairAttribution`: the result type (a tuple of two maps with ``.similarity`` / ``.meta``).
 * :class:`SimilarityForward`: ``x -> cos(model(x), model(reference))`` for Captum's own methods.
-* :func:`preserved_model_state`: eval mode for the duration; mode, ``requires_grad`` flags and
-  hooks restored on every exit path.
 * :func:`guided_relus`: guided back-propagation through every ReLU (modules, re-used in-place
   modules and functional ``relu``) via a custom autograd function swapped in for the duration.
-* :func:`chunks`, :func:`progress`, :func:`resolve_fill`, :func:`cosine`: small shared helpers.
+* :func:`chunks`, :func:`progress`, :func:`resolve_fill`, :func:`check_count`: small shared helpers.
+
+Re-exported from their homes (so that ``from ssl_widgets.attr.engine import ...`` keeps working):
+:func:`cosine` (:mod:`ssl_widgets.core`); :func:`check_model`, :func:`preserved_model_state`,
+:func:`model_lock`, :func:`eval_similarity` (:mod:`ssl_widgets.models.state`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_images
+from ..core import cosine
+from ..models.state import check_model, eval_similarity, model_lock, preserved_model_state
 from ..models.wrapper import SSLModel
 
 __all__ = [
@@ -76,142 +79,85 @@ class PairAttribution(tuple):
         return f"PairAttribution(maps=[{shapes}], similarity={self.similarity.tolist()}, meta={self.meta})"
 
 
-def check_model(model: object) -> SSLModel:
-    """Raise a clear ``TypeError`` unless ``model`` is an :class:`SSLModel`."""
-    if not isinstance(model, SSLModel):
-        raise TypeError(
-            f"expected an ssl_widgets.models.SSLModel, got {type(model).__name__}; wrap your network with "
-            f"SSLModel(trunk, head, mean=..., std=...) or load one with ssl_widgets.load_model(name)"
-        )
-    return model
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity along the last dimension, with the paper's ``eps=1e-8``."""
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
-
-
 class SimilarityForward(nn.Module):
     """A scalar forward ``x -> cos(model(x), model(reference))`` for Captum's own methods.
 
-    The reference embedding is computed once (no gradient) and expanded to the batch.
+    The reference embeddings are computed once (no gradient). One reference is compared with
+    every input. ``B`` references are paired with ``B`` inputs row by row; when a Captum method
+    hands over an expanded batch of ``k * B`` inputs, the references are expanded the same way:
+
+    * ``expansion="repeat_interleave"`` (the default): ``x1, x1, .., x2, x2, ..``, as Captum's
+      ``NoiseTunnel`` (and so ``GradientShap``) expands its inputs;
+    * ``expansion="repeat"``: ``x1, x2, .., x1, x2, ..``, as ``IntegratedGradients``,
+      ``Occlusion`` / ``FeatureAblation`` (``perturbations_per_eval > 1``) and ``DeepLift`` do.
+
+    For any Captum method, and for compositions such as ``NoiseTunnel(IntegratedGradients)``,
+    passing ``additional_forward_args=(forward.reference_embedding,)`` is exact: Captum expands
+    that argument exactly as it expands the inputs, and :meth:`forward` pairs row by row.
 
     Args:
         model: the :class:`SSLModel`.
         reference: ``(1,3,H,W)`` or ``(B,3,H,W)`` images to compare with.
+        expansion: how a ``k * B`` batch of inputs is laid out (see above).
 
     Examples:
-        >>> from captum.attr import IntegratedGradients
+        >>> from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
         >>> ig = IntegratedGradients(SimilarityForward(model, x2))
         >>> attributions = ig.attribute(x1, baselines=x1 * 0)
+        >>> refs, inputs = torch.cat([x2, x1]), torch.cat([x1, x2])
+        >>> forward = SimilarityForward(model, refs)
+        >>> smooth = NoiseTunnel(Saliency(forward)).attribute(inputs, nt_samples=4, stdevs=0.0)
+        >>> torch.allclose(smooth, Saliency(forward).attribute(inputs), atol=1e-6)  # float rounding only
+        True
+        >>> ig2 = IntegratedGradients(forward).attribute(
+        ...     inputs, baselines=inputs * 0, n_steps=4, additional_forward_args=(forward.reference_embedding,))
+        >>> ig2.shape == inputs.shape
+        True
     """
 
-    def __init__(self, model: SSLModel, reference: torch.Tensor) -> None:
+    EXPANSIONS = ("repeat_interleave", "repeat")
+
+    def __init__(self, model: SSLModel, reference: torch.Tensor, expansion: str = "repeat_interleave") -> None:
         super().__init__()
         self.model = check_model(model)
+        if expansion not in self.EXPANSIONS:
+            raise ValueError(f"expansion must be one of {self.EXPANSIONS}, got {expansion!r}")
+        self.expansion = expansion
         reference = check_images(reference, "reference")
         with torch.no_grad():
             self.register_buffer("reference_embedding", model(reference.to(model.device)).detach())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reference_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``cos(model(x), reference)`` per row, ``(N,)``.
+
+        Args:
+            x: ``(N,3,H,W)`` images (a Captum method's possibly expanded batch).
+            reference_embedding: ``(N, D)`` references, one per row of ``x`` (Captum's expansion of
+                ``additional_forward_args=(forward.reference_embedding,)``); ``None``: the stored ones,
+                expanded as described in the class docstring.
+
+        Returns:
+            ``(N,)`` cosine similarities.
+        """
         z = self.model(x)
+        n = z.shape[0]
+        if reference_embedding is not None:
+            if reference_embedding.shape != z.shape:
+                raise ValueError(
+                    f"reference_embedding must have one row per input, shape {tuple(z.shape)}; got "
+                    f"{tuple(reference_embedding.shape)} (pass additional_forward_args=(forward.reference_embedding,))")
+            return cosine(z, reference_embedding.to(z))
         ref = self.reference_embedding
-        if ref.shape[0] == 1:
-            ref = ref.expand(z.shape[0], -1)
-        elif ref.shape[0] != z.shape[0]:
-            # Captum expands inputs by perturbations; repeat the references to match
-            ref = ref.repeat(z.shape[0] // ref.shape[0], 1)
+        b = ref.shape[0]
+        if b == 1:
+            ref = ref.expand(n, -1)
+        elif b != n:
+            if n % b:
+                raise ValueError(f"{n} inputs cannot be paired with {b} references: give 1 reference, "
+                                 f"{n}, or a divisor of {n}")
+            # Captum expanded the batch k-fold; expand the references the same way
+            ref = ref.repeat_interleave(n // b, dim=0) if self.expansion == "repeat_interleave" else ref.repeat(n // b, 1)
         return cosine(z, ref)
-
-
-def _memory_format(module: nn.Module) -> torch.memory_format:
-    for p in module.parameters():
-        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
-    return torch.contiguous_format
-
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock that serialises every method call on ``model`` (one per model object).
-
-    Kept in a weak dictionary beside the model, so the model's attributes and state dict are
-    untouched and the lock goes away with the model.
-
-    Examples:
-        >>> m = nn.Linear(2, 2)
-        >>> model_lock(m) is model_lock(m)
-        True
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
-@contextlib.contextmanager
-def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
-                          channels_last: bool = False) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore everything on exit.
-
-    Restores each module's ``training`` flag, each parameter's ``requires_grad`` and memory format,
-    and removes any hook registered on the model's modules during the block, also when the block raises.
-
-    The block holds the model's :func:`model_lock`: calls on the same model from several threads
-    run one after the other (never interleaving their state changes), calls on different models
-    run in parallel, and a nested call in the same thread does not block.
-
-    Args:
-        model: the module.
-        requires_grad: if given, set on every parameter for the block (``False`` for all methods:
-            they need gradients with respect to inputs or activations, never parameters).
-        channels_last: run the block with 4-D weights in channels-last memory format (faster
-            convolutions on CPU and GPU); the original format is restored afterwards.
-    """
-    with model_lock(model), _preserved_state_unlocked(model, requires_grad, channels_last):
-        yield model
-
-
-@contextlib.contextmanager
-def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None,
-                              channels_last: bool) -> Iterator[nn.Module]:
-    modes = {m: m.training for m in model.modules()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                  "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
-    saved_hooks = {(m, name): dict(getattr(m, name)) for m in model.modules() for name in hook_dicts
-                   if hasattr(m, name)}
-    saved_forwards = {m: m.__dict__.get("forward") for m in model.modules()}
-    original_format = _memory_format(model)
-    try:
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        model.eval()
-        if requires_grad is not None:
-            for p in model.parameters():
-                p.requires_grad_(requires_grad)
-        yield model
-    finally:
-        if channels_last and original_format != torch.channels_last:
-            model.to(memory_format=original_format)
-        for module, training in modes.items():
-            module.training = training
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-        for (module, name), hooks in saved_hooks.items():
-            current = getattr(module, name)
-            for key in list(current):
-                if key not in hooks:
-                    del current[key]
-        for module, forward in saved_forwards.items():
-            if forward is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.__dict__["forward"] = forward
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
@@ -272,12 +218,6 @@ def guided_relus(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             F.relu, torch.relu = original_f, original_t  # type: ignore[assignment]
             for module in relus:
                 module.__dict__.pop("forward", None)
-
-
-def eval_similarity(model: SSLModel, x1_n: torch.Tensor, x2_n: torch.Tensor) -> torch.Tensor:
-    """``cos(f(x1_n), f(x2_n))`` for inputs in the model's input space, in eval mode, without autograd."""
-    with preserved_model_state(model), torch.no_grad():
-        return cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
 
 
 def resolve_fill(model: SSLModel, baselines: float | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 from captum.attr import GradientAttribution
-from torchvision.transforms.functional import gaussian_blur
 
+from ..core import MAP_BLUR_KERNEL, MAP_BLUR_SIGMA, gaussian_blur
 from ..models.wrapper import SSLModel
 from .base import PairMethod
 from .spec import MethodSpec
@@ -20,7 +20,7 @@ __all__ = ["PairInputXGradient", "PairSmoothGrad", "input_times_gradient_map", "
 
 def blur_maps(maps: torch.Tensor) -> torch.Tensor:
     """The paper's map smoothing: Gaussian 11x11, sigma 5, on each ``(h, w)`` map of ``(B,h,w)``."""
-    return gaussian_blur(maps[:, None], [11, 11], [5.0, 5.0])[:, 0]
+    return gaussian_blur(maps[:, None], MAP_BLUR_KERNEL, MAP_BLUR_SIGMA)[:, 0]
 
 
 def input_times_gradient_map(x_n: torch.Tensor, grad: torch.Tensor, blur: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_pair
 from .base import PairMethod
 from .spec import ALL_METRICS, MethodSpec, Setting
+from ..core import as_window
 from ._regions import gather
 from .engine import (
     PairAttribution,
@@ -20,7 +21,7 @@ from .engine import (
     resolve_fill,
 )
 from .incremental import WindowEvaluator
-from .maps import _pair, window_mean_map
+from .maps import window_mean_map
 
 __all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "preview_stride", "window_grid"]
 
@@ -118,7 +119,7 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
         device = self.model.device
         x1, x2 = x1.to(device), x2.to(device)
-        window, stride = _pair(sliding_window_shapes, "sliding_window_shapes"), _pair(strides, "strides")
+        window, stride = as_window(sliding_window_shapes, "sliding_window_shapes"), as_window(strides, "strides")
         if x1.shape[2:] != x2.shape[2:]:
             corners = [window_grid(tuple(x.shape[2:]), window, stride) for x in (x1, x2)]
         else:
@@ -182,7 +183,7 @@ def default_batch(device: torch.device, perturbations_per_eval: int | None, pixe
 _ATTRIBUTE_DOC = """
         Args:
             inputs: the pair ``(x1, x2)``, each ``(B,3,H,W)`` in ``[0,1]``.
-            sliding_window_shapes: window side (int) or ``(h, w)``; default 64.
+            sliding_window_shapes: window side (int), ``(h, w)`` or Captum's ``(3, h, w)``; default 64.
             strides: window stride (int) or ``(h, w)``; default 8; must not exceed the window.
             baselines: fill in pixel space; ``None`` = the neutral fill (0 in the model's input space).
             perturbations_per_eval: perturbed copies per forward pass (both images' windows share

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_images
+from ..core import grayscale
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
 from .spec import CONDITIONAL_METRICS, MethodSpec, Setting
 from .base import ModelMethod
@@ -97,7 +98,7 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
             n = part.stop - part.start
             views = color_jitter(x.expand(n, -1, -1, -1), _NO_SHIFT_JITTER, generator)
             gray = (torch.rand(n, generator=generator) < 0.2).to(x_n.device).view(-1, 1, 1, 1)
-            luma = (views * torch.tensor([0.299, 0.587, 0.114], device=x_n.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            luma = grayscale(views)
             views = torch.where(gray, luma.expand_as(views), views)
             views_n = model.normalize(views)
             boxes, found = random_erasing_boxes(n, x_n.shape[2], x_n.shape[3], (0.02, 0.33), (0.3, 3.3), generator)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..core import gaussian_blur, module_hooks
 from ..models.wrapper import SSLModel
 
 __all__ = ["partial_forward", "total_variation", "gaussian_blur_image"]
@@ -24,13 +24,11 @@ def partial_forward(model: SSLModel, x: torch.Tensor, layer: str) -> torch.Tenso
         captured.append(output)
         raise _Stop
 
-    handle = module.register_forward_hook(hook)
     try:
-        model.run_trunk(model.normalize(x))
+        with module_hooks(forward=[(module, hook)]):
+            model.run_trunk(model.normalize(x))
     except _Stop:
         pass
-    finally:
-        handle.remove()
     if not captured:
         raise ValueError(f"layer {layer!r} was not reached in the trunk's forward pass")
     out = captured[0]
@@ -47,15 +45,17 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (reflect padding) of ``(B,C,H,W)`` on ``x``'s device, truncated at 4 sigma."""
-    radius = max(1, int(4 * sigma + 0.5))
-    radius = min(radius, x.shape[2] - 1, x.shape[3] - 1)
-    if radius < 1:
-        return x
-    pos = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (pos / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    """Gaussian blur of ``(B,C,H,W)`` truncated at 4 sigma (reflect padding): :func:`ssl_widgets.core.gaussian_blur`.
+
+    Args:
+        x: ``(B, C, H, W)`` images or gradients.
+        sigma: standard deviation in pixels.
+
+    Returns:
+        The blurred tensor (``x`` itself when the image is too small to blur).
+
+    Examples:
+        >>> gaussian_blur_image(torch.ones(1, 3, 8, 8), 1.0).allclose(torch.ones(1, 3, 8, 8))
+        True
+    """
+    return gaussian_blur(x, None, sigma)

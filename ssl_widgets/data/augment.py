@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from ..core import grayscale as _gray
+
 __all__ = ["AugmentConfig", "SIMCLR_AUGMENT", "BARLOW_VIEW1", "BARLOW_VIEW2", "augment_batch", "box_masks",
            "color_jitter", "random_erasing_boxes", "random_resized_boxes"]
-
-_GRAY = (0.299, 0.587, 0.114)
-
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -74,11 +73,6 @@ def random_resized_boxes(n: int, height: int, width: int, scale: tuple[float, fl
     x0 = torch.where(first >= 0, x0, torch.tensor(float((width - fw) // 2)))
     y0 = torch.where(first >= 0, y0, torch.tensor(float((height - fh) // 2)))
     return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:

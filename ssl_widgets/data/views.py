@@ -25,13 +25,14 @@ from collections.abc import Callable
 import torch
 from torchvision import transforms as T
 
+from ..core import PAPER_INPUT_SIZE
 from .images import ImageLike, to_pil
 
 __all__ = ["VIEW_TRANSFORMS", "PHOTOMETRIC_TRANSFORMS", "custom_view", "view_transform", "make_view", "make_pair"]
 
 
 def _kernel(size: int, at_224: int) -> int:
-    return max(3, int(round(at_224 * size / 224)) | 1)
+    return max(3, int(round(at_224 * size / PAPER_INPUT_SIZE)) | 1)
 
 
 def _pure(size: int) -> list:
@@ -62,7 +63,7 @@ VIEW_TRANSFORMS: tuple[str, ...] = tuple(_BUILDERS)
 PHOTOMETRIC_TRANSFORMS: tuple[str, ...] = ("color-jitter", "blur", "grayscale", "solarize", "combine")
 
 
-def view_transform(name: str, size: int = 224) -> T.Compose:
+def view_transform(name: str, size: int = PAPER_INPUT_SIZE) -> T.Compose:
     """The named transform as a torchvision ``Compose`` (PIL in, ``(3,size,size)`` tensor out).
 
     Raises:
@@ -73,7 +74,7 @@ def view_transform(name: str, size: int = 224) -> T.Compose:
     return T.Compose(_BUILDERS[name](size) + [T.ToTensor()])
 
 
-def make_view(image: ImageLike, name: str = "pure", size: int = 224, seed: int | None = 0) -> torch.Tensor:
+def make_view(image: ImageLike, name: str = "pure", size: int = PAPER_INPUT_SIZE, seed: int | None = 0) -> torch.Tensor:
     """One view ``(1,3,size,size)`` of ``image`` by the named transform.
 
     ``seed`` makes random transforms reproducible without touching the global RNG state
@@ -92,7 +93,7 @@ def make_view(image: ImageLike, name: str = "pure", size: int = 224, seed: int |
         return transform(pil).unsqueeze(0)
 
 
-def make_pair(image: ImageLike, transform: str = "aug", size: int = 224, seed: int | None = 0,
+def make_pair(image: ImageLike, transform: str = "aug", size: int = PAPER_INPUT_SIZE, seed: int | None = 0,
               image2: ImageLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two views of a pair: ``x1 = pure(image)`` and ``x2 = transform(image2 or image)``.
 

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..attr.engine import cosine, preserved_model_state
+from ..core import cosine
+from ..models.state import preserved_model_state
 from ..attr.joint import patch_boxes
 from ..attr.joint_gradient import JointGradient
 from ..attr.joint_occlusion import JointOcclusion

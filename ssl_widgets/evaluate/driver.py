@@ -25,6 +25,7 @@ import torch
 
 from ..attr.applicability import check_applicable
 from ..attr.spec import listed_names, resolve
+from ..core import PAPER_INSERTION_STEP, SEED_MULTIPLIER
 from ..data import list_images, make_view
 from ..data.images import to_pil
 from ..explain import explain_pair
@@ -77,7 +78,7 @@ def record_settings(cfg: EvaluationConfig) -> dict[str, Any]:
     """Everything besides the (pair, method) key that changes a record's numbers."""
     return {"model": cfg.model, "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
             "data": str(Path(cfg.data).resolve()), "seed": cfg.seed, "transform": cfg.transform,
-            "step": cfg.step or 224, "sensitivity_samples": cfg.sensitivity_samples}
+            "step": cfg.step or PAPER_INSERTION_STEP, "sensitivity_samples": cfg.sensitivity_samples}
 
 
 def _check_settings(records: list[dict], settings: dict[str, Any], out: Path) -> None:
@@ -205,7 +206,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     pairs = build_pairs(cfg.data, cfg.pairs, cfg.seed)
     mine = [(i, p) for i, p in pairs if i % world == rank]
     todo = [(i, p, m) for i, p in mine for m in cfg.methods if (i, m) not in done]
-    step = cfg.step or 224  # the paper's step (224 steps at 224 px, 56 at the default models' 112 px)
+    step = cfg.step or PAPER_INSERTION_STEP  # the paper's step (224 steps at 224 px, 56 at the default models' 112 px)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not cfg.show_progress or rank != 0, desc=f"evaluate {cfg.model}")
@@ -231,10 +232,10 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
             transform = resolve(name)[0].view_transform or cfg.transform  # Averaged Transforms: "combine"
             x1, x2 = _pair_tensors(path, index, cfg.seed, model.input_size, transform)
             x1, x2 = x1.to(device), x2.to(device)
-            generator = torch.Generator().manual_seed(cfg.seed * 7919 + index)
+            generator = torch.Generator().manual_seed(cfg.seed * SEED_MULTIPLIER + index)
             result = explain_pair(model, name, x1, x2, generator=generator)
             metrics, curves = _metrics_for(model, name, x1, x2, result, step, cfg.sensitivity_samples,
-                                           cfg.seed * 7919 + index)
+                                           cfg.seed * SEED_MULTIPLIER + index)
             record = {"pair": index, "image": path.name, "method": name, "similarity": float(result.similarity[0]),
                       "metrics": metrics, "curves": curves, "seconds": round(time.perf_counter() - started, 3),
                       "settings": settings}

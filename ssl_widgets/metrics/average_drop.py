@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attr.engine import check_model, cosine, preserved_model_state
-from ..attr.maps import normalize_map
+from ..core import cosine, normalize_map
+from ..models.state import check_model, preserved_model_state
 from ..models.wrapper import SSLModel
 from .common import MetricResult, checked_pair, maps_to_image_size
 
@@ -19,6 +19,12 @@ def average_drop_increase(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, m
     ``map2=None`` is the conditional form (``score = cos(f(m1 * x1), f(x2))``); with ``map2`` both
     images are masked (``score = cos(f(m1 * x1), f(m2 * x2))``). Average over a data set for the
     paper's numbers (reported as fractions).
+
+    Args:
+        model: the model.
+        x1, x2: ``(B,3,H,W)`` images.
+        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size); Captum-shaped
+            ``(B,1,h,w)`` and ``(B,3,H,W)`` attributions are accepted (channels summed).
 
     Returns:
         :class:`MetricResult` with ``drop``, ``increase`` (0/1 floats) and ``base``, each ``(B,)``.

@@ -6,9 +6,9 @@ perturbed, each by its own map) and conditional (one image perturbed, the other 
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
-from ..attr.engine import check_model, cosine, preserved_model_state
+from ..core import MAP_BLUR_KERNEL, MAP_BLUR_SIGMA, PAPER_INSERTION_STEP, cosine, gaussian_blur
+from ..models.state import check_model, preserved_model_state
 from ..models.wrapper import SSLModel
 from .common import MetricResult, checked_pair, embed, maps_to_image_size
 
@@ -37,7 +37,7 @@ def _step_images(start: torch.Tensor, target: torch.Tensor, ranks: torch.Tensor,
 
 
 def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1: torch.Tensor,
-                       map2: torch.Tensor | None = None, *, mode: str = "deletion", step: int = 224,
+                       map2: torch.Tensor | None = None, *, mode: str = "deletion", step: int = PAPER_INSERTION_STEP,
                        steps_per_eval: int = 32) -> MetricResult:
     """RISE-style insertion or deletion curve and AUC of a pair explanation.
 
@@ -50,7 +50,8 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
     Args:
         model: the model.
         x1, x2: ``(B,3,H,W)`` images.
-        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size).
+        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size); Captum-shaped
+            ``(B,1,h,w)`` and ``(B,3,H,W)`` attributions are accepted (channels summed).
         mode: ``"deletion"`` (lower AUC is better) or ``"insertion"`` (higher is better).
         step: pixels per step (224 in the paper: T = ceil(H*W / step) steps, T+1 scores).
         steps_per_eval: curve steps per forward pass (bounds the memory).
@@ -90,7 +91,7 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
                     starts.append(x_n)
                     targets.append(torch.zeros_like(x_n))
                 else:
-                    starts.append(gaussian_blur(x_n[None], [11, 11], [5.0, 5.0])[0])
+                    starts.append(gaussian_blur(x_n[None], MAP_BLUR_KERNEL, MAP_BLUR_SIGMA)[0])
                     targets.append(x_n)
                 ranks.append(_ranks(m[b:b + 1])[0])
             scores = []

@@ -19,6 +19,7 @@ from torch import nn
 
 from .architectures import ResNetTrunk
 from .converters import CheckpointError
+from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
 __all__ = ["TorchvisionViTTrunk", "from_timm", "from_torchvision", "make_dynamic"]
@@ -120,7 +121,7 @@ def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Mo
         raise ValueError(f"{arch} is not a Vision Transformer; only pooling='avg' applies")
     if not callable(getattr(net, "forward_features", None)):
         raise TypeError(f"{type(net).__name__} has no forward_features; wrap it with SSLModel(trunk, head) directly")
-    size = input_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    size = input_size or int(cfg.get("input_size", (3, PAPER_INPUT_SIZE, PAPER_INPUT_SIZE))[-1])
     return SSLModel(net, head, input_size=size, trunk_method="forward_features", **common).eval()
 
 
@@ -193,7 +194,7 @@ def from_torchvision(model: nn.Module | str, *, head: nn.Module | None = None,
         raise TypeError(f"model must be a torchvision model or its name, got {type(model).__name__}")
     _load_weights(net, weights)
     if isinstance(net, torchvision.models.ResNet):
-        return SSLModel(_resnet_trunk(net), head, mean=mean, std=std, name=name or arch, input_size=224).eval()
+        return SSLModel(_resnet_trunk(net), head, mean=mean, std=std, name=name or arch, input_size=PAPER_INPUT_SIZE).eval()
     if isinstance(net, torchvision.models.VisionTransformer):
         return SSLModel(TorchvisionViTTrunk(net), head, mean=mean, std=std, name=name or arch,
                         input_size=net.image_size, pooling="cls", num_prefix_tokens=1,

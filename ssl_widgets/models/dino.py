@@ -29,6 +29,7 @@ from torch import nn
 
 from .architectures import resnet50_trunk
 from .converters import CheckpointError, convert_torchvision_resnet, strip_prefix
+from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
 __all__ = [
@@ -173,7 +174,7 @@ def build_dino_r50(checkpoint: Any) -> SSLModel:
     trunk = resnet50_trunk()
     _strict()(trunk, trunk_sd, "dino-r50", "trunk")
     head = dino_head_from_state(head_state) if head_state is not None else None
-    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="dino-r50", input_size=224)
+    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="dino-r50", input_size=PAPER_INPUT_SIZE)
     model.meta = {"head": "teacher DINO head" if head is not None else "none (backbone file)"}
     return model
 
@@ -209,7 +210,7 @@ def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
     vit = VisionTransformer(num_classes=0, global_pool="token", dynamic_img_size=True, **arch)
     _strict()(vit, backbone, name, "backbone")
     head = dino_head_from_state(head_state) if head_state is not None else None
-    model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=224, pooling="cls",
+    model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=PAPER_INPUT_SIZE, pooling="cls",
                      num_prefix_tokens=vit.num_prefix_tokens, patch_size=arch["patch_size"],
                      trunk_method="forward_features")
     model.meta = {"head": "teacher DINO head" if head is not None else "none (class token)"}

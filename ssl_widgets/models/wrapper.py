@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._validation import check_images
+from ..core import PAPER_INPUT_SIZE, cosine
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSLModel"]
 
@@ -72,7 +73,7 @@ class SSLModel(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         name: str = "custom",
-        input_size: int = 224,
+        input_size: int = PAPER_INPUT_SIZE,
         pooling: str = "avg",
         num_prefix_tokens: int = 0,
         patch_size: int | None = None,
@@ -229,7 +230,7 @@ class SSLModel(nn.Module):
 
     def similarity(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``(B,)`` between the embeddings of two image batches."""
-        return torch.nn.functional.cosine_similarity(self(x1), self(x2), dim=-1, eps=1e-8)
+        return cosine(self(x1), self(x2))
 
     def layer_names(self) -> list[str]:
         """Dot paths of the trunk's sub-modules, usable as ``layer=`` by the CAM and

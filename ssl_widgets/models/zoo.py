@@ -22,6 +22,7 @@ from .converters import (
     convert_torchvision_resnet,
 )
 from .dino import build_dino_r50, dino_vit_builder
+from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
 __all__ = ["ModelSpec", "available_models", "build_tiny_model", "load_model", "model_info", "save_tiny_checkpoint"]
@@ -89,7 +90,7 @@ def _simclr_v2_builder(width: int) -> Callable[[Any], SSLModel]:
         head = mlp_head([dim, dim, dim, 128], last_bn=True)
         _load_strict(trunk, trunk_sd, name, "trunk")
         _load_strict(head, head_sd, name, "head")
-        return SSLModel(trunk, head, name=name, input_size=224)
+        return SSLModel(trunk, head, name=name, input_size=PAPER_INPUT_SIZE)
 
     return build
 
@@ -100,7 +101,7 @@ def _build_barlow_twins(checkpoint: Any, projector_width: int = 8192) -> SSLMode
     trunk, head = resnet50_trunk(zero_init_residual=True), mlp_head([2048] + [projector_width] * 3)
     _load_strict(trunk, trunk_sd, "barlow-twins-r50", "trunk")
     _load_strict(head, head_sd, "barlow-twins-r50", "projector")
-    return SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="barlow-twins-r50", input_size=224)
+    return SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="barlow-twins-r50", input_size=PAPER_INPUT_SIZE)
 
 
 def _build_simsiam(checkpoint: Any) -> SSLModel:
@@ -111,7 +112,7 @@ def _build_simsiam(checkpoint: Any) -> SSLModel:
     head = nn.Sequential(projector, predictor)
     _load_strict(trunk, trunk_sd, "simsiam-r50", "trunk")
     _load_strict(head, head_sd, "simsiam-r50", "projector+predictor")
-    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="simsiam-r50", input_size=224)
+    model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="simsiam-r50", input_size=PAPER_INPUT_SIZE)
     model.cam_head = predictor  # the paper's CAM path: predictor(GAP(A)), skipping the projector
     return model
 
@@ -120,7 +121,7 @@ def _build_supervised(checkpoint: Any) -> SSLModel:
     trunk_sd, _ = convert_torchvision_resnet(checkpoint)
     trunk = resnet50_trunk()
     _load_strict(trunk, trunk_sd, "resnet50-supervised", "trunk")
-    return SSLModel(trunk, None, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet50-supervised", input_size=224)
+    return SSLModel(trunk, None, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet50-supervised", input_size=PAPER_INPUT_SIZE)
 
 
 def build_tiny_model(arch: dict[str, Any], name: str = "tiny") -> SSLModel:
