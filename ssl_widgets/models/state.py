@@ -25,7 +25,22 @@ __all__ = ["check_model", "eval_similarity", "model_lock", "preserved_model_stat
 
 
 def check_model(model: object) -> SSLModel:
-    """Raise a clear ``TypeError`` unless ``model`` is an :class:`SSLModel`."""
+    """Raise a clear ``TypeError`` unless ``model`` is an :class:`SSLModel`.
+
+    Args:
+        model: the object to check.
+
+    Returns:
+        ``model`` itself.
+
+    Examples:
+        >>> check_model(model) is model
+        True
+        >>> check_model(nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        TypeError: expected an ssl_widgets.models.SSLModel, got Linear; wrap your network with SSLModel(trunk, head, mean=..., std=...) or load one with ssl_widgets.load_model(name)
+    """
     if not isinstance(model, SSLModel):
         raise TypeError(
             f"expected an ssl_widgets.models.SSLModel, got {type(model).__name__}; wrap your network with "
@@ -125,6 +140,18 @@ def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None,
 
 
 def eval_similarity(model: SSLModel, x1_n: torch.Tensor, x2_n: torch.Tensor) -> torch.Tensor:
-    """``cos(f(x1_n), f(x2_n))`` for inputs in the model's input space, in eval mode, without autograd."""
+    """``cos(f(x1_n), f(x2_n))`` for inputs in the model's input space, in eval mode, without autograd.
+
+    Args:
+        model: the model.
+        x1_n, x2_n: ``(B,3,H,W)`` images already normalised (``model.normalize``).
+
+    Returns:
+        ``(B,)`` similarities.
+
+    Examples:
+        >>> round(float(eval_similarity(model, model.normalize(x1), model.normalize(x1))), 4)
+        1.0
+    """
     with preserved_model_state(model), torch.no_grad():
         return cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
