@@ -269,3 +269,27 @@ def test_a_new_method_reaches_the_cli_explain_driver_and_registry(image_folder, 
                               step=448, sensitivity_samples=1, show_progress=False))
     (record,) = [json.loads(line) for line in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
     assert record["method"] == name and all(isinstance(record["metrics"][k], float) for k in ("SI", "CD", "MS"))
+
+
+def test_a_new_method_gets_an_explorer_tab_from_its_record():
+    """The explorer builds a tab from the record of a method that has no hand-made tab: its sliders are the
+    record's settings, and the map shown is the method's own."""
+    from ssl_widgets.explain import explain_pair
+    from ssl_widgets.widgets import Explorer
+    from ssl_widgets.widgets.controls import SpecControls
+
+    explorer = Explorer(threaded=False, display_size=64, method="grad-cam")
+    tabs = {c.names[0]: (i, c) for i, c in enumerate(explorer.method_controls) if isinstance(c, SpecControls)}
+    assert set(tabs) == {"integrated-gradients", "attention-rollout"}  # the methods without a hand-made tab
+    index, controls = tabs["integrated-gradients"]
+    assert explorer.method_tabs.get_title(index) == "integrated gradients"
+    assert (controls.controls["n_steps"].min, controls.controls["n_steps"].max) == (4, 200)
+    controls.controls["n_steps"].value = 4
+    explorer.method_tabs.selected_index = index
+    assert explorer.status.value.startswith("integrated-gradients") and explorer.last_error is None
+    x1, x2 = explorer.current_pair()
+    direct = explain_pair(explorer._model(), "integrated-gradients", x1, x2, n_steps=4)
+    m1, m2 = direct
+    assert torch.equal(explorer.maps[0], m1[0]) and torch.equal(explorer.maps[1], m2[0])
+    explorer.select_method("attention-rollout")  # a ViT view on the CNN: the panel says it does not apply
+    assert "Vision Transformer" in explorer.status.value, explorer.status.value

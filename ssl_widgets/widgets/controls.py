@@ -6,10 +6,11 @@ from typing import Any
 import ipywidgets as W
 
 from ..attr.cls_attention import attention_blocks
+from ..attr.spec import MethodSpec, Setting, all_specs
 from .base import MethodControls
 from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
 
-__all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", "build_method_controls"]
+__all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", "SpecControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
 
@@ -218,6 +219,65 @@ TAB_METHODS = (OcclusionControls, CAMControls, AveragedTransformsControls, Gradi
                PixelInvarianceControls, CorrespondenceControls, AttentionControls, PCAControls)
 
 
+class SpecControls(MethodControls):
+    """A tab built from a method's record alone, for methods without a hand-made tab (so that a new
+    method, one file in ``ssl_widgets/attr`` with its ``SPEC``, appears in the explorer too): one
+    slider or check box per :class:`~ssl_widgets.attr.spec.Setting`, in its range.
+
+    Args:
+        spec: the method's record.
+        input_size: the model's input size (scaled settings follow it).
+
+    Examples:
+        >>> from ssl_widgets.attr.spec import spec_for
+        >>> tab = SpecControls(spec_for("integrated-gradients"), 112)
+        >>> tab.title, tab.request()
+        ('integrated gradients', ('integrated-gradients', {'n_steps': 50}))
+    """
+
+    def __init__(self, spec: MethodSpec, input_size: int) -> None:
+        self.spec = spec
+        self.title = spec.name.replace("-", " ")
+        self.slow = spec.slow
+        self.names = (spec.name,)
+        super().__init__(input_size)
+
+    def children(self) -> list[W.Widget]:
+        self.controls = {}
+        for setting in self.spec.settings:
+            widget = _setting_widget(setting, setting.value_for(self.input_size, self.spec.reference_size))
+            if widget is not None:
+                self.controls[setting.name] = widget
+        return list(self.controls.values())
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        return self.spec.name, {name: widget.value for name, widget in self.controls.items()}
+
+
+def _setting_widget(setting: Setting, value: Any) -> W.ValueWidget | None:
+    """A check box for a bool, a slider for a number in its range; ``None`` for other values (the method's
+    own default is then used)."""
+    options = dict(description=setting.name, tooltip=setting.help, **_SLOW)
+    if isinstance(value, bool):
+        return W.Checkbox(value=value, description=setting.name, tooltip=setting.help)
+    low = setting.low if setting.low is not None else min(value, 0)
+    high = setting.high if setting.high is not None else max(4 * value, 1)
+    if isinstance(value, int):
+        return W.IntSlider(value=value, min=int(low), max=int(high), **options)
+    if isinstance(value, float):
+        return W.FloatSlider(value=value, min=float(low), max=float(high), step=(high - low) / 100, **options)
+    return None
+
+
 def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:
-    """One :class:`MethodControls` per tab (all, or ``only`` these classes)."""
-    return [cls(input_size) for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]
+    """One :class:`MethodControls` per tab (all, or ``only`` these classes).
+
+    Every method record of kind pair, single or view without a hand-made tab gets a
+    :class:`SpecControls` tab (after the hand-made ones; not when ``only`` is given).
+    """
+    tabs = [cls(input_size) for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]
+    if only:
+        return tabs
+    shown = {name for tab in tabs for name in tab.names}
+    return tabs + [SpecControls(spec, input_size) for spec in all_specs()
+                   if spec.kind in ("pair", "single", "view") and spec.name not in shown]
