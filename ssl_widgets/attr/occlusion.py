@@ -9,7 +9,7 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_pair
 from .base import PairMethod
 from .spec import ALL_METRICS, MethodSpec, Setting
-from ..core import as_window
+from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW, as_window
 from ._regions import gather
 from .engine import (
     PairAttribution,
@@ -168,7 +168,7 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         raise NotImplementedError
 
 
-def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = 224 * 224) -> int:
+def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = PAPER_INPUT_SIZE ** 2) -> int:
     """``perturbations_per_eval``, or the batch that ran fastest per copy when it is ``None``: on CPU
     16 copies of 224 x 224 (larger batches leave the caches) and 128 of 112 x 112 (ResNet-18 at half
     width: 4.7 s for 968 copies against 5.5 s with 64 and 5.1 s with 256), interpolated as
@@ -177,7 +177,7 @@ def default_batch(device: torch.device, perturbations_per_eval: int | None, pixe
         return perturbations_per_eval
     if torch.device(device).type == "cuda":
         return 128
-    return int(min(128, max(8, round(16 * (224 * 224 / max(pixels, 1)) ** 1.5))))
+    return int(min(128, max(8, round(16 * (PAPER_INPUT_SIZE ** 2 / max(pixels, 1)) ** 1.5))))
 
 
 _ATTRIBUTE_DOC = """
@@ -271,8 +271,8 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
 
 
 _WINDOW_SETTINGS = (
-    Setting("sliding_window_shapes", 64, 4, 224, "window side in pixels", scaled=True, floor=2),
-    Setting("strides", 8, 1, 64, "window stride in pixels", scaled=True, floor=1),
+    Setting("sliding_window_shapes", PAPER_OCCLUSION_WINDOW, 4, PAPER_INPUT_SIZE, "window side in pixels", scaled=True, floor=2),
+    Setting("strides", PAPER_OCCLUSION_STRIDE, 1, PAPER_OCCLUSION_WINDOW, "window stride in pixels", scaled=True, floor=1),
 )
 #: the method records (see :mod:`ssl_widgets.attr.spec`); max-sensitivity is not computed for occlusion
 SPEC = (

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
 
 from .._validation import check_images
-from ..core import grayscale
+from ..core import PAPER_INPUT_SIZE, grayscale
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
 from .spec import CONDITIONAL_METRICS, MethodSpec, Setting
 from .base import ModelMethod
@@ -191,7 +191,7 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
 #: the method record (see :mod:`ssl_widgets.attr.spec`): one map per image, so only the conditional metrics
 SPEC = MethodSpec("pixel-invariance", PixelInvariance, kind="single", summary="which pixels the similarity is "
                   "invariant to (a linear surrogate)",
-                  settings=(Setting("size", 64, 8, 224, "side of the surrogate's pixel grid", scaled=True, floor=8),
+                  settings=(Setting("size", 64, 8, PAPER_INPUT_SIZE, "side of the surrogate's pixel grid", scaled=True, floor=8),
                             Setting("n_samples", 500, 50, 2000, "augmented copies"),
                             Setting("epochs", 300, 10, 1000, "surrogate fitting steps")),
                   slow=True, seeded=True, metrics=CONDITIONAL_METRICS, order=200)

@@ -22,6 +22,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import PAPER_INPUT_SIZE
+
 __all__ = ["ALL_METRICS", "CONDITIONAL_METRICS", "KINDS", "MethodSpec", "Setting", "all_specs", "listed_names",
            "resolve", "spec_for"]
 
@@ -110,7 +112,7 @@ class MethodSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     settings: tuple[Setting, ...] = ()
-    reference_size: int = 224
+    reference_size: int = PAPER_INPUT_SIZE
     layer: str | None = None
     slow: bool = False
     seeded: bool = False

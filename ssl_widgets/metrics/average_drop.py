@@ -22,9 +22,11 @@ def average_drop_increase(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, m
 
     Args:
         model: the model.
-        x1, x2: ``(B,3,H,W)`` images.
-        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size); Captum-shaped
+        x1: ``(B,3,H,W)`` image 1.
+        x2: ``(B,3,H,W)`` image 2.
+        map1: ``(B,h,w)`` explanation of image 1, resized bilinearly to the image size; Captum-shaped
             ``(B,1,h,w)`` and ``(B,3,H,W)`` attributions are accepted (channels summed).
+        map2: the same for image 2, or ``None`` (the conditional form: image 2 stays intact).
 
     Returns:
         :class:`MetricResult` with ``drop``, ``increase`` (0/1 floats) and ``base``, each ``(B,)``.

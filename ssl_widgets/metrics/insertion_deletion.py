@@ -49,9 +49,11 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
 
     Args:
         model: the model.
-        x1, x2: ``(B,3,H,W)`` images.
-        map1, map2: ``(B,h,w)`` explanations (resized bilinearly to the image size); Captum-shaped
+        x1: ``(B,3,H,W)`` image 1.
+        x2: ``(B,3,H,W)`` image 2.
+        map1: ``(B,h,w)`` explanation of image 1, resized bilinearly to the image size; Captum-shaped
             ``(B,1,h,w)`` and ``(B,3,H,W)`` attributions are accepted (channels summed).
+        map2: the same for image 2, or ``None`` (the conditional form: image 2 stays intact).
         mode: ``"deletion"`` (lower AUC is better) or ``"insertion"`` (higher is better).
         step: pixels per step (224 in the paper: T = ceil(H*W / step) steps, T+1 scores).
         steps_per_eval: curve steps per forward pass (bounds the memory).

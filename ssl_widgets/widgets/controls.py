@@ -6,6 +6,7 @@ from typing import Any
 import ipywidgets as W
 
 from ..attr.cls_attention import attention_blocks
+from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW
 from ..attr.spec import MethodSpec, Setting, all_specs
 from .base import MethodControls
 from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
@@ -28,9 +29,9 @@ class OcclusionControls(MethodControls):
         self.variant = W.ToggleButtons(options=[("conditional", "conditional-occlusion"),
                                                 ("context-agnostic", "context-agnostic-occlusion")],
                                        value="conditional-occlusion", description="variant")
-        self.patch = W.IntSlider(value=max(4, round(64 * size / 224)), min=4, max=size, step=2,
+        self.patch = W.IntSlider(value=max(4, round(PAPER_OCCLUSION_WINDOW * size / PAPER_INPUT_SIZE)), min=4, max=size, step=2,
                                  description="patch size", **_SLOW)
-        self.stride = W.IntSlider(value=max(2, round(8 * size / 224)), min=1, max=max(2, size // 2),
+        self.stride = W.IntSlider(value=max(2, round(PAPER_OCCLUSION_STRIDE * size / PAPER_INPUT_SIZE)), min=1, max=max(2, size // 2),
                                   description="stride", **_SLOW)
         self.fill = W.Dropdown(options=[("neutral (0 in model input)", "neutral"), ("black", "black"),
                                         ("grey", "grey")], value="neutral", description="fill")
