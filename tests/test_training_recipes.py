@@ -14,7 +14,9 @@ from ssl_widgets.train import TrainConfig, train
 from ssl_widgets.train.__main__ import build_parser
 from ssl_widgets.train.__main__ import main as train_main
 from ssl_widgets.train.common import UnsafeCheckpointError, load_training_state
-from ssl_widgets.train.losses import dino_loss, simsiam_loss, update_center
+from ssl_widgets.train.dino import _DINORunner
+from ssl_widgets.train.losses import dino_loss, distillation_nce, simsiam_loss, update_center
+from ssl_widgets.train.loop import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,49 @@ def test_dino_loss_equals_a_slow_loop():
             terms += 1
     assert terms == 2 * n_crops - 2
     assert float(dino_loss(student, teacher, center, 2, ts, tt)) == pytest.approx(total / terms, rel=1e-5)
+
+
+def test_distillation_nce_equals_a_slow_loop():
+    torch.manual_seed(0)
+    batch, crops, n_global, dim, temp = 3, 4, 2, 5, 0.2
+    student, teacher, queue = torch.randn(crops * batch, dim), torch.randn(n_global * batch, dim), torch.randn(6, dim)
+    queue = F.normalize(queue, dim=1)
+    total, terms = 0.0, 0
+    for g in range(n_global):
+        bank = [F.normalize(teacher[g * batch + j], dim=0) for j in range(batch)] + list(queue)
+        for v in range(crops):
+            for i in range(batch):
+                s = F.normalize(student[v * batch + i], dim=0)
+                scores = [float(s @ t) / temp for t in bank]
+                total += -(scores[i] - math.log(sum(math.exp(x) for x in scores)))
+                terms += 1
+    assert float(distillation_nce(student, teacher, n_global, queue, temp)) == pytest.approx(total / terms, rel=1e-5)
+    without = float(distillation_nce(student, teacher, n_global, None, temp))
+    assert without < float(distillation_nce(student, teacher, n_global, queue, temp))  # more negatives, harder
+
+
+def test_dino_starts_from_a_file_and_distils_towards_a_frozen_model(ten_images, tmp_path):
+    first = tmp_path / "first.pt"
+    train(vit_config(ten_images, first, epochs=1), show_progress=False)
+    cfg = vit_config(ten_images, tmp_path / "second.pt", epochs=1, init_from=str(first), distill_from="tiny-simclr",
+                     global_size=24)
+    images, _, _ = load_dataset(cfg)
+    runner = _DINORunner(cfg, images, torch.device("cpu"))
+    packed = torch.load(first, weights_only=True)
+    for key, value in packed["trunk"].items():  # student and teacher start from the file's teacher
+        torch.testing.assert_close(runner.student.state_dict()[key], value.float())
+        torch.testing.assert_close(runner.teacher.state_dict()[key], value.float())
+    for key, value in packed["dino_head"].items():
+        torch.testing.assert_close(runner.teacher_head.state_dict()[key], value.float())
+    optimised = {id(p) for group in runner.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in runner.projector.parameters())
+    assert not any(id(p) in optimised or p.requires_grad for p in runner.distiller.parameters())
+    frozen = {k: v.clone() for k, v in runner.distiller.state_dict().items()}
+    assert np.isfinite(runner.epoch(0, 1))
+    assert runner.queue.shape == (runner.steps_per_epoch * 2 * cfg.batch_size, 128)  # both global crops, every step
+    for key, value in runner.distiller.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+    assert any(not torch.equal(runner.student.state_dict()[k], v.float()) for k, v in packed["trunk"].items())
 
 
 def test_dino_centre_is_a_moving_average_and_head_is_weight_normalised():
@@ -199,6 +244,12 @@ def test_config_errors_name_the_problem(ten_images, tmp_path):
         cnn_config(ten_images, tmp_path / "x.pt", "barlow-twins", blur_p=[0.5])
     with pytest.raises(ValueError, match="image_size 30 is not a multiple of patch_size 8"):
         TrainConfig(method="dino", data=".", out="x.pt", image_size=30)
+    with pytest.raises(ValueError, match="init_from and distill_from are for method 'dino' only"):
+        cnn_config(ten_images, tmp_path / "x.pt", "simclr", distill_from="tiny-simclr")
+    cnn_file = tmp_path / "cnn.pt"
+    torch.save({"format": "ssl_widgets.tiny/1", "trunk": {}, "head": {}}, cnn_file)  # a CNN file has no DINO head
+    with pytest.raises(ValueError, match="not a tiny ViT weight file"):
+        train(vit_config(ten_images, tmp_path / "y.pt", init_from=str(cnn_file)), show_progress=False)
 
 
 def test_cli_lists_the_methods_and_trains(ten_images, tmp_path, capsys):
@@ -211,6 +262,10 @@ def test_cli_lists_the_methods_and_trains(ten_images, tmp_path, capsys):
                        "--amp", "--channels-last", "--blur-p", "1,0.1", "--solarize-p", "0,0.2"]) == 0
     assert '"method": "simsiam"' in capsys.readouterr().out
     assert load_model("tiny-simsiam", weights=tmp_path / "s.pt").input_size == 32
+    args = build_parser().parse_args(["--method", "dino", "--data", "d", "--out", "o.pt", "--init-from", "tiny-dino-vit",
+                                      "--distill-from", "tiny-simclr", "--distill-weight", "2", "--global-size", "80"])
+    assert (args.init_from, args.distill_from, args.distill_weight, args.global_size) == (
+        "tiny-dino-vit", "tiny-simclr", 2.0, 80)
 
 
 def test_similarity_gap_separates_positives_from_negatives():

@@ -265,7 +265,7 @@ _REGISTRY: dict[str, ModelSpec] = {
                   "BSD-3-Clause (torchvision)", "torchvision IMAGENET1K_V1", _build_supervised,
                   url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
                   file_name="resnet50-0676ba61.pth", sha256="0676ba61"),
-        ModelSpec("tiny-dino-vit", "ViT (patch 8, 192-d, 6 blocks) trained here with DINO, 112 px; class token",
+        ModelSpec("tiny-dino-vit", "ViT (patch 8, 192-d, 6 blocks) trained here with DINO (+ distillation from tiny-simclr), 112 px; class token",
                   "Apache-2.0 (trained by ssl_widgets)", "shipped with the package", _tiny_builder("tiny-dino-vit"),
                   file_name="tiny-dino-vit.pt"),
         ModelSpec("dino-r50", "DINO ResNet-50, teacher with its DINO head (full checkpoint) or pooled backbone",

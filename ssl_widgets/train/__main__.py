@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     dino.add_argument("--weight-decay-end", type=float, default=0.4)
     dino.add_argument("--clip-grad", type=float, default=3.0)
     dino.add_argument("--drop-path", type=float, default=0.1)
+    dino.add_argument("--global-size", type=int, default=None,
+                      help="train the student on global crops resized to this size (default --image-size; the "
+                      "evaluation and the shipped model stay at --image-size)")
+    dino.add_argument("--init-from", default=None, metavar="FILE",
+                      help="start student and teacher (backbone and DINO head) from a tiny ViT weight file")
+    dino.add_argument("--distill-from", default=None, metavar="MODEL",
+                      help="add a contrastive distillation term towards a frozen self-supervised model (a name "
+                      "of load_model or a weight file, e.g. tiny-simclr)")
+    dino.add_argument("--distill-weight", type=float, default=1.0)
+    dino.add_argument("--distill-temp", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -97,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         depth=args.depth, num_heads=args.num_heads, out_dim=args.out_dim, local_crops=args.local_crops,
         local_size=args.local_size, local_min_scale=args.local_min_scale, teacher_temp=args.teacher_temp,
         warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs, momentum_teacher=args.momentum_teacher,
-        weight_decay_end=args.weight_decay_end, clip_grad=args.clip_grad, drop_path=args.drop_path)
+        weight_decay_end=args.weight_decay_end, clip_grad=args.clip_grad, drop_path=args.drop_path,
+        global_size=args.global_size, init_from=args.init_from, distill_from=args.distill_from, distill_weight=args.distill_weight,
+        distill_temp=args.distill_temp)
     summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "loss_history"}))
     return 0

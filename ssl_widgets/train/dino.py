@@ -9,6 +9,16 @@ with learning-rate warm-up and cosine decay, weight decay cosine from ``weight_d
 ``weight_decay_end``, per-parameter gradient clipping, and the last layer frozen for the first
 ``freeze_last_layer`` epochs. The embedding that the held-out evaluation and the shipped file use
 is the teacher backbone's class token after its final norm.
+
+Two options continue and strengthen a run where compute is short (the second ``tiny-dino-vit`` was
+made this way, on a CPU): ``init_from`` starts student and teacher from a tiny-ViT weight file
+(backbone and DINO head), and ``distill_from`` adds a contrastive distillation term
+(:func:`~ssl_widgets.train.losses.distillation_nce`, as CRD and SEED distil a self-supervised teacher
+without labels): a linear projection of the student's class token, on every crop, must pick its own
+image among a frozen self-supervised model's embeddings of the global crops (this batch plus a queue
+of earlier ones). ``global_size`` trains the student on the global crops resized to fewer tokens,
+while the frozen model sees them at ``image_size``; the evaluation and the shipped model stay at
+``image_size``.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from ..models.tiny_vit import DINOHead, build_tiny_vit_backbone, dino_head_state
 from ..models.wrapper import IMAGENET_MEAN, IMAGENET_STD
 from ..models.zoo import TINY_FORMAT
 from .common import HeldoutMonitor, cosine, run_epochs
-from .losses import dino_loss, update_center
+from .losses import dino_loss, distillation_nce, update_center
 
 __all__ = ["train_dino", "vit_arch"]
 
@@ -53,11 +63,18 @@ class _DINORunner:
         self.student_head = DINOHead(cfg.embed_dim, cfg.out_dim).to(device)
         self.teacher = build_tiny_vit_backbone(self.arch).to(device)
         self.teacher_head = copy.deepcopy(self.student_head)
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
         self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
         for p in list(self.teacher.parameters()) + list(self.teacher_head.parameters()):
             p.requires_grad_(False)
         self.center = torch.zeros(1, cfg.out_dim, device=device)
-        params = [p for m in (self.student, self.student_head) for p in m.parameters() if p.requires_grad]
+        self.distiller, self.projector, self.queue = None, None, torch.zeros(0, 1, device=device)
+        if cfg.distill_from:
+            self._setup_distillation(cfg.distill_from)
+        trained = [m for m in (self.student, self.student_head, self.projector) if m is not None]
+        params = [p for m in trained for p in m.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -70,6 +87,37 @@ class _DINORunner:
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self._pairs = list(zip(self.student.parameters(), self.teacher.parameters())) + \
             list(zip(self.student_head.parameters(), self.teacher_head.parameters()))
+
+    def _init_from(self, path: str) -> None:
+        """Student backbone and head from a shipped tiny-ViT file (its teacher), e.g. to continue a run."""
+        from ..models.zoo import _REGISTRY, _shipped_weights
+
+        source = _shipped_weights(_REGISTRY[path]) if path in _REGISTRY else path
+        packed = torch.load(source, map_location="cpu", weights_only=True)
+        if not isinstance(packed, dict) or "trunk" not in packed or "dino_head" not in packed:
+            raise ValueError(f"--init-from {path}: not a tiny ViT weight file with 'trunk' and 'dino_head'")
+        self.student.load_state_dict({k: v.float() for k, v in packed["trunk"].items()})
+        self.student_head.load_state_dict({k: v.float() for k, v in packed["dino_head"].items()})
+
+    def _setup_distillation(self, name: str) -> None:
+        """A frozen self-supervised model whose embeddings the student's class token is distilled towards."""
+        from ..models import load_model
+
+        self.distiller = load_model(name, device=self.device).eval()
+        for p in self.distiller.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            dim = self.distiller(torch.rand(2, 3, self.cfg.image_size, self.cfg.image_size, device=self.device)).shape[1]
+        self.projector = torch.nn.Linear(self.cfg.embed_dim, dim).to(self.device)
+        self.queue = torch.zeros(0, dim, device=self.device)
+
+    def _distillation(self, tokens: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = self.distiller(globals_).float()
+        loss = distillation_nce(self.projector(tokens.float()), targets, 2, self.queue, self.cfg.distill_temp)
+        fresh = torch.nn.functional.normalize(targets, dim=1)
+        self.queue = torch.cat([fresh, self.queue])[: self.cfg.distill_queue]
+        return loss
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -106,8 +154,12 @@ class _DINORunner:
             lr, wd, momentum, temp = self._schedules(index * self.steps_per_epoch + b, index, total)
             self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[0]["weight_decay"] = lr, wd
             self.optimizer.param_groups[1]["lr"] = lr
-            globals_ = torch.cat([augment_batch(batch, cfg.image_size, global1, self.generator),
-                                  augment_batch(batch, cfg.image_size, global2, self.generator)])
+            full = torch.cat([augment_batch(batch, cfg.image_size, global1, self.generator),
+                              augment_batch(batch, cfg.image_size, global2, self.generator)])
+            globals_ = full
+            if cfg.global_size and cfg.global_size != cfg.image_size:
+                globals_ = torch.nn.functional.interpolate(full, size=(cfg.global_size,) * 2, mode="bilinear",
+                                                           antialias=True, align_corners=False)
             locals_ = [augment_batch(batch, cfg.local_size, local, self.generator) for _ in range(cfg.local_crops)]
             with self._autocast():
                 with torch.no_grad():
@@ -117,6 +169,8 @@ class _DINORunner:
                     tokens.append(self._cls(self.student, torch.cat(locals_)))
                 student_out = self.student_head(torch.cat(tokens))
             loss = dino_loss(student_out.float(), teacher_out.float(), self.center, 2, cfg.student_temp, temp)
+            if self.distiller is not None:
+                loss = loss + cfg.distill_weight * self._distillation(torch.cat(tokens), full)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._clip_and_freeze(index)
@@ -131,7 +185,7 @@ class _DINORunner:
     def _clip_and_freeze(self, epoch: int) -> None:
         """DINO's per-parameter gradient clipping; no update of the last layer while it is frozen."""
         if self.cfg.clip_grad:
-            for module in (self.student, self.student_head):
+            for module in (m for m in (self.student, self.student_head, self.projector) if m is not None):
                 for p in module.parameters():
                     if p.grad is not None:
                         scale = (self.cfg.clip_grad / (p.grad.detach().norm() + 1e-6)).clamp(max=1.0)
@@ -149,7 +203,8 @@ class _DINORunner:
     def state(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "student_head": self.student_head.state_dict(),
                 "teacher": self.teacher.state_dict(), "teacher_head": self.teacher_head.state_dict(),
-                "center": self.center, "optimizer": self.optimizer.state_dict(),
+                "center": self.center, "optimizer": self.optimizer.state_dict(), "queue": self.queue,
+                "projector": self.projector.state_dict() if self.projector is not None else {},
                 "generator": self.generator.get_state()}
 
     def load(self, state: dict[str, Any]) -> None:
@@ -158,6 +213,9 @@ class _DINORunner:
         self.teacher.load_state_dict(state["teacher"])
         self.teacher_head.load_state_dict(state["teacher_head"])
         self.center.copy_(state["center"])
+        if self.projector is not None:
+            self.projector.load_state_dict(state["projector"])
+            self.queue = state["queue"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
 

@@ -80,6 +80,12 @@ class TrainConfig:
     clip_grad: float = 3.0
     drop_path: float = 0.1
     freeze_last_layer: int = 1
+    global_size: int | None = None
+    init_from: str | None = None
+    distill_from: str | None = None
+    distill_weight: float = 1.0
+    distill_temp: float = 0.1
+    distill_queue: int = 2048
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -107,6 +113,8 @@ class TrainConfig:
             setattr(self, name, values)
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if self.method != "dino" and (self.init_from or self.distill_from):
+            raise ValueError("init_from and distill_from are for method 'dino' only")
         if self.method == "dino" and self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 

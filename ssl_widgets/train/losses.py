@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["barlow_twins_loss", "dino_loss", "nt_xent", "simsiam_loss", "update_center"]
+__all__ = ["barlow_twins_loss", "dino_loss", "distillation_nce", "nt_xent", "simsiam_loss", "update_center"]
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -99,3 +99,39 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
 def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
     """DINO's centre update: an exponential moving average of the batch mean of the teacher outputs (in place)."""
     return center.mul_(momentum).add_(teacher_out.float().mean(0, keepdim=True), alpha=1 - momentum)
+
+
+def distillation_nce(student: torch.Tensor, teacher: torch.Tensor, n_global: int,
+                     queue: torch.Tensor | None = None, temperature: float = 0.1) -> torch.Tensor:
+    """Contrastive distillation: every student crop must pick its own image among the teacher's embeddings.
+
+    The student's embedding of crop ``v`` of image ``i`` is scored against the (frozen) teacher's
+    embeddings of every image of the batch on each global crop, plus a queue of teacher embeddings
+    from earlier batches; the target is image ``i`` (InfoNCE, as CRD and SEED distil a
+    self-supervised teacher into a smaller student without labels).
+
+    Args:
+        student: ``(V * B, D)`` student embeddings of all ``V`` crops, crop-major (unnormalised).
+        teacher: ``(G * B, D)`` teacher embeddings of the ``G`` global crops, crop-major (unnormalised).
+        n_global: ``G``.
+        queue: ``(Q, D)`` L2-normalised teacher embeddings of earlier batches (extra negatives), or None.
+        temperature: softmax temperature.
+
+    Returns:
+        The cross-entropy averaged over the ``V * G`` (student crop, teacher crop) pairs and the images.
+
+    Examples:
+        >>> t = torch.eye(4)
+        >>> float(distillation_nce(torch.cat([t, t]), t, n_global=1, temperature=0.01)) < 1e-3
+        True
+    """
+    student, teacher = F.normalize(student.float(), dim=1), F.normalize(teacher.float(), dim=1).detach()
+    batch = teacher.shape[0] // n_global
+    labels = torch.arange(batch, device=student.device)
+    total, terms = student.new_zeros(()), 0
+    for targets in teacher.chunk(n_global):
+        bank = targets if queue is None or queue.numel() == 0 else torch.cat([targets, queue.to(targets)])
+        for crop in student.chunk(student.shape[0] // batch):
+            total = total + F.cross_entropy(crop @ bank.t() / temperature, labels)
+            terms += 1
+    return total / terms
