@@ -3,7 +3,8 @@
 The reference tensors in ``tests/data/pinned_maps.pt`` were computed by
 ``tests/data/make_pinned_maps.py`` from the code before the issue-12 refactor (the shared
 primitives moved out of ``attr/engine.py``, one hook helper, one blur, named constants): the test
-proves that such refactors leave the maps unchanged. Regenerate the file only for an intended change.
+proves that such refactors leave the maps unchanged. Regenerate the file only for an intended change
+(the cls-attention pin was recomputed when the shipped tiny-dino-vit weights were replaced).
 """
 from __future__ import annotations
 
