@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from bench_joint import median_seconds  # noqa: E402
+
 from ssl_widgets.attr import ConditionalOcclusion  # noqa: E402
 from ssl_widgets.data import make_pair  # noqa: E402
 from ssl_widgets.models import load_model  # noqa: E402
@@ -44,16 +45,6 @@ def counting_convolutions(counter: collections.Counter):
         yield counter
     finally:
         F.conv2d = original
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:

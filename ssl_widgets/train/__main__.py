@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     dino.add_argument("--init-from", default=None, metavar="FILE",
                       help="start student and teacher (backbone and DINO head) from a tiny ViT weight file")
     dino.add_argument("--distill-from", default=None, metavar="MODEL",
-                      help="add a contrastive distillation term towards a frozen self-supervised model (a name "
-                      "of load_model or a weight file, e.g. tiny-simclr)")
+                      help="add a contrastive distillation term towards a frozen self-supervised model (a model "
+                      "name of load_model, e.g. tiny-simclr)")
     dino.add_argument("--distill-weight", type=float, default=1.0)
     dino.add_argument("--distill-temp", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

@@ -61,12 +61,11 @@ class _DINORunner:
         self.arch = vit_arch(cfg)
         self.student = build_tiny_vit_backbone(self.arch, drop_path_rate=cfg.drop_path).to(device)
         self.student_head = DINOHead(cfg.embed_dim, cfg.out_dim).to(device)
-        self.teacher = build_tiny_vit_backbone(self.arch).to(device)
-        self.teacher_head = copy.deepcopy(self.student_head)
         if cfg.init_from:
             self._init_from(cfg.init_from)
+        self.teacher = build_tiny_vit_backbone(self.arch).to(device)
+        self.teacher_head = copy.deepcopy(self.student_head)
         self.teacher.load_state_dict(self.student.state_dict())
-        self.teacher_head.load_state_dict(self.student_head.state_dict())
         for p in list(self.teacher.parameters()) + list(self.teacher_head.parameters()):
             p.requires_grad_(False)
         self.center = torch.zeros(1, cfg.out_dim, device=device)
