@@ -1,12 +1,13 @@
 """How much arithmetic an exact refined occlusion map needs, against what this CPU can do.
 
-Counts the convolution multiply-adds that the exact incremental engine performs for one refined
-conditional-occlusion call on the shipped default model (the Explorer's request: patch 28,
-stride 4, both images of the pair at the model's 112 px), per convolution shape, and measures in
-the same run the fp32 throughput this machine reaches: a large matrix multiply (the best case for
-the CPU's vector units) and the deep stage's own convolution at the engine's batch size, with the
-default (oneDNN) kernels and with NNPACK's Winograd kernels where PyTorch has them. The lower bound
-on the refined map's time is the multiply-adds divided by the best throughput.
+Counts the convolution multiply-adds of one refined conditional-occlusion call on the shipped
+default model (the Explorer's request: patch 28, stride 4, both images of the pair at the model's
+112 px), per convolution shape, as a direct convolution would do them, and which of them the
+engine runs by Winograd's F(4x4, 3x3) algorithm (with the multiplications that actually does).
+It measures in the same run the fp32 throughput this machine reaches: a large matrix multiply (the
+best case for the CPU's vector units) and 3x3 convolutions of the two late stages at the engine's
+batch size, with the default (oneDNN) kernels and with NNPACK's Winograd kernels where PyTorch has
+them. The lower bound on the refined map's time is each shape's work at the best rate measured.
 
     python benchmarks/occlusion_work.py --threads 2 --out benchmarks/results/occlusion_work.md
 """
@@ -26,25 +27,36 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from bench_joint import median_seconds  # noqa: E402
 
 from ssl_widgets.attr import ConditionalOcclusion  # noqa: E402
+from ssl_widgets.attr import _winograd  # noqa: E402
 from ssl_widgets.data import make_pair  # noqa: E402
 from ssl_widgets.models import load_model  # noqa: E402
 
 
 @contextlib.contextmanager
-def counting_convolutions(counter: collections.Counter):
-    """Count ``F.conv2d``'s multiply-adds per weight shape while the context is open."""
-    original = F.conv2d
+def counting_convolutions(direct: collections.Counter, winograd: collections.Counter, products: collections.Counter):
+    """Count convolution multiply-adds per weight shape while the context is open: ``F.conv2d``'s in
+    ``direct``; the Winograd path's as a direct convolution would do them in ``winograd`` and the
+    multiplications it does (36 per 4x4 output tile and channel pair) in ``products``."""
+    original_conv, original_winograd = F.conv2d, _winograd.winograd_conv3x3
 
     def counted(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        out = original(x, weight, bias, stride, padding, dilation, groups)
-        counter[tuple(weight.shape)] += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        out = original_conv(x, weight, bias, stride, padding, dilation, groups)
+        direct[tuple(weight.shape)] += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
         return out
 
-    F.conv2d = counted
+    def counted_winograd(x, u, bias):
+        out = original_winograd(x, u, bias)
+        shape = (u.shape[2], u.shape[1], 3, 3)
+        winograd[shape] += out.numel() * u.shape[1] * 9
+        tiles = x.shape[0] * -(-out.shape[2] // 4) * -(-out.shape[3] // 4)
+        products[shape] += tiles * 36 * u.shape[1] * u.shape[2]
+        return out
+
+    F.conv2d, _winograd.winograd_conv3x3 = counted, counted_winograd
     try:
-        yield counter
+        yield
     finally:
-        F.conv2d = original
+        F.conv2d, _winograd.winograd_conv3x3 = original_conv, original_winograd
 
 
 def main() -> int:
@@ -61,9 +73,10 @@ def main() -> int:
     x1, x2 = make_pair("chelsea", "aug", size=model.input_size, seed=0)
     method = ConditionalOcclusion(model)
     method.attribute((x1, x2), args.patch, args.stride)  # builds the private trunk copy once
-    counts: collections.Counter = collections.Counter()
-    with counting_convolutions(counts):
+    direct, winograd, products = collections.Counter(), collections.Counter(), collections.Counter()
+    with counting_convolutions(direct, winograd, products):
         method.attribute((x1, x2), args.patch, args.stride)
+    counts = direct + winograd
     total = sum(counts.values())
     refined = median_seconds(lambda: method.attribute((x1, x2), args.patch, args.stride), args.repeats)
 
@@ -86,6 +99,12 @@ def main() -> int:
         if torch._nnpack_available():
             rates["NNPACK (Winograd; multiply-adds counted as direct)"] = macs / median_seconds(
                 lambda x=x, w=w: torch._nnpack_spatial_convolution(x, w, None, [1, 1], [1, 1]), args.repeats)
+        if _winograd.eligible(w, (1, 1), (1, 1), 1) and side <= _winograd.MAX_OUTPUT_SIDE:
+            run = _winograd.conv_runner(w, None, (1, 1), (1, 1), 1)
+            padded = F.pad(xc, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+            with _winograd.workspace():
+                rates["ssl_widgets' Winograd F(4x4, 3x3) (the engine's; counted as direct)"] = macs / median_seconds(
+                    lambda padded=padded, run=run: run(padded), args.repeats)
         for kernel, rate in rates.items():
             rows.append((f"{stage}: 3x3, {width} channels, 128 copies at {side}x{side}", kernel, rate))
         best_by_width[width] = max(rates.values())
@@ -94,8 +113,14 @@ def main() -> int:
     lines = [f"model={args.model} threads={args.threads} patch={args.patch} stride={args.stride} "
              f"input={model.input_size}px (medians of {args.repeats})", "",
              "| convolution weight shape | multiply-adds (G) |", "|---|---|"]
-    lines += [f"| {tuple(shape)} | {macs / 1e9:.1f} |" for shape, macs in counts.most_common()]
-    lines += [f"| **total, one refined call** | **{total / 1e9:.1f}** |", "",
+    lines[-2:] = ["| convolution weight shape | multiply-adds as a direct convolution (G) | run by |", "|---|---|---|"]
+    lines += [f"| {tuple(shape)} | {macs / 1e9:.1f} | " + (
+        f"Winograd: {products[shape] / 1e9:.1f} G multiplications" if winograd[shape] == macs else
+        "direct" if not winograd[shape] else f"both ({winograd[shape] / 1e9:.1f} G by Winograd)") + " |"
+        for shape, macs in counts.most_common()]
+    lines += [f"| **total, one refined call** | **{total / 1e9:.1f}** | "
+              f"{sum(products.values()) / 1e9:.1f} G multiplications by Winograd in place of "
+              f"{sum(winograd.values()) / 1e9:.1f} G |", "",
               "| throughput measured here | kernel | G multiply-adds/s | time for the total |", "|---|---|---|---|"]
     lines += [f"| {name} | {kernel} | {rate / 1e9:.1f} | {total / rate:.2f} s |" for name, kernel, rate in rows]
     lines += ["", f"Refined call measured: {refined:.2f} s. Convolutions alone, each stage at the best kernel "

@@ -230,3 +230,31 @@ def test_occlusion_on_images_of_different_sizes():
     assert inc[1].shape == (1, 3, 4)
     for a, b in zip(inc, full):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "contiguous", "tokens"])
+def test_gather_and_paste_match_a_plain_loop(layout):
+    """Crops of several bases and pastes into a batch, for every memory layout the engine meets
+    (channels-last copies rows of channel values whole; the others index element by element)."""
+    from ssl_widgets.attr._regions import gather, paste
+
+    src = torch.arange(2 * 5 * 9 * 8, dtype=torch.float32).view(2, 5, 9, 8)
+    dims = (2, 3)
+    if layout == "channels-last":
+        src = src.contiguous(memory_format=torch.channels_last)
+    elif layout == "tokens":  # (n, H, W, C) as after a ConvNeXt permute
+        src, dims = src.permute(0, 2, 3, 1).contiguous(), (1, 2)
+    bid, y0, x0 = torch.tensor([1, 0, 1]), torch.tensor([0, 4, 6]), torch.tensor([5, 0, 2])
+    crops = gather(src, bid, y0, x0, 3, 3, dims)
+    dst = torch.zeros(3, *src.shape[1:]).contiguous(memory_format=torch.channels_last) \
+        if layout == "channels-last" else torch.zeros(3, *src.shape[1:])
+    paste(dst, crops, y0, x0, dims)
+    expected_dst = torch.zeros_like(dst)
+    for b in range(3):
+        index = [slice(None)] * 3
+        index[dims[0] - 1] = slice(int(y0[b]), int(y0[b]) + 3)
+        index[dims[1] - 1] = slice(int(x0[b]), int(x0[b]) + 3)
+        crop = src[int(bid[b])][tuple(index)]
+        assert torch.equal(crops[b], crop)
+        expected_dst[b][tuple(index)] = crop
+    assert torch.equal(dst, expected_dst)

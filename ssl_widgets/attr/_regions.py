@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from ._winograd import conv_runner
+
 __all__ = ["Region", "gather", "paste"]
 
 
@@ -65,14 +67,26 @@ def gather(src: torch.Tensor, bid: torch.Tensor, y0: torch.Tensor, x0: torch.Ten
     """``src[bid[b]]`` cropped to ``[y0[b]:y0[b]+h, x0[b]:x0[b]+w]`` for each ``b``."""
     rows, cols = _index(y0, x0, h, w, src.device)
     view = src.movedim(dims, (1, 2))
-    return view[bid.to(src.device, non_blocking=True)[:, None, None], rows, cols].movedim((1, 2), dims)
+    bid = bid.to(src.device, non_blocking=True)[:, None, None]
+    if view.is_contiguous():  # rows of the trailing (channel) values are contiguous: copy them whole
+        flat = ((bid * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+        rest = view.shape[3:]
+        out = view.reshape(-1, *rest).index_select(0, flat).view(bid.shape[0], h, w, *rest)
+        return out.movedim((1, 2), dims)
+    return view[bid, rows, cols].movedim((1, 2), dims)
 
 
 def paste(dst: torch.Tensor, src: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, dims: tuple[int, int]) -> None:
     """Write ``src[b]`` into ``dst[b]`` at ``(y0[b], x0[b])`` (in place)."""
     rows, cols = _index(y0, x0, src.shape[dims[0]], src.shape[dims[1]], dst.device)
     batch = torch.arange(dst.shape[0], device=dst.device)[:, None, None]
-    dst.movedim(dims, (1, 2))[batch, rows, cols] = src.movedim(dims, (1, 2))
+    view = dst.movedim(dims, (1, 2))
+    if view.is_contiguous():  # whole rows of trailing (channel) values, as in gather
+        flat = ((batch * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+        values = src.movedim(dims, (1, 2)).reshape(flat.shape[0], *view.shape[3:])
+        view.view(-1, *view.shape[3:]).index_copy_(0, flat, values.to(dst.dtype))
+        return
+    view[batch, rows, cols] = src.movedim(dims, (1, 2))
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,7 @@ def _conv_window(weight, bias, stride, padding, dilation, groups) -> _Window | N
     pad = _conv_padding(padding, kernel, dilation)
     if pad is None:
         return None
-    return _Window(kernel, stride, pad, dilation, 0.0,
-                   lambda x: F.conv2d(x, weight, bias, stride, 0, dilation, groups))
+    return _Window(kernel, stride, pad, dilation, 0.0, conv_runner(weight, bias, stride, dilation, groups))
 
 
 def _pool_window(kind: str, kernel, stride, padding, dilation=1, ceil_mode=False, extra_ok=True) -> _Window | None:

@@ -20,6 +20,7 @@ from .engine import (
     progress,
     resolve_fill,
 )
+from ._winograd import workspace
 from .incremental import WindowEvaluator
 from .maps import window_mean_map
 
@@ -138,7 +139,8 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         steps = x1.shape[0] * -(-n_windows // per_eval)
         grids: list[list[torch.Tensor]] = [[], []]
         similarities = []
-        with preserved_model_state(model, requires_grad=False), torch.no_grad():
+        # workspace: the Winograd convolutions' buffers are reused across batches, and dropped at the end
+        with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
             evaluator = WindowEvaluator(model, incremental, channels_last, precision)
             with progress(steps, show_progress, self.method_name) as bar:
                 for b in range(x1.shape[0]):
