@@ -37,6 +37,7 @@ from .engine import (
     progress,
     resolve_fill,
 )
+from ._winograd import workspace
 from .incremental import IncrementalTrunk
 from .joint import JointAttribution, check_grid, patch_boxes, patch_index
 
@@ -110,7 +111,7 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
         # token trunks (ViT) and trunks with a custom method run exact full forwards, as occlusion's window evaluator
         exact_only = model.is_token_model or model.trunk_method is not None
         engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not exact_only else None
-        with preserved_model_state(model, requires_grad=False), torch.no_grad():
+        with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
             z1, z2 = model(x1), model(x2)
             deltas: list[list[torch.Tensor]] = [[], []]
             with progress(steps, show_progress, self.method_name) as bar:
