@@ -173,7 +173,7 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
 def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = PAPER_INPUT_SIZE ** 2) -> int:
     """``perturbations_per_eval``, or the batch that ran fastest per copy when it is ``None``: on CPU
     16 copies of 224 x 224 (larger batches leave the caches) and 128 of 112 x 112 (ResNet-18 at half
-    width: 4.7 s for 968 copies against 5.5 s with 64 and 5.1 s with 256), interpolated as
+    width: 3.5 s for 968 copies against 3.9 s with 64 and 3.7 s with 256), interpolated as
     ``16 * (224 * 224 / pixels) ** 1.5`` between 8 and 128; 128 on GPU."""
     if perturbations_per_eval is not None:
         return perturbations_per_eval
