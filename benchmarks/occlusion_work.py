@@ -110,14 +110,17 @@ def main() -> int:
         best_by_width[width] = max(rates.values())
     fastest = max(best_by_width.values())
     bound = sum(macs / best_by_width.get(shape[1], fastest) for shape, macs in counts.items())
+    def run_by(shape: tuple[int, ...]) -> str:
+        if not winograd[shape]:
+            return "direct"
+        if winograd[shape] == counts[shape]:
+            return f"Winograd: {products[shape] / 1e9:.1f} G multiplications"
+        return f"both ({winograd[shape] / 1e9:.1f} G by Winograd)"
+
     lines = [f"model={args.model} threads={args.threads} patch={args.patch} stride={args.stride} "
              f"input={model.input_size}px (medians of {args.repeats})", "",
-             "| convolution weight shape | multiply-adds (G) |", "|---|---|"]
-    lines[-2:] = ["| convolution weight shape | multiply-adds as a direct convolution (G) | run by |", "|---|---|---|"]
-    lines += [f"| {tuple(shape)} | {macs / 1e9:.1f} | " + (
-        f"Winograd: {products[shape] / 1e9:.1f} G multiplications" if winograd[shape] == macs else
-        "direct" if not winograd[shape] else f"both ({winograd[shape] / 1e9:.1f} G by Winograd)") + " |"
-        for shape, macs in counts.most_common()]
+             "| convolution weight shape | multiply-adds as a direct convolution (G) | run by |", "|---|---|---|"]
+    lines += [f"| {tuple(shape)} | {macs / 1e9:.1f} | {run_by(shape)} |" for shape, macs in counts.most_common()]
     lines += [f"| **total, one refined call** | **{total / 1e9:.1f}** | "
               f"{sum(products.values()) / 1e9:.1f} G multiplications by Winograd in place of "
               f"{sum(winograd.values()) / 1e9:.1f} G |", "",

@@ -62,6 +62,11 @@ def _index(y0: torch.Tensor, x0: torch.Tensor, h: int, w: int, device: torch.dev
     return rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
 
 
+def _flat_rows(view: torch.Tensor, first: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Indices of ``view[first, rows, cols]`` among the rows of ``view.reshape(-1, *view.shape[3:])``."""
+    return ((first * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+
+
 def gather(src: torch.Tensor, bid: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int,
             dims: tuple[int, int]) -> torch.Tensor:
     """``src[bid[b]]`` cropped to ``[y0[b]:y0[b]+h, x0[b]:x0[b]+w]`` for each ``b``."""
@@ -69,7 +74,7 @@ def gather(src: torch.Tensor, bid: torch.Tensor, y0: torch.Tensor, x0: torch.Ten
     view = src.movedim(dims, (1, 2))
     bid = bid.to(src.device, non_blocking=True)[:, None, None]
     if view.is_contiguous():  # rows of the trailing (channel) values are contiguous: copy them whole
-        flat = ((bid * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+        flat = _flat_rows(view, bid, rows, cols)
         rest = view.shape[3:]
         out = view.reshape(-1, *rest).index_select(0, flat).view(bid.shape[0], h, w, *rest)
         return out.movedim((1, 2), dims)
@@ -82,7 +87,7 @@ def paste(dst: torch.Tensor, src: torch.Tensor, y0: torch.Tensor, x0: torch.Tens
     batch = torch.arange(dst.shape[0], device=dst.device)[:, None, None]
     view = dst.movedim(dims, (1, 2))
     if view.is_contiguous():  # whole rows of trailing (channel) values, as in gather
-        flat = ((batch * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+        flat = _flat_rows(view, batch, rows, cols)
         values = src.movedim(dims, (1, 2)).reshape(flat.shape[0], *view.shape[3:])
         view.view(-1, *view.shape[3:]).index_copy_(0, flat, values.to(dst.dtype))
         return
