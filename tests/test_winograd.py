@@ -11,6 +11,11 @@ from ssl_widgets.attr import ConditionalOcclusion
 from ssl_widgets.attr import _winograd as wg
 from ssl_widgets.models import load_model
 
+#: Winograd F(4x4, 3x3) in float32 against the direct convolution, as a fraction of the output's largest
+#: magnitude, on random 128-channel inputs: median about 6e-6, largest 1.2e-5 over 150 random draws of
+#: the shapes below (so 1e-5 fails about one draw in a hundred). Random inputs are seeded as well.
+RANDOM_INPUT_BOUND = 2e-5
+
 
 def _arange_input(n: int, c: int, h: int, w: int) -> torch.Tensor:
     return (torch.arange(n * c * h * w, dtype=torch.float32).view(n, c, h, w) % 13 - 6) / 6
@@ -72,11 +77,12 @@ def _count_winograd(monkeypatch) -> list[int]:
 
 def test_runner_chooses_winograd_only_where_it_applies(monkeypatch):
     calls = _count_winograd(monkeypatch)
-    w = torch.randn(128, 128, 3, 3) / 30
-    x_small, x_large = torch.randn(2, 128, 9, 9), torch.randn(2, 128, 12, 12)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(128, 128, 3, 3, generator=g) / 30
+    x_small, x_large = torch.randn(2, 128, 9, 9, generator=g), torch.randn(2, 128, 12, 12, generator=g)
     run = wg.conv_runner(w, None, (1, 1), (1, 1), 1)
     exact = F.conv2d(x_small, w)
-    assert float((run(x_small) - exact).abs().max()) <= 1e-5 * float(exact.abs().max())
+    assert float((run(x_small) - exact).abs().max()) <= RANDOM_INPUT_BOUND * float(exact.abs().max())
     assert calls == [9]
     torch.testing.assert_close(run(x_large), F.conv2d(x_large, w))  # 10x10 outputs: the direct kernel
     assert calls == [9]
@@ -121,9 +127,10 @@ def test_workspace_reuses_buffers_and_leaves_nothing():
 
 def test_two_threads_with_their_own_workspaces():
     shapes = [(2, 128, 9, 9), (3, 128, 7, 10)]
-    w = torch.randn(128, 128, 3, 3) / 30
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(128, 128, 3, 3, generator=g) / 30
     run = wg.conv_runner(w, None, (1, 1), (1, 1), 1)
-    inputs = [torch.randn(s) for s in shapes]
+    inputs = [torch.randn(s, generator=g) for s in shapes]
     results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
 
     def work(k: int) -> None:
@@ -139,7 +146,7 @@ def test_two_threads_with_their_own_workspaces():
     for k in (0, 1):
         exact = F.conv2d(inputs[k], w)
         for out in results[k]:
-            assert float((out - exact).abs().max()) <= 1e-5 * float(exact.abs().max())
+            assert float((out - exact).abs().max()) <= RANDOM_INPUT_BOUND * float(exact.abs().max())
 
 
 def test_occlusion_map_with_winograd_matches_the_direct_kernels(monkeypatch):

@@ -11,7 +11,8 @@ scale with the channel counts; the transforms are memory passes.
 On the CPUs this was measured on (2-core AVX2), oneDNN's direct kernels stay faster for large maps
 and for few channels, but for the late stages of a CNN (maps of at most 8x8 outputs, at least 128
 channels in and out: ResNet's last stage under occlusion) this ran 1.4x to 2.6x faster, with a
-difference from the direct convolution of about 5e-6 relative to the output's magnitude.
+difference from the direct convolution of typically 6e-6 of the output's largest magnitude (at most
+1.2e-5 in 150 random draws of 128-channel inputs).
 :func:`conv_runner` chooses per call.
 
 Buffers are kept only while a :func:`workspace` context is open in the calling thread (the engine
@@ -87,7 +88,8 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
         ``(N, C_out, H - 2, W - 2)`` in channels-last memory format.
 
     Examples:
-        >>> x, w = torch.randn(2, 4, 9, 7), torch.randn(3, 4, 3, 3)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, w = torch.randn(2, 4, 9, 7, generator=g), torch.randn(3, 4, 3, 3, generator=g)
         >>> out = winograd_conv3x3(x, transform_weight(w), None)
         >>> torch.allclose(out, F.conv2d(x, w), atol=1e-4)
         True
@@ -147,11 +149,12 @@ def conv_runner(weight: torch.Tensor, bias: torch.Tensor | None, stride, dilatio
     else by PyTorch's kernel.
 
     Examples:
-        >>> w = torch.randn(128, 128, 3, 3)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> w = torch.randn(128, 128, 3, 3, generator=g)
         >>> run = conv_runner(w, None, (1, 1), (1, 1), 1)
-        >>> x = torch.randn(2, 128, 9, 9)
+        >>> x = torch.randn(2, 128, 9, 9, generator=g)
         >>> exact = F.conv2d(x, w)
-        >>> bool((run(x) - exact).abs().max() < 1e-5 * exact.abs().max())
+        >>> bool((run(x) - exact).abs().max() < 2e-5 * exact.abs().max())
         True
     """
     def direct(x: torch.Tensor) -> torch.Tensor:

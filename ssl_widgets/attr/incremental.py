@@ -9,7 +9,7 @@ evaluation, cf. Nakandala et al., SIGMOD 2019). Nodes the engine does not know a
 full from there on, so results always equal a full forward pass up to float rounding. On CPU, the
 late stages' 3x3 convolutions (at least 128 channels, at most 8x8 outputs) run by Winograd's
 F(4x4, 3x3) algorithm (:mod:`~ssl_widgets.attr._winograd`), a third of the multiplications, with
-differences from the direct kernel of about 5e-6 relative to the activations.
+differences from the direct kernel of typically 6e-6 of the activations' largest magnitude.
 
 ``precision="fast"`` runs the copy in bfloat16 on CPU or float16 on CUDA (not exact; see the README
 for the measured difference).
