@@ -76,6 +76,30 @@ def test_sequential_trunk_with_assorted_windows():
     assert_exact(randomize_bn(trunk), size=40)
 
 
+def test_regions_that_cover_the_whole_map_are_padded_with_each_windows_own_value():
+    """Once a box has grown over the whole map, a windowed node pads the copies' values itself (no gather
+    from the base): with the window's own padding value (-inf for max pooling, 0 for convolutions) and
+    the extra rows and columns a stride that does not divide the map needs."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 4, 7, padding=3),           # a box anywhere in the 9x9 image changes (almost) every output
+        nn.MaxPool2d(3, stride=1, padding=1),    # outputs are negative in places: -inf padding, not 0, is exact
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),  # 9 is odd: the last output reads one padded column
+        nn.MaxPool2d(2, stride=2, padding=1), nn.Conv2d(4, 2, 3, padding=1))
+    trunk[0].bias.data.fill_(-0.6)
+    engine = IncrementalTrunk.from_trunk(trunk.eval())
+    base = arange_image(1, 9, 9)
+    cache = engine.prepare(base)
+    images = base.repeat(3, 1, 1, 1)
+    boxes = torch.tensor([[3, 3, 6, 6], [0, 0, 9, 9], [1, 2, 8, 6]])
+    for k, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        images[k, :, y0:y1, x0:x1] = -arange_image(1, y1 - y0, x1 - x0, offset=k)[0]
+    with torch.no_grad():
+        expected, got = trunk(images), engine(images, boxes, cache)
+        assert float(trunk[:2](images).amin()) < 0  # the max pool sees negative values at the border
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
 def test_timm_resnet():
     timm = pytest.importorskip("timm")
 

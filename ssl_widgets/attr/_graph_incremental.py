@@ -353,6 +353,10 @@ class GraphIncremental:
         if (crop_lengths[0], crop_lengths[1]) == r.size and bool((crops[0] == r.y0 + pads[0]).all()) and bool(
                 (crops[1] == r.x0 + pads[1]).all()):
             crop = r.local
+        elif r.size == sizes_in:  # the copies differ everywhere: the crop is their values in the constant padding
+            # (the whole padded map, from (0, 0); no per-copy gather of base values and paste over them)
+            crop = F.pad(r.local, (pads[1], crop_lengths[1] - pads[1] - sizes_in[1],
+                                   pads[0], crop_lengths[0] - pads[0] - sizes_in[0]), value=window.pad_value)
         else:
             crop = gather(padded, r.bid, crops[0], crops[1], crop_lengths[0], crop_lengths[1], (2, 3))
             paste(crop, r.local, r.y0 + pads[0] - crops[0], r.x0 + pads[1] - crops[1], (2, 3))
