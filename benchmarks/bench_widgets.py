@@ -3,9 +3,11 @@
     python benchmarks/bench_widgets.py --threads 2 --patch 28 --stride 4
 
 Reports the median over repeats of: the first (coarse) occlusion frame and the refined
-conditional-occlusion map after a request (the Explorer's result cache cleared each time; the
-model's private inference copy stays cached, as after any first use), a CAM update (pooling
-change), and an opacity redraw.
+conditional-occlusion map after a request (the Explorer's result cache and its store of each
+image's occluded-copy embeddings cleared each time; the model's private inference copy stays
+cached, as after any first use), the same after a new augmentation of view 2 (the resample
+button: view 1's copies are reused from the store), a CAM update (pooling change), and an opacity
+redraw.
 """
 from __future__ import annotations
 
@@ -20,6 +22,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssl_widgets.attr.occlusion import preview_stride  # noqa: E402
 from ssl_widgets.widgets import Explorer  # noqa: E402
+
+
+def timed(explorer: Explorer, request) -> tuple[float, float]:
+    """Seconds from ``request()`` to the first occlusion frame and to the refined map."""
+    seen = []
+
+    def record(change):
+        seen.append((time.perf_counter(), change["new"]))
+
+    explorer.status.observe(record, names="value")
+    start = time.perf_counter()
+    request()
+    explorer.wait()
+    explorer.status.unobserve(record, names="value")
+    coarse = [t for t, v in seen if "coarse" in v]
+    done = [t for t, v in seen if v == "conditional-occlusion"]
+    return (coarse[0] if coarse else done[0]) - start, done[-1] - start
 
 
 def main() -> int:
@@ -42,22 +61,17 @@ def main() -> int:
     explorer.wait()
     occlusion.patch.value = args.patch
     explorer.wait()
+    first_resampled, resampled = [], []
     for _ in range(args.repeats):
-        seen = []
-
-        def record(change, seen=seen):
-            seen.append((time.perf_counter(), change["new"]))
-
         explorer._cache.clear()  # nothing cached: a new request, as after a change of a setting
-        explorer.status.observe(record, names="value")
-        start = time.perf_counter()
-        explorer.refresh()
-        explorer.wait()
-        explorer.status.unobserve(record, names="value")
-        coarse = [t for t, v in seen if "coarse" in v]
-        done = [t for t, v in seen if v == "conditional-occlusion"]
-        first.append((coarse[0] if coarse else done[0]) - start)
-        full.append(done[-1] - start)
+        explorer._views.clear()
+        first_frame, refined = timed(explorer, explorer.refresh)
+        first.append(first_frame)
+        full.append(refined)
+        explorer._cache.clear()
+        first_frame, refined = timed(explorer, explorer.resample.click)  # view 2 changes, view 1 is reused
+        first_resampled.append(first_frame)
+        resampled.append(refined)
     explorer.method_tabs.selected_index = 1
     cam_controls = explorer.method_controls[1]
     for k in range(args.repeats):
@@ -74,6 +88,8 @@ def main() -> int:
     preview = preview_stride(args.patch, [model_size] * 2)
     print(f"| first occlusion frame (patch {args.patch}, stride {preview}) | {med(first):.2f} |")
     print(f"| refined occlusion map (patch {occlusion.patch.value}, stride {occlusion.stride.value}) | {med(full):.2f} |")
+    print(f"| after a new augmentation of view 2: first frame | {med(first_resampled):.2f} |")
+    print(f"| after a new augmentation of view 2: refined map (view 1's copies reused) | {med(resampled):.2f} |")
     print(f"| CAM update (pooling change, uncached) | {med(cam):.3f} |")
     print(f"| opacity redraw | {med(redraw):.3f} |")
     return 0

@@ -15,6 +15,7 @@ from .maps import normalize_map, upsample
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
+from .view_store import ViewEmbeddingStore, reusing_view_embeddings
 from .registry import JOINT_METHOD_NAMES, METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
 
 __all__ = [
@@ -41,10 +42,12 @@ __all__ = [
     "PairwiseOcclusion",
     "PixelInvariance",
     "SimilarityForward",
+    "ViewEmbeddingStore",
     "cam_variants",
     "get_method",
     "guided_relus",
     "normalize_map",
     "preserved_model_state",
+    "reusing_view_embeddings",
     "upsample",
 ]

@@ -20,6 +20,7 @@ from .engine import (
     progress,
     resolve_fill,
 )
+from .view_store import active_store
 from ._winograd import workspace
 from .incremental import WindowEvaluator
 from .maps import window_mean_map
@@ -80,9 +81,22 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         ``(content, y0, x0, j)`` groups of windows: ``content``'s windows pasted onto the ``j``-th base. Both views
         share batches when the images have the same size.
         """
-        views = [(0, 1)] if images[0].shape == images[1].shape else [(0,), (1,)]
+        store = active_store()
+        versions = _state_versions(self.model) if store is not None else None
+        if versions is None:  # no store lent, or a model whose in-place changes cannot be seen
+            store = None
+        keys = [] if store is None else [self._view_key(evaluator, v, bases_of, items_of, window, versions)
+                                         for v in (0, 1)]
         embs, z = [None, None], [None, None]
-        for group in views:
+        todo = []
+        for v in (0, 1):
+            found = store.find(*keys[v]) if keys else None
+            if found is None:
+                todo.append(v)
+            else:
+                embs[v], z[v] = found
+        views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
+        for group in views if todo else []:
             bases = [b for v in group for b in bases_of(v)]
             first = [sum(len(bases_of(u)) for u in group[:k]) for k in range(len(group))]
             state, zb = evaluator.prepare(torch.cat(bases))
@@ -95,7 +109,18 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             emb = self._embed_items(evaluator, state, items, window, per_eval, bar)
             for v, part in zip(group, emb.split(counts)):
                 embs[v] = part
+        for v in todo if keys else []:
+            store.keep(*keys[v], embs[v], z[v])
         return embs, z
+
+    def _view_key(self, evaluator: WindowEvaluator, v: int, bases_of, items_of, window, versions) -> tuple:
+        """What view ``v``'s copy embeddings depend on, for a :class:`ViewEmbeddingStore`."""
+        trunk = evaluator.trunk if isinstance(evaluator.trunk, torch.nn.Module) else self.model
+        items = items_of(v)
+        options = (type(self), window, evaluator.dtype, evaluator.format, evaluator.incremental,
+                   str(self.model.device), tuple(j for *_, j in items), versions)
+        tensors = (*bases_of(v), *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
+        return (self.model, trunk), options, tensors
 
     def _embed_items(self, evaluator: WindowEvaluator, state: dict, items: list, window: tuple[int, int],
                      per_eval: int, bar) -> torch.Tensor:
@@ -168,6 +193,15 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
 
     def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
         raise NotImplementedError
+
+
+def _state_versions(model: torch.nn.Module) -> tuple | None:
+    """Identity and in-place version counter of every parameter and buffer (``None`` for inference tensors,
+    which keep no version counter)."""
+    try:
+        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:
+        return None
 
 
 def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = PAPER_INPUT_SIZE ** 2) -> int:

@@ -18,6 +18,7 @@ from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
 from ..attr.occlusion import preview_stride
 from ..attr.spec import all_specs
+from ..attr.view_store import ViewEmbeddingStore, reusing_view_embeddings
 from ..explain import explain_pair
 from ..models import SSLModel
 from .context import ExplorerContext, ModelStore
@@ -71,6 +72,8 @@ class Explorer(JointClickMixin, W.VBox):
         super().__init__()
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
+        # occlusion: each image's copy embeddings, reused when only the other view changes
+        self._views = ViewEmbeddingStore()
         self.maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.similarity: float | None = None
         self._box: tuple[int, tuple[int, int, int, int]] | None = None
@@ -213,12 +216,14 @@ class Explorer(JointClickMixin, W.VBox):
         if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
             window = settings["sliding_window_shapes"]
             coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
-            preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
+            with reusing_view_embeddings(self._views):
+                preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
             if job.current:
                 self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
         layer = self.context.layer if name.startswith(LAYER_METHODS) else None
-        result = explain_pair(self._model(), name, x1, x2, layer=layer,
-                              generator=torch.Generator().manual_seed(int(seed)), **settings)
+        with reusing_view_embeddings(self._views):
+            result = explain_pair(self._model(), name, x1, x2, layer=layer,
+                                  generator=torch.Generator().manual_seed(int(seed)), **settings)
         self._cache[key] = result
         while len(self._cache) > 32:
             self._cache.popitem(last=False)

@@ -1,0 +1,125 @@
+"""Reuse of one image's occluded-copy embeddings across occlusion calls (ViewEmbeddingStore)."""
+import pytest
+import torch
+from helpers import arange_image
+
+from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, ViewEmbeddingStore, reusing_view_embeddings
+from ssl_widgets.attr.incremental import WindowEvaluator
+from ssl_widgets.attr.view_store import active_store
+from ssl_widgets.models.zoo import build_tiny_model
+from ssl_widgets.widgets import Explorer
+
+ARCH = {"width": 8, "head_dims": [32, 16], "input_size": 32}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_tiny_model(ARCH).eval()
+
+
+@pytest.fixture
+def copies(monkeypatch):
+    """How many perturbed copies the occlusion methods embed (a list: one count per call)."""
+    counted = []
+    embed = WindowEvaluator.embed
+
+    def counting(self, state, local, *args):
+        counted[-1] += local.shape[0]
+        return embed(self, state, local, *args)
+
+    monkeypatch.setattr(WindowEvaluator, "embed", counting)
+    return counted
+
+
+def images():
+    return arange_image(1, 32, 32), arange_image(1, 32, 32, offset=5.0), arange_image(1, 32, 32, offset=9.0)
+
+
+def run(method, pair, counted, **kw):
+    counted.append(0)
+    return method.attribute(pair, 16, 8, **kw)
+
+
+@pytest.mark.parametrize("cls, per_window", [(ConditionalOcclusion, 1), (ContextAgnosticOcclusion, 2)])
+def test_an_unchanged_image_is_not_evaluated_again_and_the_maps_equal_a_fresh_call(model, copies, cls, per_window):
+    x1, x2, x3 = images()
+    method, store = cls(model), ViewEmbeddingStore()
+    windows = 9 * per_window  # 3 x 3 windows of 16 px at stride 8 on 32 px
+    with reusing_view_embeddings(store):
+        run(method, (x1, x2), copies)
+        reused = run(method, (x1, x3), copies)  # view 1 unchanged
+        swapped = run(method, (x3, x1), copies)  # both known, in the other order
+    assert copies == [2 * windows, windows, 0]
+    assert store.hits == 3 and len(store) == 3
+    for got, pair in ((reused, (x1, x3)), (swapped, (x3, x1))):
+        fresh = run(method, pair, copies)
+        for k in range(2):
+            torch.testing.assert_close(got[k], fresh[k], atol=1e-6, rtol=0)
+        assert got.similarity.item() == pytest.approx(fresh.similarity.item(), abs=1e-6)
+    assert copies[-2:] == [2 * windows, 2 * windows]  # outside the block nothing is reused
+    assert len(store) == 3
+
+
+def test_nothing_is_reused_when_what_the_copies_depend_on_changes(model, copies):
+    x1, x2, _ = images()
+    store = ViewEmbeddingStore()
+    with reusing_view_embeddings(store):
+        run(ConditionalOcclusion(model), (x1, x2), copies)
+        copies.append(0)
+        ConditionalOcclusion(model).attribute((x1, x2), 16, 4)  # other corners
+        copies.append(0)
+        ConditionalOcclusion(model).attribute((x1, x2), 8, 8)  # other window
+        run(ConditionalOcclusion(model), (x1, x2), copies, baselines=0.3)  # other fill
+        run(ContextAgnosticOcclusion(model), (x1, x2), copies)  # other method
+        run(ConditionalOcclusion(model), (x1, x2), copies, incremental=False)  # other evaluation
+        torch.manual_seed(1)
+        other = build_tiny_model(ARCH).eval()
+        run(ConditionalOcclusion(other), (x1, x2), copies)  # other model
+        with torch.no_grad():
+            model.trunk.conv1.weight.mul_(0.5)
+        run(ConditionalOcclusion(model), (x1, x2), copies)  # same model, new trunk weights
+        head = next(p for name, p in model.named_parameters() if not name.startswith("trunk."))
+        with torch.no_grad():
+            head.add_(0.1)
+        changed = run(ConditionalOcclusion(model), (x1, x2), copies)  # same trunk, new head weights
+    assert copies == [18, 2 * 25, 2 * 16, 18, 36, 18, 18, 18, 18]
+    assert store.hits == 0
+    fresh = ConditionalOcclusion(model).attribute((x1, x2), 16, 8)
+    torch.testing.assert_close(changed[0], fresh[0], atol=1e-6, rtol=0)
+
+
+
+def test_the_store_is_lent_to_this_thread_only_for_the_block_and_is_bounded(model, copies):
+    x1, x2, x3 = images()
+    store = ViewEmbeddingStore(max_entries=2)
+    assert active_store() is None
+    with pytest.raises(ValueError, match="stride"):
+        with reusing_view_embeddings(store):
+            assert active_store() is store
+            run(ConditionalOcclusion(model), (x1, x2), copies)
+            run(ConditionalOcclusion(model), (x1, x3), copies)
+            ConditionalOcclusion(model).attribute((x1, x2), 8, 16)  # bad input raises inside the block
+    assert active_store() is None
+    assert len(store) == 2  # x1, x2, x3 seen: the least recently used (x2) was dropped
+    with pytest.raises(ValueError, match="max_entries"):
+        ViewEmbeddingStore(max_entries=0)
+    store.clear()
+    assert len(store) == 0
+
+
+def test_explorer_recomputes_only_view_2_after_a_new_augmentation(copies):
+    e = Explorer(threaded=False, display_size=64, method="grad-cam")
+    controls = e.method_controls[0]
+    controls.patch.value = 56
+    controls.stride.value = 28  # 3 x 3 windows per image at 112 px, no coarse preview
+    copies.append(0)
+    e.method_tabs.selected_index = 0
+    assert e.status.value == "conditional-occlusion" and copies == [18]
+    copies.append(0)
+    e.resample.click()  # a new augmentation of view 2: view 1's copies are reused
+    assert e.status.value == "conditional-occlusion" and copies[-1] == 9
+    x1, x2 = e.current_pair()
+    fresh = ConditionalOcclusion(e._model()).attribute((x1, x2), 56, 28)
+    torch.testing.assert_close(e.maps[0], fresh[0][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(e.maps[1], fresh[1][0], atol=1e-6, rtol=0)
