@@ -4,6 +4,7 @@ import torch
 from helpers import arange_image
 
 from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, ViewEmbeddingStore, reusing_view_embeddings
+from ssl_widgets.attr.engine import progress_listener
 from ssl_widgets.attr.incremental import WindowEvaluator
 from ssl_widgets.attr.view_store import active_store
 from ssl_widgets.models.zoo import build_tiny_model
@@ -106,6 +107,18 @@ def test_the_store_is_lent_to_this_thread_only_for_the_block_and_is_bounded(mode
         ViewEmbeddingStore(max_entries=0)
     store.clear()
     assert len(store) == 0
+
+
+@pytest.mark.parametrize("batch", [4, 9, 100])
+def test_progress_reaches_its_total_when_a_view_is_reused(model, batch):
+    x1, x2, x3 = images()
+    reports = []
+    with reusing_view_embeddings(ViewEmbeddingStore()), progress_listener(lambda _, *at: reports.append(at)):
+        ConditionalOcclusion(model).attribute((x1, x2), 16, 8, perturbations_per_eval=batch)
+        assert reports[-1] == (-(-18 // batch),) * 2
+        reports.clear()
+        ConditionalOcclusion(model).attribute((x1, x3), 16, 8, perturbations_per_eval=batch)  # 9 of 18 reused
+    assert reports[-1] == (-(-18 // batch),) * 2
 
 
 def test_explorer_recomputes_only_view_2_after_a_new_augmentation(copies):

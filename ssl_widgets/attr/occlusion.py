@@ -95,6 +95,9 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
                 todo.append(v)
             else:
                 embs[v], z[v] = found
+        if len(todo) < 2:  # the progress bar counts the batches the reused views would have taken
+            copies = [items_of(v)[0][1].shape[0] * len(items_of(v)) for v in (0, 1)]
+            bar.update(-(-sum(copies) // per_eval) + sum(copies[v] for v in todo) // -per_eval)
         views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
         for group in views if todo else []:
             bases = [b for v in group for b in bases_of(v)]
