@@ -52,7 +52,8 @@ class IncrementalTrunk:
         >>> cache = inc.prepare(base)
         >>> x = base.repeat(2, 1, 1, 1); x[:, :, 8:24, 8:24] = 0
         >>> boxes = torch.tensor([[8, 8, 24, 24], [8, 8, 24, 24]])
-        >>> torch.allclose(inc(x, boxes, cache), trunk(x), atol=1e-5)
+        >>> out, full = inc(x, boxes, cache), trunk(x)
+        >>> bool((out - full).abs().max() <= 1e-5 * full.abs().max())  # float rounding (random weights: no BN scaling)
         True
         >>> inc.fallback_nodes
         []
