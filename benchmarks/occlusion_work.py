@@ -17,6 +17,7 @@ import argparse
 import collections
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,10 +27,33 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from bench_joint import median_seconds  # noqa: E402
 
-from ssl_widgets.attr import ConditionalOcclusion  # noqa: E402
+from ssl_widgets.attr import ConditionalOcclusion, PairAttribution  # noqa: E402
 from ssl_widgets.attr import _winograd  # noqa: E402
 from ssl_widgets.data import make_pair  # noqa: E402
-from ssl_widgets.models import load_model  # noqa: E402
+from ssl_widgets.models import SSLModel, load_model  # noqa: E402
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--model``, ``--patch`` and ``--stride`` of the Explorer's refined request."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="tiny-simclr")
+    parser.add_argument("--patch", type=int, default=28)
+    parser.add_argument("--stride", type=int, default=4)
+
+
+def refined_request(args: argparse.Namespace) -> tuple[SSLModel, Callable[[], PairAttribution]]:
+    """Set the thread count and load the model: the model and its refined conditional-occlusion call on
+    the ``chelsea`` pair, already run once (so the private trunk copy is built)."""
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    x1, x2 = make_pair("chelsea", "aug", size=model.input_size, seed=0)
+    method = ConditionalOcclusion(model)
+
+    def call() -> PairAttribution:
+        return method.attribute((x1, x2), args.patch, args.stride)
+
+    call()
+    return model, call
 
 
 def _nnpack_runs(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -72,24 +96,17 @@ def counting_convolutions(direct: collections.Counter, winograd: collections.Cou
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=2)
+    add_request_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", default="tiny-simclr")
-    parser.add_argument("--patch", type=int, default=28)
-    parser.add_argument("--stride", type=int, default=4)
     parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    x1, x2 = make_pair("chelsea", "aug", size=model.input_size, seed=0)
-    method = ConditionalOcclusion(model)
-    method.attribute((x1, x2), args.patch, args.stride)  # builds the private trunk copy once
+    model, refined_call = refined_request(args)
     direct, winograd, products = collections.Counter(), collections.Counter(), collections.Counter()
     with counting_convolutions(direct, winograd, products):
-        method.attribute((x1, x2), args.patch, args.stride)
+        refined_call()
     counts = direct + winograd
     total = sum(counts.values())
-    refined = median_seconds(lambda: method.attribute((x1, x2), args.patch, args.stride), args.repeats)
+    refined = median_seconds(refined_call, args.repeats)
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     gemm = 2048 ** 3 / median_seconds(lambda: a @ b, args.repeats)

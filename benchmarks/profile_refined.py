@@ -17,32 +17,22 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from torch.profiler import profile
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
-from ssl_widgets.attr import ConditionalOcclusion  # noqa: E402
-from ssl_widgets.data import make_pair  # noqa: E402
-from ssl_widgets.models import load_model  # noqa: E402
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from occlusion_work import add_request_arguments, refined_request  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="tiny-simclr")
-    parser.add_argument("--patch", type=int, default=28)
-    parser.add_argument("--stride", type=int, default=4)
+    add_request_arguments(parser)
     parser.add_argument("--rows", type=int, default=20, help="operations listed (largest first)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    x1, x2 = make_pair("chelsea", "aug", size=model.input_size, seed=0)
-    method = ConditionalOcclusion(model)
-    method.attribute((x1, x2), args.patch, args.stride)  # builds the private trunk copy once
+    _, refined_call = refined_request(args)
     with profile(record_shapes=True) as prof:
         start = time.perf_counter()
-        method.attribute((x1, x2), args.patch, args.stride)
+        refined_call()
         wall = time.perf_counter() - start
     own_ms: dict[str, float] = defaultdict(float)
     for event in prof.key_averages(group_by_input_shape=True):
