@@ -81,11 +81,13 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         ``(content, y0, x0, j)`` groups of windows: ``content``'s windows pasted onto the ``j``-th base. Both views
         share batches when the images have the same size.
         """
+        bases = [bases_of(v) for v in (0, 1)]
+        items = [items_of(v) for v in (0, 1)]
         store = active_store()
         versions = _state_versions(self.model) if store is not None else None
         if versions is None:  # no store lent, or a model whose in-place changes cannot be seen
             store = None
-        keys = [] if store is None else [self._view_key(evaluator, v, bases_of, items_of, window, versions)
+        keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, versions)
                                          for v in (0, 1)]
         embs, z = [None, None], [None, None]
         todo = []
@@ -96,33 +98,36 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             else:
                 embs[v], z[v] = found
         if len(todo) < 2:  # the progress bar counts the batches the reused views would have taken
-            copies = [items_of(v)[0][1].shape[0] * len(items_of(v)) for v in (0, 1)]
-            bar.update(-(-sum(copies) // per_eval) + sum(copies[v] for v in todo) // -per_eval)
+
+            def batches(n: int) -> int:
+                return -(-n // per_eval)
+
+            copies = [items[v][0][1].shape[0] * len(items[v]) for v in (0, 1)]
+            bar.update(batches(sum(copies)) - batches(sum(copies[v] for v in todo)))
         views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
         for group in views if todo else []:
-            bases = [b for v in group for b in bases_of(v)]
-            first = [sum(len(bases_of(u)) for u in group[:k]) for k in range(len(group))]
-            state, zb = evaluator.prepare(torch.cat(bases))
-            items, counts = [], []
+            first = [sum(len(bases[u]) for u in group[:k]) for k in range(len(group))]
+            state, zb = evaluator.prepare(torch.cat([b for v in group for b in bases[v]]))
+            group_items, counts = [], []
             for k, v in enumerate(group):
                 z[v] = zb[first[k]:first[k] + 1]
-                view_items = [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items_of(v)]
-                items.extend(view_items)
+                view_items = [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items[v]]
+                group_items.extend(view_items)
                 counts.append(sum(i[1].shape[0] for i in view_items))
-            emb = self._embed_items(evaluator, state, items, window, per_eval, bar)
+            emb = self._embed_items(evaluator, state, group_items, window, per_eval, bar)
             for v, part in zip(group, emb.split(counts)):
                 embs[v] = part
         for v in todo if keys else []:
             store.keep(*keys[v], embs[v], z[v])
         return embs, z
 
-    def _view_key(self, evaluator: WindowEvaluator, v: int, bases_of, items_of, window, versions) -> tuple:
-        """What view ``v``'s copy embeddings depend on, for a :class:`ViewEmbeddingStore`."""
+    def _view_key(self, evaluator: WindowEvaluator, bases: list, items: list, window, versions) -> tuple:
+        """What one view's copy embeddings depend on (its base images and window groups), for a
+        :class:`ViewEmbeddingStore`."""
         trunk = evaluator.trunk if isinstance(evaluator.trunk, torch.nn.Module) else self.model
-        items = items_of(v)
         options = (type(self), window, evaluator.dtype, evaluator.format, evaluator.incremental,
                    str(self.model.device), tuple(j for *_, j in items), versions)
-        tensors = (*bases_of(v), *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
+        tensors = (*bases, *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
         return (self.model, trunk), options, tensors
 
     def _embed_items(self, evaluator: WindowEvaluator, state: dict, items: list, window: tuple[int, int],
