@@ -84,7 +84,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         settings.setdefault("generator", generator)
     if spec.kind == "single":
         heat = method.attribute(x1, **settings)
-        maps = (upsample(heat, tuple(x1.shape[2:])), torch.zeros(x2.shape[0], *x2.shape[2:]))
+        map1 = upsample(heat, tuple(x1.shape[2:]))
+        maps = (map1, torch.zeros(x2.shape[0], *x2.shape[2:], dtype=map1.dtype, device=map1.device))
         sim = eval_similarity(model, model.normalize(x1.to(model.device)), model.normalize(x2.to(model.device)))
         settings.pop("generator", None)
         return PairAttribution(maps, sim, {"method": name, **settings})
