@@ -119,8 +119,8 @@ def main() -> int:
     device = args.device
     rows = []
     for model_name, names in (("tiny-simclr", METHOD_NAMES),
-                              ("tiny-dino-vit", VIT_METHOD_NAMES + ("conditional-occlusion", "interaction-cam",
-                                                                    "joint-gradient") + JOINT_METHOD_NAMES[1:])):
+                              ("tiny-dino-vit", VIT_METHOD_NAMES + ("conditional-occlusion", "interaction-cam")
+                               + JOINT_METHOD_NAMES)):
         model_cpu, model_dev = load_model(model_name), load_model(model_name, device=device)
         pair = make_pair("chelsea", "aug", model_cpu.input_size, seed=0)
         for name in dict.fromkeys(names):
