@@ -187,9 +187,14 @@ def main() -> int:
     parser.add_argument("--trunks", default="Sequential,ResNetTrunk", help="trunk styles to compare")
     parser.add_argument("--per-eval", type=int, default=None, help="perturbations_per_eval (default: tuned)")
     parser.add_argument("--out", default=None, help="write results.json and results.md into this directory")
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="on CUDA, let cuDNN and matrix products round to TF32 (PyTorch's default for "
+                             "convolutions); off by default, so that both sides compute in float32 and the maps can "
+                             "be compared to 1e-4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
     if args.quick:
         args.repeats = args.occlusion_repeats = 1
     models = resnet50_models(device)
@@ -199,7 +204,8 @@ def main() -> int:
     x1 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     x2 = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     header = (f"device={device} ({torch.cuda.get_device_name() if device.startswith('cuda') else cpu_name()})"
-              f" threads={args.threads} size={args.size} torch={torch.__version__} model=ResNet-50 (random weights)")
+              f" threads={args.threads} size={args.size} torch={torch.__version__} model=ResNet-50 (random weights)"
+              + (f" tf32={'on' if args.allow_tf32 else 'off'}" if device.startswith("cuda") else ""))
     print(header, flush=True)
     results = {"header": header, "args": vars(args), "occlusion": [], "methods": []}
     lines = [header, ""]

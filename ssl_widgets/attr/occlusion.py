@@ -241,7 +241,9 @@ _ATTRIBUTE_DOC = """
                 Either way the trunk runs as a private copy with BatchNorm folded into the convolutions.
             channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
             precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA: not exact;
-                only faster on hardware with native support for the type).
+                only faster on hardware with native support for the type). On CUDA, float32 convolutions
+                follow ``torch.backends.cudnn.allow_tf32`` (on by default: inputs rounded to TF32, about
+                1e-3 relative); set it to ``False`` for float32 throughout.
 
         Returns:
             :class:`PairAttribution` ``(map1, map2)`` with ``.similarity`` and ``.meta``.
