@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,33 +39,33 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
 
 
-def run_method(model_cpu, model_dev, name: str, pair_cpu, device: str) -> dict:
-    row = {"model": model_cpu.name, "method": name}
-    try:
-        ref = explain_pair(model_cpu, name, *pair_cpu, generator=torch.Generator().manual_seed(0))
-        pair_dev = tuple(x.to(device) for x in pair_cpu)
-        out = explain_pair(model_dev, name, *pair_dev, generator=torch.Generator().manual_seed(0))
-        row["devices"] = sorted({str(m.device) for m in out} | {str(torch.as_tensor(out.similarity).device)})
-        row["finite"] = all(bool(torch.isfinite(m).all()) for m in out)
-        row["map_rel_diff"] = max(relative_difference(a, b) for a, b in zip(ref, out))
-        row["similarity_diff"] = float((torch.as_tensor(ref.similarity).cpu().float()
-                                        - torch.as_tensor(out.similarity).cpu().float()).abs().max())
-        row["status"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - every failure is reported, the run goes on
-        row["status"] = f"error: {type(exc).__name__}: {exc}"
-        row["traceback"] = traceback.format_exc(limit=-4)
-    return row
+def described(tensors) -> dict:
+    """Where the tensors are and whether they are all finite."""
+    tensors = list(tensors)
+    return {"devices": sorted({str(t.device) for t in tensors}),
+            "finite": all(bool(torch.isfinite(t).all()) for t in tensors)}
 
 
-def run_extra(label: str, fn) -> dict:
-    row = {"model": "tiny-simclr", "method": label}
+def checked(model: str, label: str, fn) -> dict:
+    """One row of the report: ``fn()``'s findings, or the error it raised (the run goes on)."""
+    row = {"model": model, "method": label}
     try:
         row.update(fn())
         row["status"] = "ok"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure is reported
         row["status"] = f"error: {type(exc).__name__}: {exc}"
         row["traceback"] = traceback.format_exc(limit=-4)
     return row
+
+
+def compare_method(model_cpu, model_dev, name: str, pair_cpu, device: str) -> dict:
+    """``explain_pair`` on the device against the same call on the CPU."""
+    ref = explain_pair(model_cpu, name, *pair_cpu, generator=torch.Generator().manual_seed(0))
+    out = explain_pair(model_dev, name, *(x.to(device) for x in pair_cpu), generator=torch.Generator().manual_seed(0))
+    return {**described([*out, torch.as_tensor(out.similarity)]),
+            "map_rel_diff": max(relative_difference(a, b) for a, b in zip(ref, out)),
+            "similarity_diff": float((torch.as_tensor(ref.similarity).cpu().float()
+                                      - torch.as_tensor(out.similarity).cpu().float()).abs().max())}
 
 
 def extras(device: str) -> list[dict]:
@@ -74,14 +75,11 @@ def extras(device: str) -> list[dict]:
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 
     def feature_visualization():
-        img = FeatureVisualization(cnn, "layer4").visualize(x1, octaves=2, iterations=3, generator=gen())
-        return {"devices": [str(img.device)], "finite": bool(torch.isfinite(img).all())}
+        return described([FeatureVisualization(cnn, "layer4").visualize(x1, octaves=2, iterations=3, generator=gen())])
 
     def model_difference():
         res = ModelDifference(cnn, other).invert(x1, iterations=3, generator=gen())
-        tensors = [t for pair in res.values() for t in pair]
-        return {"devices": sorted({str(t.device) for t in tensors}),
-                "finite": all(bool(torch.isfinite(t).all()) for t in tensors)}
+        return described(t for pair in res.values() for t in pair)
 
     def metrics():
         def values(model, a, b):
@@ -101,10 +99,9 @@ def extras(device: str) -> list[dict]:
     def fast_occlusion():
         exact = ConditionalOcclusion(cnn).attribute((x1, x2), 32, 4)
         fast = ConditionalOcclusion(cnn).attribute((x1, x2), 32, 4, precision="fast")
-        return {"devices": sorted({str(m.device) for m in fast}), "finite": all(bool(torch.isfinite(m).all()) for m in fast),
-                "map_rel_diff": max(relative_difference(a, b) for a, b in zip(exact, fast))}
+        return {**described(fast), "map_rel_diff": max(relative_difference(a, b) for a, b in zip(exact, fast))}
 
-    return [run_extra(label, fn) for label, fn in (("feature-visualization (2 octaves x 3)", feature_visualization),
+    return [checked("tiny-simclr", label, fn) for label, fn in (("feature-visualization (2 octaves x 3)", feature_visualization),
                                                     ("model-difference (3 iterations)", model_difference),
                                                     ("metrics: insertion, deletion, avg drop, max-sensitivity", metrics),
                                                     ("conditional-occlusion precision='fast' vs exact", fast_occlusion))]
@@ -124,7 +121,7 @@ def main() -> int:
         model_cpu, model_dev = load_model(model_name), load_model(model_name, device=device)
         pair = make_pair("chelsea", "aug", model_cpu.input_size, seed=0)
         for name in dict.fromkeys(names):
-            row = run_method(model_cpu, model_dev, name, pair, device)
+            row = checked(model_name, name, partial(compare_method, model_cpu, model_dev, name, pair, device))
             rows.append(row)
             print(row["model"], name, row["status"], {k: row[k] for k in ("devices", "map_rel_diff") if k in row},
                   flush=True)

@@ -89,10 +89,11 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             store = None
         keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, versions)
                                          for v in (0, 1)]
+        copies = [sum(y0.shape[0] for _, y0, _, _ in items[v]) for v in (0, 1)]
         embs, z = [None, None], [None, None]
         todo = []
         for v in (0, 1):
-            found = store.find(*keys[v]) if keys else None
+            found = store.find(*keys[v]) if store is not None else None
             if found is None:
                 todo.append(v)
             else:
@@ -102,22 +103,19 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             def batches(n: int) -> int:
                 return -(-n // per_eval)
 
-            copies = [items[v][0][1].shape[0] * len(items[v]) for v in (0, 1)]
             bar.update(batches(sum(copies)) - batches(sum(copies[v] for v in todo)))
         views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
         for group in views if todo else []:
             first = [sum(len(bases[u]) for u in group[:k]) for k in range(len(group))]
             state, zb = evaluator.prepare(torch.cat([b for v in group for b in bases[v]]))
-            group_items, counts = [], []
+            group_items = []
             for k, v in enumerate(group):
                 z[v] = zb[first[k]:first[k] + 1]
-                view_items = [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items[v]]
-                group_items.extend(view_items)
-                counts.append(sum(i[1].shape[0] for i in view_items))
+                group_items += [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items[v]]
             emb = self._embed_items(evaluator, state, group_items, window, per_eval, bar)
-            for v, part in zip(group, emb.split(counts)):
+            for v, part in zip(group, emb.split([copies[v] for v in group])):
                 embs[v] = part
-        for v in todo if keys else []:
+        for v in todo if store is not None else []:
             store.keep(*keys[v], embs[v], z[v])
         return embs, z
 

@@ -213,15 +213,14 @@ class Explorer(JointClickMixin, W.VBox):
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
-        if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
-            window = settings["sliding_window_shapes"]
-            coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
-            with reusing_view_embeddings(self._views):
+        with reusing_view_embeddings(self._views):  # occlusion reuses an unchanged image's copy embeddings
+            if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
+                window = settings["sliding_window_shapes"]
+                coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
                 preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
-            if job.current:
-                self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
-        layer = self.context.layer if name.startswith(LAYER_METHODS) else None
-        with reusing_view_embeddings(self._views):
+                if job.current:
+                    self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
+            layer = self.context.layer if name.startswith(LAYER_METHODS) else None
             result = explain_pair(self._model(), name, x1, x2, layer=layer,
                                   generator=torch.Generator().manual_seed(int(seed)), **settings)
         self._cache[key] = result
