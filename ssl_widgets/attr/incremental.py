@@ -7,9 +7,11 @@ modified) and, where the trunk's graph allows, incrementally: each node recomput
 the window changes (:class:`~ssl_widgets.attr._graph_incremental.GraphIncremental`; overlap-tile
 evaluation, cf. Nakandala et al., SIGMOD 2019). Nodes the engine does not know are recomputed in
 full from there on, so results always equal a full forward pass up to float rounding. On CPU, the
-late stages' 3x3 convolutions (at least 128 channels, at most 8x8 outputs) run by Winograd's
-F(4x4, 3x3) algorithm (:mod:`~ssl_widgets.attr._winograd`), a third of the multiplications, with
-differences from the direct kernel of typically 6e-6 of the activations' largest magnitude.
+late stages' 3x3 convolutions (at least 128 channels, at most 14x14 outputs) run by Winograd's
+F(4x4, 3x3) or F(7x7, 3x3) algorithm (:mod:`~ssl_widgets.attr._winograd`), a quarter to a fifth of
+the multiplications, with differences from the direct kernel of typically 6e-6 (F(4x4)) and 5e-5
+(F(7x7)) of the activations' largest magnitude; on the shipped model's occlusion maps that is at
+most a few 1e-6.
 
 ``precision="fast"`` runs the copy in bfloat16 on CPU or float16 on CUDA (not exact; see the README
 for the measured difference).
