@@ -3,7 +3,8 @@
 Counts the convolution multiply-adds of one refined conditional-occlusion call on the shipped
 default model (the Explorer's request: patch 28, stride 4, both images of the pair at the model's
 112 px), per convolution shape, as a direct convolution would do them, and which of them the
-engine runs by Winograd's F(4x4, 3x3) algorithm (with the multiplications that actually does).
+engine runs by Winograd's algorithm, F(4x4, 3x3) or F(7x7, 3x3) (with the multiplications that actually
+does).
 It measures in the same run the fp32 throughput this machine reaches: a large matrix multiply (the
 best case for the CPU's vector units) and 3x3 convolutions of the two late stages at the engine's
 batch size, with the default (oneDNN) kernels and with NNPACK's Winograd kernels where PyTorch has
@@ -71,7 +72,8 @@ def _nnpack_runs(x: torch.Tensor, w: torch.Tensor) -> bool:
 def counting_convolutions(direct: collections.Counter, winograd: collections.Counter, products: collections.Counter):
     """Count convolution multiply-adds per weight shape while the context is open: ``F.conv2d``'s in
     ``direct``; the Winograd path's as a direct convolution would do them in ``winograd`` and the
-    multiplications it does (36 per 4x4 output tile and channel pair) in ``products``."""
+    multiplications it does (``(m+2)^2`` per ``m x m`` output tile and channel pair: 36 for F(4x4), 81 for
+    F(7x7)) in ``products``."""
     original_conv, original_winograd = F.conv2d, _winograd.winograd_conv3x3
 
     def counted(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -83,8 +85,10 @@ def counting_convolutions(direct: collections.Counter, winograd: collections.Cou
         out = original_winograd(x, u, bias)
         shape = (u.shape[2], u.shape[1], 3, 3)
         winograd[shape] += out.numel() * u.shape[1] * 9
-        tiles = x.shape[0] * -(-out.shape[2] // 4) * -(-out.shape[3] // 4)
-        products[shape] += tiles * 36 * u.shape[1] * u.shape[2]
+        side = round(u.shape[0] ** 0.5)  # m + 2
+        m = side - 2
+        tiles = x.shape[0] * -(-out.shape[2] // m) * -(-out.shape[3] // m)
+        products[shape] += tiles * side * side * u.shape[1] * u.shape[2]
         return out
 
     F.conv2d, _winograd.winograd_conv3x3 = counted, counted_winograd
@@ -131,11 +135,12 @@ def main() -> int:
         else:
             notes.append(f"NNPACK: not measured for the {side}x{side} stage (PyTorch reports it available, "
                          "but its convolution failed on this machine)")
-        if _winograd.eligible(w, (1, 1), (1, 1), 1) and side <= _winograd.MAX_OUTPUT_SIDE:
+        tile = _winograd.choose_tile(side, side)
+        if _winograd.eligible(w, (1, 1), (1, 1), 1) and tile is not None:
             run = _winograd.conv_runner(w, None, (1, 1), (1, 1), 1)
             padded = F.pad(xc, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
             with _winograd.workspace():
-                rates["ssl_widgets' Winograd F(4x4, 3x3) (the engine's; counted as direct)"] = macs / median_seconds(
+                rates[f"ssl_widgets' Winograd F({tile}x{tile}, 3x3) (the engine's; counted as direct)"] = macs / median_seconds(
                     lambda padded=padded, run=run: run(padded), args.repeats)
         for kernel, rate in rates.items():
             rows.append((f"{stage}: 3x3, {width} channels, 128 copies at {side}x{side}", kernel, rate))

@@ -14,7 +14,6 @@ from typing import Any
 import ipywidgets as W
 import torch
 
-from .._heap import keep_freed_memory
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
 from ..attr.occlusion import preview_stride
@@ -51,11 +50,6 @@ class Explorer(JointClickMixin, W.VBox):
     does not apply to the model (a guided variant on a GELU network, attention on a CNN) says so in
     the panel. Joint methods in the Correspondence tab run in the worker too.
 
-    Creating an Explorer lets the process's C heap keep freed memory for reuse (glibc on Linux; see
-    :mod:`ssl_widgets._heap`): each occlusion map then runs without re-faulting the few hundred
-    megabytes it allocates, about 0.5 s of a refined map on a 2-core CPU. Set the environment variable
-    ``SSL_WIDGETS_KEEP_FREED_MEMORY=0`` to leave the heap settings alone.
-
     Args:
         model: an :class:`SSLModel`, a zoo name, or ``None`` for the shipped ``tiny-simclr``.
         images: a sample name / path / PIL image, or a pair of them (image 2 ``None`` = augmented view).
@@ -76,7 +70,6 @@ class Explorer(JointClickMixin, W.VBox):
     def __init__(self, model: SSLModel | str | None = None, images: Any = None, *, method: str | None = None,
                  threaded: bool = True, display_size: int = 256) -> None:
         super().__init__()
-        keep_freed_memory()  # repeated maps reuse freed memory instead of faulting it in again
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
         # occlusion: each image's copy embeddings, reused when only the other view changes
