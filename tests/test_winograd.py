@@ -253,3 +253,29 @@ def test_occlusion_map_with_winograd_matches_the_direct_kernels(monkeypatch):
     for a, b in zip(fast, direct):
         assert float(b.abs().max()) > 1e-3  # an informative map
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_inference_tensors_run_and_are_cached():
+    """Weights made under ``torch.inference_mode`` keep no version counter: they still run, once transformed."""
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        w = torch.randn(128, 128, 3, 3, generator=g) / 30
+        x = torch.randn(2, 128, 9, 9, generator=g)
+        run = wg.conv_runner(w, None, (1, 1), (1, 1), 1)
+        first, second = run(x), run(x)
+        exact = F.conv2d(x, w)
+    assert wg._TRANSFORMED[id(w)][1] is None
+    assert float((first - exact).abs().max()) <= RANDOM_INPUT_BOUND[7] * float(exact.abs().max())
+    assert torch.equal(first, second)
+
+
+def test_occlusion_under_inference_mode_matches_the_plain_call():
+    """A user calling occlusion inside ``torch.inference_mode`` gets the same map (the private trunk copy
+    and its Winograd transforms are then inference tensors)."""
+    x1 = _arange_input(1, 3, 112, 112) / 2 + 0.5
+    x2 = x1.flip(-1)
+    with torch.inference_mode():  # first use of this model object: its private copy is built in here
+        inside = ConditionalOcclusion(load_model("tiny-simclr")).attribute((x1, x2), 28, 28)
+    plain = ConditionalOcclusion(load_model("tiny-simclr")).attribute((x1, x2), 28, 28)
+    for a, b in zip(plain, inside):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

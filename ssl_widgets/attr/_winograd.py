@@ -50,7 +50,7 @@ PRODUCT_COST = 2.5
 _LOCAL = threading.local()
 # id(weight) -> (weak reference to it, its version counter, {tile: transformed weight}); an entry goes
 # with its weight (the engine's weights are those of the cached private trunk copy)
-_TRANSFORMED: dict[int, tuple[weakref.ref, int, dict[int, torch.Tensor]]] = {}
+_TRANSFORMED: dict[int, tuple[weakref.ref, int | None, dict[int, torch.Tensor]]] = {}
 _TRANSFORMED_LOCK = threading.Lock()
 
 
@@ -149,13 +149,22 @@ def transform_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
     return u.reshape(-1, weight.shape[1], weight.shape[0]).to(weight.dtype).to(weight.device).contiguous()
 
 
+def _version(weight: torch.Tensor) -> int | None:
+    """The in-place version counter, or ``None`` for an inference tensor (made under
+    ``torch.inference_mode``, which keeps none)."""
+    try:
+        return weight._version
+    except RuntimeError:
+        return None
+
+
 def _transformed(weight: torch.Tensor, tile: int) -> torch.Tensor:
     """:func:`transform_weight`, computed once per weight tensor, tile size and in-place version."""
-    key = id(weight)
+    key, version = id(weight), _version(weight)
     with _TRANSFORMED_LOCK:
         entry = _TRANSFORMED.get(key)
-        if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-            entry = _TRANSFORMED[key] = (weakref.ref(weight, lambda _, key=key: _forget(key)), weight._version, {})
+        if entry is None or entry[0]() is not weight or entry[1] != version:
+            entry = _TRANSFORMED[key] = (weakref.ref(weight, lambda _, key=key: _forget(key)), version, {})
         found = entry[2].get(tile)
     if found is None:
         found = transform_weight(weight, tile)
