@@ -85,10 +85,9 @@ def counting_convolutions(direct: collections.Counter, winograd: collections.Cou
         out = original_winograd(x, u, bias)
         shape = (u.shape[2], u.shape[1], 3, 3)
         winograd[shape] += out.numel() * u.shape[1] * 9
-        side = round(u.shape[0] ** 0.5)  # m + 2
-        m = side - 2
+        m = _winograd.tile_of(u)
         tiles = x.shape[0] * -(-out.shape[2] // m) * -(-out.shape[3] // m)
-        products[shape] += tiles * side * side * u.shape[1] * u.shape[2]
+        products[shape] += tiles * u.shape[0] * u.shape[1] * u.shape[2]  # u.shape[0] = (m+2)^2 positions
         return out
 
     F.conv2d, _winograd.winograd_conv3x3 = counted, counted_winograd

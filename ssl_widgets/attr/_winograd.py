@@ -28,6 +28,7 @@ opens one per run, so each batch after the first reuses them and nothing is kept
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -36,8 +37,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-__all__ = ["choose_tile", "conv_runner", "eligible", "toom_cook", "transform_weight", "winograd_conv3x3",
-           "workspace"]
+__all__ = ["choose_tile", "conv_runner", "eligible", "tile_of", "toom_cook", "transform_weight",
+           "winograd_conv3x3", "workspace"]
 
 F7_POINTS = ("0", "1", "-1", "1/2", "4/3", "-4/3", "-3", "-1/3")  #: finite points of F(7x7, 3x3), with infinity
 MIN_CHANNELS = 128  # fewer input or output channels: the direct kernel wins
@@ -119,9 +120,7 @@ def workspace() -> Iterator[None]:
 
 def _buffer(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A tensor of ``shape``: the front of this thread's buffer ``name``, grown to the largest size asked."""
-    size = 1
-    for side in shape:
-        size *= side
+    size = math.prod(shape)
     buffers = getattr(_LOCAL, "buffers", None)
     if buffers is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -147,6 +146,16 @@ def transform_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
     g = _MATRICES[tile][1]
     u = torch.einsum("ik,ockl,jl->ijco", g, weight.detach().double().cpu(), g)
     return u.reshape(-1, weight.shape[1], weight.shape[0]).to(weight.dtype).to(weight.device).contiguous()
+
+
+def tile_of(u: torch.Tensor) -> int:
+    """The output tile side ``m`` of a :func:`transform_weight` result (``(m+2)^2`` tile positions).
+
+    Examples:
+        >>> tile_of(transform_weight(torch.ones(2, 5, 3, 3), tile=7))
+        7
+    """
+    return math.isqrt(u.shape[0]) - 2
 
 
 def _version(weight: torch.Tensor) -> int | None:
@@ -201,8 +210,8 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
         True
     """
     n, c, h, w = x.shape
-    c_out, side = u.shape[2], round(u.shape[0] ** 0.5)
-    m = side - 2
+    c_out, m = u.shape[2], tile_of(u)
+    side = m + 2
     bt, _, at = _MATRICES[m]
     h_out, w_out = h - 2, w - 2
     ty, tx = -(-h_out // m), -(-w_out // m)
