@@ -18,6 +18,7 @@ import argparse
 import collections
 import contextlib
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,19 +76,22 @@ def counting_convolutions(direct: collections.Counter, winograd: collections.Cou
     multiplications it does (``(m+2)^2`` per ``m x m`` output tile and channel pair: 36 for F(4x4), 81 for
     F(7x7)) in ``products``."""
     original_conv, original_winograd = F.conv2d, _winograd.winograd_conv3x3
+    lock = threading.Lock()  # the batches run in worker threads
 
     def counted(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         out = original_conv(x, weight, bias, stride, padding, dilation, groups)
-        direct[tuple(weight.shape)] += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        with lock:
+            direct[tuple(weight.shape)] += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
         return out
 
     def counted_winograd(x, u, bias):
         out = original_winograd(x, u, bias)
         shape = (u.shape[2], u.shape[1], 3, 3)
-        winograd[shape] += out.numel() * u.shape[1] * 9
         m = _winograd.tile_of(u)
         tiles = x.shape[0] * -(-out.shape[2] // m) * -(-out.shape[3] // m)
-        products[shape] += tiles * u.shape[0] * u.shape[1] * u.shape[2]  # u.shape[0] = (m+2)^2 positions
+        with lock:
+            winograd[shape] += out.numel() * u.shape[1] * 9
+            products[shape] += tiles * u.shape[0] * u.shape[1] * u.shape[2]  # u.shape[0] = (m+2)^2 positions
         return out
 
     F.conv2d, _winograd.winograd_conv3x3 = counted, counted_winograd

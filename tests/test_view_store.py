@@ -1,4 +1,6 @@
 """Reuse of one image's occluded-copy embeddings across occlusion calls (ViewEmbeddingStore)."""
+import threading
+
 import pytest
 import torch
 from helpers import arange_image
@@ -22,11 +24,12 @@ def model():
 @pytest.fixture
 def copies(monkeypatch):
     """How many perturbed copies the occlusion methods embed (a list: one count per call)."""
-    counted = []
+    counted, lock = [], threading.Lock()
     embed = WindowEvaluator.embed
 
     def counting(self, state, local, *args):
-        counted[-1] += local.shape[0]
+        with lock:  # the batches run in worker threads
+            counted[-1] += local.shape[0]
         return embed(self, state, local, *args)
 
     monkeypatch.setattr(WindowEvaluator, "embed", counting)

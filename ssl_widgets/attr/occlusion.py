@@ -1,6 +1,7 @@
 """Conditional occlusion and its context-agnostic variant (Sammani et al. 2022's pair occlusion methods)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from .engine import (
     resolve_fill,
 )
 from .view_store import active_store
+from ._pipeline import pipeline_workers, run_in_workers
 from ._winograd import workspace
 from .incremental import WindowEvaluator
 from .maps import window_mean_map
@@ -133,19 +135,41 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         """Embeddings of all perturbed copies, ``per_eval`` at a time (both images' windows share batches).
 
         ``items``: ``(content, y0, x0, bid)`` per group of windows; ``content`` is the image whose window
-        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone").
+        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone"). On CPU each
+        batch is split between worker threads (:mod:`~ssl_widgets.attr._pipeline`): at most ``per_eval``
+        copies are in flight.
         """
         y0 = torch.cat([i[1] for i in items])
         x0 = torch.cat([i[2] for i in items])
         bid = torch.cat([i[3] for i in items])
         owner = torch.cat([torch.full_like(i[1], k) for k, i in enumerate(items)])
-        out = []
-        for part in chunks(y0.shape[0], per_eval):
-            local = torch.cat([self._crops(items[k][0], y0[part][owner[part] == k], x0[part][owner[part] == k], window)
-                               for k in range(len(items)) if bool((owner[part] == k).any())])
-            out.append(evaluator.embed(state, local, y0[part], x0[part], bid[part]))
-            bar.update(1)
-        return torch.cat(out)
+        workers = pipeline_workers(self.model.device)
+        parts, closes_batch = [], []
+        for batch in chunks(y0.shape[0], per_eval):
+            n = batch.stop - batch.start
+            for part in chunks(n, -(-n // workers)):
+                parts.append(slice(batch.start + part.start, batch.start + part.stop))
+                closes_batch.append(part.stop == n)
+
+        def evaluate(part: slice):
+            def task() -> torch.Tensor:
+                local = torch.cat([self._crops(items[k][0], y0[part][owner[part] == k], x0[part][owner[part] == k],
+                                               window)
+                                   for k in range(len(items)) if bool((owner[part] == k).any())])
+                return evaluator.embed(state, local, y0[part], x0[part], bid[part])
+            return task
+
+        def done(k: int) -> None:
+            if closes_batch[k]:
+                bar.update(1)
+
+        def per_thread():  # grad mode and the Winograd buffers are per thread
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(workspace())
+            return stack
+
+        return torch.cat(run_in_workers([evaluate(part) for part in parts], workers, done, per_thread))
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
         x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
@@ -228,8 +252,8 @@ _ATTRIBUTE_DOC = """
             sliding_window_shapes: window side (int), ``(h, w)`` or Captum's ``(3, h, w)``; default 64.
             strides: window stride (int) or ``(h, w)``; default 8; must not exceed the window.
             baselines: fill in pixel space; ``None`` = the neutral fill (0 in the model's input space).
-            perturbations_per_eval: perturbed copies per forward pass (both images' windows share
-                batches); bounds the memory. ``None``: the fastest batch measured for the device (on CPU 16 at
+            perturbations_per_eval: perturbed copies per batch (both images' windows share batches;
+                on CPU each batch is split between two worker threads); bounds the memory. ``None``: the fastest batch measured for the device (on CPU 16 at
                 224 px, 128 at 112 px; 128 on GPU).
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
