@@ -47,9 +47,10 @@ def _thread_controls() -> tuple[Any, Any]:
     with _CONTROLS_LOCK:
         if _CONTROLS is None:
             omp = mkl = None
-            try:
-                omp = ctypes.CDLL(None).omp_set_num_threads  # the OpenMP runtime PyTorch loaded
-                omp.argtypes, omp.restype = [ctypes.c_int], None
+            try:  # the OpenMP runtime PyTorch loaded, if its intra-op threads are OpenMP's
+                if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+                    omp = ctypes.CDLL(None).omp_set_num_threads
+                    omp.argtypes, omp.restype = [ctypes.c_int], None
             except (AttributeError, OSError, TypeError):
                 omp = None
             # MKL is linked into PyTorch's CPU library on Linux wheels; its C API function is thread-local
