@@ -116,8 +116,10 @@ def test_occlusion_maps_equal_with_and_without_workers(two_threads, monkeypatch)
         torch.testing.assert_close(results[2, cls].similarity, results[1, cls].similarity)
 
 
-def test_at_most_perturbations_per_eval_copies_in_flight(two_threads, monkeypatch):
-    """The workers split each batch: never more than perturbations_per_eval copies at once, and they do overlap."""
+@pytest.mark.parametrize("per_eval", [10, 5, 1])
+def test_at_most_perturbations_per_eval_copies_in_flight(two_threads, monkeypatch, per_eval):
+    """The workers split each batch: never more than perturbations_per_eval copies at once (also for odd
+    batches, and one copy at a time when the batch is 1), and they do overlap."""
     model = small_resnet()
     lock, now, most, overlapped = threading.Lock(), [0], [0], [0]
     embed = WindowEvaluator.embed
@@ -136,9 +138,13 @@ def test_at_most_perturbations_per_eval_copies_in_flight(two_threads, monkeypatc
 
     monkeypatch.setattr(WindowEvaluator, "embed", tracking)
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
-    ConditionalOcclusion(model).attribute((x1, x2), 12, 4, perturbations_per_eval=10)
-    assert most[0] <= 10
-    assert overlapped[0] == 1
+    progress = []
+    with progress_listener(lambda desc, done, total: progress.append((done, total))):
+        ConditionalOcclusion(model).attribute((x1, x2), 12, 4, perturbations_per_eval=per_eval)
+    assert most[0] <= per_eval
+    assert overlapped[0] == int(per_eval > 1)
+    batches = -(-2 * 36 // per_eval)  # 6 x 6 windows per image
+    assert progress[-1] == (batches, batches) and [d for d, _ in progress] == sorted(d for d, _ in progress)
 
 
 def test_cancelled_occlusion_leaves_no_worker_and_restores_the_model(two_threads):

@@ -135,21 +135,18 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         """Embeddings of all perturbed copies, ``per_eval`` at a time (both images' windows share batches).
 
         ``items``: ``(content, y0, x0, bid)`` per group of windows; ``content`` is the image whose window
-        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone"). On CPU each
-        batch is split between worker threads (:mod:`~ssl_widgets.attr._pipeline`): at most ``per_eval``
-        copies are in flight.
+        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone"). On CPU the
+        copies are evaluated by worker threads (:mod:`~ssl_widgets.attr._pipeline`) in parts of
+        ``per_eval // workers``: at most ``per_eval`` copies are in flight.
         """
         y0 = torch.cat([i[1] for i in items])
         x0 = torch.cat([i[2] for i in items])
         bid = torch.cat([i[3] for i in items])
         owner = torch.cat([torch.full_like(i[1], k) for k, i in enumerate(items)])
-        workers = pipeline_workers(self.model.device)
-        parts, closes_batch = [], []
-        for batch in chunks(y0.shape[0], per_eval):
-            n = batch.stop - batch.start
-            for part in chunks(n, -(-n // workers)):
-                parts.append(slice(batch.start + part.start, batch.start + part.stop))
-                closes_batch.append(part.stop == n)
+        total = y0.shape[0]
+        workers = min(pipeline_workers(self.model.device), per_eval)
+        parts = list(chunks(total, per_eval // workers))  # workers x part size <= per_eval copies in flight
+        reported = [0]  # progress counts batches of per_eval copies
 
         def evaluate(part: slice):
             def task() -> torch.Tensor:
@@ -160,8 +157,11 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             return task
 
         def done(k: int) -> None:
-            if closes_batch[k]:
-                bar.update(1)
+            stop = parts[k].stop
+            batches = -(-stop // per_eval) if stop == total else stop // per_eval
+            if batches > reported[0]:
+                bar.update(batches - reported[0])
+                reported[0] = batches
 
         def per_thread():  # grad mode and the Winograd buffers are per thread
             stack = contextlib.ExitStack()
@@ -253,8 +253,8 @@ _ATTRIBUTE_DOC = """
             strides: window stride (int) or ``(h, w)``; default 8; must not exceed the window.
             baselines: fill in pixel space; ``None`` = the neutral fill (0 in the model's input space).
             perturbations_per_eval: perturbed copies per batch (both images' windows share batches;
-                on CPU each batch is split between two worker threads); bounds the memory. ``None``: the fastest batch measured for the device (on CPU 16 at
-                224 px, 128 at 112 px; 128 on GPU).
+                on CPU each batch is split between two worker threads); bounds the memory. ``None``: the
+                fastest batch measured for the device (on CPU 16 at 224 px, 128 at 112 px; 128 on GPU).
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
