@@ -16,8 +16,8 @@ thread-local settings (``omp_set_num_threads`` acts on the calling thread; MKL's
 thread keep their settings. Where the OpenMP runtime cannot be reached (no OpenMP build, or a
 platform where its symbols are not visible), or on a GPU, batches run one after the other as before.
 
-Memory stays bounded: each batch of ``perturbations_per_eval`` copies is split among the workers, so
-at most that many copies are in flight at once.
+Memory stays bounded: the workers take the copies in parts of ``perturbations_per_eval // workers``,
+so at most ``perturbations_per_eval`` copies are in flight at once.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def pipeline_workers(device: torch.device | str) -> int:
         return 1
     if torch.is_autocast_enabled("cpu"):  # autocast is thread-local: the workers would not see it
         return 1
-    return WORKERS if torch.backends.openmp.is_available() and _thread_controls()[0] is not None else 1
+    return WORKERS if _thread_controls()[0] is not None else 1
 
 
 @contextlib.contextmanager

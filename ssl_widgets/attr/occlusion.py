@@ -146,7 +146,10 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         total = y0.shape[0]
         workers = min(pipeline_workers(self.model.device), per_eval)
         parts = list(chunks(total, per_eval // workers))  # workers x part size <= per_eval copies in flight
-        reported = [0]  # progress counts batches of per_eval copies
+
+        def batches_done(k: int) -> int:  # progress counts batches of per_eval copies; parts end in order
+            stop = parts[k].stop if k >= 0 else 0
+            return -(-stop // per_eval) if stop == total else stop // per_eval
 
         def evaluate(part: slice):
             def task() -> torch.Tensor:
@@ -157,11 +160,8 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             return task
 
         def done(k: int) -> None:
-            stop = parts[k].stop
-            batches = -(-stop // per_eval) if stop == total else stop // per_eval
-            if batches > reported[0]:
-                bar.update(batches - reported[0])
-                reported[0] = batches
+            if batches_done(k) > batches_done(k - 1):
+                bar.update(batches_done(k) - batches_done(k - 1))
 
         def per_thread():  # grad mode and the Winograd buffers are per thread
             stack = contextlib.ExitStack()
