@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ssl_widgets.attr.occlusion import preview_stride  # noqa: E402
+from ssl_widgets.attr.occlusion_preview import preview_stride  # noqa: E402
 from ssl_widgets.widgets import Explorer  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def main() -> int:
     med = statistics.median
     print(f"model={args.model} threads={args.threads} repeats={args.repeats} (medians)")
     print("| interaction | seconds |\n|---|---|")
-    preview = preview_stride(args.patch, [model_size] * 2)
+    preview = preview_stride(args.patch, [model_size] * 2, multiple_of=args.stride)
     print(f"| first occlusion frame (patch {args.patch}, stride {preview}) | {med(first):.2f} |")
     print(f"| refined occlusion map (patch {occlusion.patch.value}, stride {occlusion.stride.value}) | {med(full):.2f} |")
     print(f"| after a new augmentation of view 2: first frame | {med(first_resampled):.2f} |")

@@ -17,6 +17,24 @@ def torch_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads (the batch worker threads' condition), restored after the test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_model():
+    """A small randomly initialised ResNet pair model (width 8, 32 px) in eval mode, seeded."""
+    from ssl_widgets.models.zoo import build_tiny_model
+
+    torch.manual_seed(0)
+    return build_tiny_model({"width": 8, "head_dims": [32, 16], "input_size": 32}).eval()
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """15 small PNG images of different colours (training, evaluation, retrieval and CLI tests)."""

@@ -12,15 +12,6 @@ from ssl_widgets.attr.engine import Cancelled, progress_listener
 from ssl_widgets.attr.incremental import WindowEvaluator
 
 
-@pytest.fixture
-def two_threads():
-    """Two intra-op threads (the pipeline's condition), restored after the test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("ssl_widgets-batch")]
 

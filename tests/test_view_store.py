@@ -12,13 +12,9 @@ from ssl_widgets.attr.view_store import active_store
 from ssl_widgets.models.zoo import build_tiny_model
 from ssl_widgets.widgets import Explorer
 
-ARCH = {"width": 8, "head_dims": [32, 16], "input_size": 32}
-
-
 @pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return build_tiny_model(ARCH).eval()
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture
@@ -78,7 +74,7 @@ def test_nothing_is_reused_when_what_the_copies_depend_on_changes(model, copies)
         run(ContextAgnosticOcclusion(model), (x1, x2), copies)  # other method
         run(ConditionalOcclusion(model), (x1, x2), copies, incremental=False)  # other evaluation
         torch.manual_seed(1)
-        other = build_tiny_model(ARCH).eval()
+        other = build_tiny_model({"width": 8, "head_dims": [32, 16], "input_size": 32}).eval()
         run(ConditionalOcclusion(other), (x1, x2), copies)  # other model
         with torch.no_grad():
             model.trunk.conv1.weight.mul_(0.5)

@@ -13,6 +13,7 @@ from .joint_gradient import JointGradient
 from .joint_occlusion import JointOcclusion
 from .maps import normalize_map, upsample
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
+from .occlusion_preview import previewing_occlusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
 from .view_store import ViewEmbeddingStore, reusing_view_embeddings
@@ -48,6 +49,7 @@ __all__ = [
     "guided_relus",
     "normalize_map",
     "preserved_model_state",
+    "previewing_occlusion",
     "reusing_view_embeddings",
     "upsample",
 ]

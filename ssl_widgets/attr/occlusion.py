@@ -1,7 +1,6 @@
 """Conditional occlusion and its context-agnostic variant (Sammani et al. 2022's pair occlusion methods)."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -11,18 +10,16 @@ from .._validation import check_pair
 from .base import PairMethod
 from .spec import ALL_METRICS, MethodSpec, Setting
 from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW, as_window
-from ._regions import gather
 from .engine import (
     PairAttribution,
     check_count,
-    chunks,
     cosine,
     preserved_model_state,
     progress,
     resolve_fill,
 )
-from .view_store import active_store
-from ._pipeline import pipeline_workers, run_in_workers
+from ._occlusion_copies import CopyEvaluation
+from .occlusion_preview import active_preview, coarse_indices, no_preview, preview_stride
 from ._winograd import workspace
 from .incremental import WindowEvaluator
 from .maps import window_mean_map
@@ -48,128 +45,10 @@ def window_grid(image_size: tuple[int, int], window: tuple[int, int], stride: tu
     return torch.cartesian_prod(ys, xs)
 
 
-def preview_stride(window: int, sizes: list[int]) -> int:
-    """The stride of a quick first occlusion frame: the largest in ``[window // 2, window]`` whose windows
-    tile every image side in ``sizes`` exactly (no uncovered margin), else ``window // 2``.
-
-    Examples:
-        >>> preview_stride(28, [112, 112]), preview_stride(32, [112, 112]), preview_stride(22, [112, 112])
-        (28, 20, 18)
-    """
-    low = max(1, window // 2)
-    for stride in range(window, low - 1, -1):
-        if all(side >= window and (side - window) % stride == 0 for side in sizes):
-            return stride
-    return low
-
-
-class _WindowOcclusion(PairMethod, PerturbationAttribution):
+class _WindowOcclusion(CopyEvaluation, PairMethod, PerturbationAttribution):
     """Shared machinery: windows, chunked and incremental evaluation, result assembly."""
 
     method_name = "occlusion"
-
-    # -- evaluation helpers -------------------------------------------------------------
-    @staticmethod
-    def _crops(src: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-        """The window-sized crops of ``src`` ``(1 or n, C, H, W)`` at the corners (one per window)."""
-        if src.stride(2) == 0 and src.stride(3) == 0:  # a uniform colour, expanded
-            return src[:, :, :1, :1].expand(y0.shape[0], -1, *window)
-        return gather(src, torch.zeros_like(y0), y0, x0, window[0], window[1], (2, 3))
-
-    def _evaluate(self, evaluator, images, bases_of, items_of, window, per_eval, bar):
-        """Embeddings of every view's perturbed copies and of the two images.
-
-        ``bases_of(v)``: the base images of view ``v`` (the image first); ``items_of(v)``: its
-        ``(content, y0, x0, j)`` groups of windows: ``content``'s windows pasted onto the ``j``-th base. Both views
-        share batches when the images have the same size.
-        """
-        bases = [bases_of(v) for v in (0, 1)]
-        items = [items_of(v) for v in (0, 1)]
-        store = active_store()
-        versions = _state_versions(self.model) if store is not None else None
-        if versions is None:  # no store lent, or a model whose in-place changes cannot be seen
-            store = None
-        keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, versions)
-                                         for v in (0, 1)]
-        copies = [sum(y0.shape[0] for _, y0, _, _ in items[v]) for v in (0, 1)]
-        embs, z = [None, None], [None, None]
-        todo = []
-        for v in (0, 1):
-            found = store.find(*keys[v]) if store is not None else None
-            if found is None:
-                todo.append(v)
-            else:
-                embs[v], z[v] = found
-        if len(todo) < 2:  # the progress bar counts the batches the reused views would have taken
-
-            def batches(n: int) -> int:
-                return -(-n // per_eval)
-
-            bar.update(batches(sum(copies)) - batches(sum(copies[v] for v in todo)))
-        views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
-        for group in views if todo else []:
-            first = [sum(len(bases[u]) for u in group[:k]) for k in range(len(group))]
-            state, zb = evaluator.prepare(torch.cat([b for v in group for b in bases[v]]))
-            group_items = []
-            for k, v in enumerate(group):
-                z[v] = zb[first[k]:first[k] + 1]
-                group_items += [(c, y0, x0, torch.full_like(y0, first[k] + j)) for c, y0, x0, j in items[v]]
-            emb = self._embed_items(evaluator, state, group_items, window, per_eval, bar)
-            for v, part in zip(group, emb.split([copies[v] for v in group])):
-                embs[v] = part
-        for v in todo if store is not None else []:
-            store.keep(*keys[v], embs[v], z[v])
-        return embs, z
-
-    def _view_key(self, evaluator: WindowEvaluator, bases: list, items: list, window, versions) -> tuple:
-        """What one view's copy embeddings depend on (its base images and window groups), for a
-        :class:`ViewEmbeddingStore`."""
-        trunk = evaluator.trunk if isinstance(evaluator.trunk, torch.nn.Module) else self.model
-        options = (type(self), window, evaluator.dtype, evaluator.format, evaluator.incremental,
-                   str(self.model.device), tuple(j for *_, j in items), versions)
-        tensors = (*bases, *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
-        return (self.model, trunk), options, tensors
-
-    def _embed_items(self, evaluator: WindowEvaluator, state: dict, items: list, window: tuple[int, int],
-                     per_eval: int, bar) -> torch.Tensor:
-        """Embeddings of all perturbed copies, ``per_eval`` at a time (both images' windows share batches).
-
-        ``items``: ``(content, y0, x0, bid)`` per group of windows; ``content`` is the image whose window
-        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone"). On CPU the
-        copies are evaluated by worker threads (:mod:`~ssl_widgets.attr._pipeline`) in parts of
-        ``per_eval // workers``: at most ``per_eval`` copies are in flight.
-        """
-        y0 = torch.cat([i[1] for i in items])
-        x0 = torch.cat([i[2] for i in items])
-        bid = torch.cat([i[3] for i in items])
-        owner = torch.cat([torch.full_like(i[1], k) for k, i in enumerate(items)])
-        total = y0.shape[0]
-        workers = min(pipeline_workers(self.model.device), per_eval)
-        parts = list(chunks(total, per_eval // workers))  # workers x part size <= per_eval copies in flight
-
-        def batches_done(k: int) -> int:  # progress counts batches of per_eval copies; parts end in order
-            stop = parts[k].stop if k >= 0 else 0
-            return -(-stop // per_eval) if stop == total else stop // per_eval
-
-        def evaluate(part: slice):
-            def task() -> torch.Tensor:
-                local = torch.cat([self._crops(items[k][0], y0[part][owner[part] == k], x0[part][owner[part] == k],
-                                               window)
-                                   for k in range(len(items)) if bool((owner[part] == k).any())])
-                return evaluator.embed(state, local, y0[part], x0[part], bid[part])
-            return task
-
-        def done(k: int) -> None:
-            if batches_done(k) > batches_done(k - 1):
-                bar.update(batches_done(k) - batches_done(k - 1))
-
-        def per_thread():  # grad mode and the Winograd buffers are per thread
-            stack = contextlib.ExitStack()
-            stack.enter_context(torch.no_grad())
-            stack.enter_context(workspace())
-            return stack
-
-        return torch.cat(run_in_workers([evaluate(part) for part in parts], workers, done, per_thread))
 
     def _setup(self, inputs, sliding_window_shapes, strides, baselines):
         x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
@@ -188,50 +67,82 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
         if perturbations_per_eval is not None:
             check_count(perturbations_per_eval, "perturbations_per_eval")
         x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
+        preview = active_preview()
+        leading = None  # per view, the positions of the preview's windows among the call's
+        if preview is not None:
+            coarse = as_window(preview.strides, "preview strides")
+            leading = [coarse_indices(c, stride, coarse) for c in corners]
+            if x1.shape[0] > 1 or x1.shape[2:] != x2.shape[2:] or any(i is None for i in leading):
+                leading = None  # the preview grid is not among this call's windows: a separate call first
+                with no_preview():
+                    preview.on_preview(self._run(inputs, window, coarse, baselines, perturbations_per_eval, grid,
+                                                 False, incremental, channels_last, precision))
         model = self.model
         per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])
         n_windows = sum(c.shape[0] for c in corners) * self.copies_per_window
         steps = x1.shape[0] * -(-n_windows // per_eval)
         grids: list[list[torch.Tensor]] = [[], []]
         similarities = []
+        options = {"baselines": baselines, "grid": grid, "precision": precision}
         # workspace: the Winograd convolutions' buffers are reused across batches, and dropped at the end
         with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
             evaluator = WindowEvaluator(model, incremental, channels_last, precision)
+            options["incremental"] = evaluator.incremental
+            on_first = None
+            if leading is not None:
+
+                def on_first(values, base):
+                    preview.on_preview(self._result([[values[0]], [values[1]]], [base], (x1, x2), window, coarse,
+                                                    **options))
+
             with progress(steps, show_progress, self.method_name) as bar:
                 for b in range(x1.shape[0]):
                     images = [model.normalize(x[b:b + 1]) for x in (x1, x2)]
                     fill_n = [model.normalize(fill if fill.shape[0] == 1 else fill[b:b + 1]).expand(
                         1, -1, *x.shape[2:]) for fill, x in zip(fills, (x1, x2))]
-                    values, sim = self._grid_values(evaluator, images, fill_n, corners, window, per_eval, bar)
+                    values, sim = self._grid_values(evaluator, images, fill_n, corners, window, per_eval, bar,
+                                                    leading, on_first)
                     grids[0].append(values[0])
                     grids[1].append(values[1])
                     similarities.append(sim)
-        base = torch.cat(similarities)
+        return self._result(grids, similarities, (x1, x2), window, stride, **options)
+
+    def _result(self, grids, similarities, images, window, stride, baselines, grid, precision, incremental
+                ) -> PairAttribution:
+        """The :class:`PairAttribution` of per-pair window grids (flat, row-major) at ``stride``."""
         maps = []
-        for view, x in enumerate((x1, x2)):
+        for view, x in enumerate(images):
             h, w = x.shape[2:]
             n_h = (h - window[0]) // stride[0] + 1
             n_w = (w - window[1]) // stride[1] + 1
             g = torch.stack(grids[view]).view(-1, n_h, n_w)
             maps.append(g if grid else window_mean_map(g, (h, w), window, stride))
         meta = {"method": self.method_name, "sliding_window_shapes": window, "strides": stride, "grid": grid,
-                "baselines": "neutral" if baselines is None else baselines, "incremental": evaluator.incremental,
+                "baselines": "neutral" if baselines is None else baselines, "incremental": incremental,
                 "precision": precision}
-        return PairAttribution(maps, base, meta)
+        return PairAttribution(maps, torch.cat(similarities), meta)
 
     copies_per_window = 1
 
-    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
+    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar, leading=None, on_first=None):
+        """Per view, the window values (flat, in the order of ``corners``) and the pair's similarity;
+        ``on_first(values, similarity)`` gets the values of the windows at positions ``leading`` first."""
+        bases_of, items_of = self._copies(images, fills, corners)
+        report = None
+        if leading is not None:
+            def report(embs, z):
+                on_first(*self._values(embs, z, [i.shape[0] for i in leading]))
+        embs, z = self._evaluate(evaluator, images, bases_of, items_of, window, per_eval, bar, leading, report)
+        return self._values(embs, z, [c.shape[0] for c in corners])
+
+    def _copies(self, images, fills, corners):
+        """``(bases_of, items_of)`` of :meth:`_evaluate`: the perturbed copies of each view's windows."""
         raise NotImplementedError
 
-
-def _state_versions(model: torch.nn.Module) -> tuple | None:
-    """Identity and in-place version counter of every parameter and buffer (``None`` for inference tensors,
-    which keep no version counter)."""
-    try:
-        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-    except RuntimeError:
-        return None
+    def _values(self, embs, z, windows: list[int]):
+        """``((values of view 1, values of view 2), similarity)`` from the copies' embeddings ``embs`` (per
+        view, ``windows[v]`` windows) and the images' ``z``."""
+        raise NotImplementedError
 
 
 def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = PAPER_INPUT_SIZE ** 2) -> int:
@@ -295,10 +206,10 @@ class ConditionalOcclusion(_WindowOcclusion):
 
     attribute.__doc__ = "Occlusion maps of both images." + _ATTRIBUTE_DOC
 
-    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
-        embs, z = self._evaluate(evaluator, images, lambda v: [images[v]],
-                                 lambda v: [(fills[v], corners[v][:, 0], corners[v][:, 1], 0)],
-                                 window, per_eval, bar)
+    def _copies(self, images, fills, corners):
+        return (lambda v: [images[v]]), (lambda v: [(fills[v], corners[v][:, 0], corners[v][:, 1], 0)])
+
+    def _values(self, embs, z, windows):
         base = cosine(z[0], z[1])
         return (base - cosine(embs[0], z[1]), base - cosine(embs[1], z[0])), base
 
@@ -324,15 +235,17 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
 
     copies_per_window = 2
 
-    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar):
+    def _copies(self, images, fills, corners):
         # per view, bases: the image and the fill; "removed" pastes the fill's window onto the
         # image, "alone" pastes the image's window onto the fill
         def items(v):
             y0, x0 = corners[v][:, 0], corners[v][:, 1]
             return [(fills[v], y0, x0, 0), (images[v], y0, x0, 1)]
 
-        embs, z = self._evaluate(evaluator, images, lambda v: [images[v], fills[v]], items, window, per_eval, bar)
-        n1, n2 = corners[0].shape[0], corners[1].shape[0]
+        return (lambda v: [images[v], fills[v]]), items
+
+    def _values(self, embs, z, windows):
+        n1, n2 = windows
         d1 = embs[0][n1:] - embs[0][:n1]
         d2 = embs[1][n2:] - embs[1][:n2]
         return (cosine(d1, z[1]), cosine(d2, z[0])), cosine(z[0], z[1])

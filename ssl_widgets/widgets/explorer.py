@@ -8,6 +8,7 @@ Tabs and plots see the explorer only through its public :class:`~ssl_widgets.wid
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
-from ..attr.occlusion import preview_stride
+from ..attr.occlusion_preview import preview_stride, previewing_occlusion
 from ..attr.spec import all_specs
 from ..attr.view_store import ViewEmbeddingStore, reusing_view_embeddings
 from ..explain import explain_pair
@@ -213,13 +214,18 @@ class Explorer(JointClickMixin, W.VBox):
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
-        with reusing_view_embeddings(self._views):  # occlusion reuses an unchanged image's copy embeddings
-            if isinstance(controls, OcclusionControls) and settings["strides"] < settings["sliding_window_shapes"] // 2:
-                window = settings["sliding_window_shapes"]
-                coarse = dict(settings, strides=preview_stride(window, [*x1.shape[2:], *x2.shape[2:]]))
-                preview = explain_pair(self._model(), name, x1, x2, layer=None, **coarse)
-                if job.current:
-                    self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(reusing_view_embeddings(self._views))  # occlusion reuses an unchanged image's copies
+            stride, window = settings.get("strides"), settings.get("sliding_window_shapes")
+            if isinstance(controls, OcclusionControls) and stride < window // 2:
+                # a coarse frame first, from the refined call's own first windows (evaluated once)
+                coarse = preview_stride(window, [*x1.shape[2:], *x2.shape[2:]], multiple_of=stride)
+
+                def show_preview(preview) -> None:  # image-size maps (grid=False), in this job's thread
+                    if job.current:
+                        self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
+
+                stack.enter_context(previewing_occlusion(coarse, show_preview))
             layer = self.context.layer if name.startswith(LAYER_METHODS) else None
             result = explain_pair(self._model(), name, x1, x2, layer=layer,
                                   generator=torch.Generator().manual_seed(int(seed)), **settings)

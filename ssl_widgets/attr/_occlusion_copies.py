@@ -1,0 +1,175 @@
+"""Evaluation of occlusion's perturbed copies: batches shared by both images, worker threads, the view
+store and the copies a preview needs first (the machinery of :mod:`ssl_widgets.attr.occlusion`)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ._pipeline import pipeline_workers, run_in_workers
+from ._regions import gather
+from ._winograd import workspace
+from .engine import chunks
+from .incremental import WindowEvaluator
+from .view_store import active_store
+
+__all__ = ["CopyEvaluation"]
+
+
+class CopyEvaluation:
+    """Mixin of the window occlusion methods (``self.model``: the :class:`~ssl_widgets.models.SSLModel`):
+    embeddings of each view's perturbed copies."""
+
+    # -- evaluation helpers -------------------------------------------------------------
+    @staticmethod
+    def _crops(src: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        """The window-sized crops of ``src`` ``(1 or n, C, H, W)`` at the corners (one per window)."""
+        if src.stride(2) == 0 and src.stride(3) == 0:  # a uniform colour, expanded
+            return src[:, :, :1, :1].expand(y0.shape[0], -1, *window)
+        return gather(src, torch.zeros_like(y0), y0, x0, window[0], window[1], (2, 3))
+
+    def _evaluate(self, evaluator, images, bases_of, items_of, window, per_eval, bar, first=None, on_first=None):
+        """Embeddings of every view's perturbed copies and of the two images.
+
+        ``bases_of(v)``: the base images of view ``v`` (the image first); ``items_of(v)``: its
+        ``(content, y0, x0, j)`` groups of windows: ``content``'s windows pasted onto the ``j``-th base. Both views
+        share batches when the images have the same size. ``first``: per view, positions of windows whose
+        copies are evaluated before the others; ``on_first(embs, z)`` is then called once with their
+        embeddings (per view, group after group) as soon as they are all known (images of different
+        sizes: after all batches).
+        """
+        bases = [bases_of(v) for v in (0, 1)]
+        items = [items_of(v) for v in (0, 1)]
+        store = active_store()
+        versions = _state_versions(self.model) if store is not None else None
+        if versions is None:  # no store lent, or a model whose in-place changes cannot be seen
+            store = None
+        keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, versions)
+                                         for v in (0, 1)]
+        copies = [sum(y0.shape[0] for _, y0, _, _ in items[v]) for v in (0, 1)]
+        embs, z = [None, None], [None, None]
+        todo = []
+        for v in (0, 1):
+            found = store.find(*keys[v]) if store is not None else None
+            if found is None:
+                todo.append(v)
+            else:
+                embs[v], z[v] = found
+        if len(todo) < 2:  # the progress bar counts the batches the reused views would have taken
+
+            def batches(n: int) -> int:
+                return -(-n // per_eval)
+
+            bar.update(batches(sum(copies)) - batches(sum(copies[v] for v in todo)))
+
+        def first_positions(v: int) -> torch.Tensor:  # positions of view v's first copies among its copies
+            starts = [0] + [y0.shape[0] for _, y0, _, _ in items[v]][:-1]
+            return torch.cat([first[v] + start for start in torch.tensor(starts).cumsum(0).tolist()])
+
+        def report_first(known: dict) -> None:  # on_first with both views' first copies
+            on_first([known[v] if v in known else embs[v][first_positions(v)] for v in (0, 1)], z)
+
+        views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
+        for group in views if todo else []:
+            first_of = [sum(len(bases[u]) for u in group[:k]) for k in range(len(group))]
+            state, zb = evaluator.prepare(torch.cat([b for v in group for b in bases[v]]))
+            group_items = []
+            for k, v in enumerate(group):
+                z[v] = zb[first_of[k]:first_of[k] + 1]
+                group_items += [(c, y0, x0, torch.full_like(y0, first_of[k] + j)) for c, y0, x0, j in items[v]]
+            lead, on_lead = None, None
+            if first is not None and len(views) == 1:  # one group: its first copies lead its batches
+                counts = [first_positions(v).shape[0] for v in group]
+                offsets = torch.tensor([0] + [copies[v] for v in group[:-1]]).cumsum(0).tolist()
+                lead = torch.cat([first_positions(v) + offset for v, offset in zip(group, offsets)])
+
+                def on_lead(emb: torch.Tensor, group=group, counts=counts) -> None:
+                    report_first(dict(zip(group, emb.split(counts))))
+            emb = self._embed_items(evaluator, state, group_items, window, per_eval, bar, lead, on_lead)
+            for v, part in zip(group, emb.split([copies[v] for v in group])):
+                embs[v] = part
+        if first is not None and (not todo or len(views) > 1):  # nothing to evaluate, or two groups: now
+            report_first({})
+        for v in todo if store is not None else []:
+            store.keep(*keys[v], embs[v], z[v])
+        return embs, z
+
+    def _view_key(self, evaluator: WindowEvaluator, bases: list, items: list, window, versions) -> tuple:
+        """What one view's copy embeddings depend on (its base images and window groups), for a
+        :class:`ViewEmbeddingStore`."""
+        trunk = evaluator.trunk if isinstance(evaluator.trunk, torch.nn.Module) else self.model
+        options = (type(self), window, evaluator.dtype, evaluator.format, evaluator.incremental,
+                   str(self.model.device), tuple(j for *_, j in items), versions)
+        tensors = (*bases, *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
+        return (self.model, trunk), options, tensors
+
+    def _embed_items(self, evaluator: WindowEvaluator, state: dict, items: list, window: tuple[int, int],
+                     per_eval: int, bar, lead: torch.Tensor | None = None, on_lead=None) -> torch.Tensor:
+        """Embeddings of all perturbed copies, ``per_eval`` at a time (both images' windows share batches).
+
+        ``items``: ``(content, y0, x0, bid)`` per group of windows; ``content`` is the image whose window
+        is pasted onto base ``bid`` (the fill for "patch removed", the image for "patch alone"). On CPU the
+        copies are evaluated by worker threads (:mod:`~ssl_widgets.attr._pipeline`) in parts of
+        ``per_eval // workers``: at most ``per_eval`` copies are in flight. ``lead``: positions (ascending) of
+        copies evaluated first, in parts of their own shared by the workers; ``on_lead`` is then called with
+        their embeddings, in the calling thread, while the others are evaluated.
+        """
+        y0 = torch.cat([i[1] for i in items])
+        x0 = torch.cat([i[2] for i in items])
+        bid = torch.cat([i[3] for i in items])
+        owner = torch.cat([torch.full_like(i[1], k) for k, i in enumerate(items)])
+        total = y0.shape[0]
+        workers = min(pipeline_workers(self.model.device), per_eval)
+        size = per_eval // workers  # workers x part size <= per_eval copies in flight
+        order, parts, lead_parts = None, list(chunks(total, size)), 0
+        if lead is not None:
+            rest = torch.ones(total, dtype=torch.bool)
+            rest[lead] = False
+            order = torch.cat([lead, rest.nonzero().flatten()])  # each segment ascending: owners in order
+            lead_size = max(1, min(size, -(-lead.shape[0] // workers)))  # the lead copies in parts for all workers
+            parts = [*chunks(lead.shape[0], lead_size),
+                     *(slice(p.start + lead.shape[0], p.stop + lead.shape[0]) for p in chunks(total - lead.shape[0], size))]
+            lead_parts = -(-lead.shape[0] // lead_size)
+        results: list[torch.Tensor | None] = [None] * len(parts)
+
+        def batches_done(k: int) -> int:  # progress counts batches of per_eval copies; parts end in order
+            stop = parts[k].stop if k >= 0 else 0
+            return -(-stop // per_eval) if stop == total else stop // per_eval
+
+        def evaluate(k: int, part: slice):
+            def task() -> torch.Tensor:
+                chosen = order[part] if order is not None else part
+                mine = owner[chosen]
+                local = torch.cat([self._crops(items[j][0], y0[chosen][mine == j], x0[chosen][mine == j], window)
+                                   for j in range(len(items)) if bool((mine == j).any())])
+                results[k] = evaluator.embed(state, local, y0[chosen], x0[chosen], bid[chosen])
+                return results[k]
+            return task
+
+        def done(k: int) -> None:
+            if batches_done(k) > batches_done(k - 1):
+                bar.update(batches_done(k) - batches_done(k - 1))
+            if k == lead_parts - 1 and on_lead is not None:
+                on_lead(torch.cat(results[:lead_parts]))
+
+        def per_thread():  # grad mode and the Winograd buffers are per thread
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(workspace())
+            return stack
+
+        emb = torch.cat(run_in_workers([evaluate(k, part) for k, part in enumerate(parts)], workers, done, per_thread))
+        if order is None:
+            return emb
+        unordered = torch.empty_like(emb)
+        unordered[order] = emb
+        return unordered
+
+
+def _state_versions(model: torch.nn.Module) -> tuple | None:
+    """Identity and in-place version counter of every parameter and buffer (``None`` for inference tensors,
+    which keep no version counter)."""
+    try:
+        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:
+        return None
