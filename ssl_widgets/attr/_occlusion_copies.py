@@ -3,6 +3,7 @@ store and the copies a preview needs first (the machinery of :mod:`ssl_widgets.a
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 
@@ -62,12 +63,13 @@ class CopyEvaluation:
 
             bar.update(batches(sum(copies)) - batches(sum(copies[v] for v in todo)))
 
-        def first_positions(v: int) -> torch.Tensor:  # positions of view v's first copies among its copies
-            starts = [0] + [y0.shape[0] for _, y0, _, _ in items[v]][:-1]
-            return torch.cat([first[v] + start for start in torch.tensor(starts).cumsum(0).tolist()])
+        firsts = []  # per view, the positions of its first copies among its copies (each group's windows)
+        for v in (0, 1) if first is not None else ():
+            starts = itertools.accumulate([0] + [y0.shape[0] for _, y0, _, _ in items[v]][:-1])
+            firsts.append(torch.cat([first[v] + start for start in starts]))
 
         def report_first(known: dict) -> None:  # on_first with both views' first copies
-            on_first([known[v] if v in known else embs[v][first_positions(v)] for v in (0, 1)], z)
+            on_first([known[v] if v in known else embs[v][firsts[v]] for v in (0, 1)], z)
 
         views = [tuple(todo)] if len(todo) < 2 or images[0].shape == images[1].shape else [(0,), (1,)]
         for group in views if todo else []:
@@ -79,9 +81,9 @@ class CopyEvaluation:
                 group_items += [(c, y0, x0, torch.full_like(y0, first_of[k] + j)) for c, y0, x0, j in items[v]]
             lead, on_lead = None, None
             if first is not None and len(views) == 1:  # one group: its first copies lead its batches
-                counts = [first_positions(v).shape[0] for v in group]
-                offsets = torch.tensor([0] + [copies[v] for v in group[:-1]]).cumsum(0).tolist()
-                lead = torch.cat([first_positions(v) + offset for v, offset in zip(group, offsets)])
+                counts = [firsts[v].shape[0] for v in group]
+                offsets = itertools.accumulate([0] + [copies[v] for v in group[:-1]])
+                lead = torch.cat([firsts[v] + offset for v, offset in zip(group, offsets)])
 
                 def on_lead(emb: torch.Tensor, group=group, counts=counts) -> None:
                     report_first(dict(zip(group, emb.split(counts))))
@@ -127,9 +129,10 @@ class CopyEvaluation:
             rest[lead] = False
             order = torch.cat([lead, rest.nonzero().flatten()])  # each segment ascending: owners in order
             lead_size = max(1, min(size, -(-lead.shape[0] // workers)))  # the lead copies in parts for all workers
-            parts = [*chunks(lead.shape[0], lead_size),
+            lead_chunks = list(chunks(lead.shape[0], lead_size))
+            parts = [*lead_chunks,
                      *(slice(p.start + lead.shape[0], p.stop + lead.shape[0]) for p in chunks(total - lead.shape[0], size))]
-            lead_parts = -(-lead.shape[0] // lead_size)
+            lead_parts = len(lead_chunks)
         results: list[torch.Tensor | None] = [None] * len(parts)
 
         def batches_done(k: int) -> int:  # progress counts batches of per_eval copies; parts end in order
