@@ -26,6 +26,7 @@ from .._validation import check_images
 from ..core import cosine
 from ..models.state import check_model, eval_similarity, model_lock, preserved_model_state
 from ..models.wrapper import SSLModel
+from ._thread_local import lent_to_thread
 
 __all__ = [
     "Cancelled",
@@ -286,12 +287,8 @@ def progress_listener(callback) -> Iterator[None]:
     The callback may raise :class:`Cancelled` to stop the method; the model state is restored as
     on any error. Used by the widgets for their progress bars and Cancel buttons.
     """
-    previous = getattr(_LISTENER, "callback", None)
-    _LISTENER.callback = callback
-    try:
+    with lent_to_thread(_LISTENER, "callback", callback):
         yield
-    finally:
-        _LISTENER.callback = previous
 
 
 class _ReportingBar:

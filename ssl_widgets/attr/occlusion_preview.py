@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ._thread_local import lent_to_thread
+
 __all__ = ["PreviewRequest", "active_preview", "coarse_indices", "preview_stride", "previewing_occlusion"]
 
 _LOCAL = threading.local()
@@ -68,23 +70,13 @@ def previewing_occlusion(strides: Any, on_preview: Callable[[Any], None]) -> Ite
         >>> bool((frames[0][0] - coarse[0]).abs().max() < 1e-5), bool((refined[0][:, ::2, ::2] - coarse[0]).abs().max() < 1e-5)
         (True, True)
     """
-    with _lent(PreviewRequest(strides, on_preview)) as request:
+    with lent_to_thread(_LOCAL, "request", PreviewRequest(strides, on_preview)) as request:
         yield request
 
 
 def no_preview() -> contextlib.AbstractContextManager:
     """No preview for the calls inside the block (the separate coarse call of the fallback)."""
-    return _lent(None)
-
-
-@contextlib.contextmanager
-def _lent(request: PreviewRequest | None) -> Iterator[PreviewRequest | None]:
-    outer = getattr(_LOCAL, "request", None)
-    _LOCAL.request = request
-    try:
-        yield request
-    finally:
-        _LOCAL.request = outer
+    return lent_to_thread(_LOCAL, "request", None)
 
 
 def active_preview() -> PreviewRequest | None:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ._thread_local import lent_to_thread
+
 __all__ = ["ViewEmbeddingStore", "active_store", "reusing_view_embeddings"]
 
 _LOCAL = threading.local()
@@ -127,12 +129,8 @@ def reusing_view_embeddings(store: ViewEmbeddingStore) -> Iterator[ViewEmbedding
         >>> active_store() is None
         True
     """
-    outer = getattr(_LOCAL, "store", None)
-    _LOCAL.store = store
-    try:
+    with lent_to_thread(_LOCAL, "store", store):
         yield store
-    finally:
-        _LOCAL.store = outer
 
 
 def active_store() -> ViewEmbeddingStore | None:
