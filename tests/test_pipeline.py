@@ -26,14 +26,15 @@ def test_results_and_progress_come_in_order(workers):
             return k * k
         return run
 
-    assert run_in_workers([task(k) for k in range(11)], workers, done.append) == [k * k for k in range(11)]
-    assert done == list(range(11))
+    assert run_in_workers([task(k) for k in range(11)], workers, lambda k, result: done.append((k, result))) == [
+        k * k for k in range(11)]
+    assert done == [(k, k * k) for k in range(11)]  # each result handed to on_done, in order
     assert batch_threads() == []
 
 
 def test_each_worker_limits_only_its_own_threads(two_threads):
     assert pipeline_workers("cpu") == 2
-    seen = run_in_workers([torch.get_num_threads] * 4, 2, lambda k: None)
+    seen = run_in_workers([torch.get_num_threads] * 4, 2, lambda k, _: None)
     assert seen == [1, 1, 1, 1]  # half of the two intra-op threads each
     assert torch.get_num_threads() == 2  # the calling thread's (and the process's) setting is untouched
     fresh = []
@@ -68,7 +69,7 @@ def test_a_failing_task_stops_the_rest_and_raises_in_the_caller():
         return run
 
     with pytest.raises(ValueError, match="batch 2 failed"):
-        run_in_workers([task(k) for k in range(40)], 2, lambda k: None)
+        run_in_workers([task(k) for k in range(40)], 2, lambda k, _: None)
     assert max(started) <= 4  # at most the other worker's next task started after the failure
     assert batch_threads() == []
 
@@ -83,7 +84,7 @@ def test_cancel_from_progress_stops_the_workers():
             return k
         return run
 
-    def cancel_at_3(k):
+    def cancel_at_3(k, _):
         if k == 3:
             raise Cancelled()
 
@@ -180,5 +181,5 @@ def test_a_failing_worker_setup_raises_instead_of_hanging():
         raise RuntimeError("no workspace")
 
     with pytest.raises(RuntimeError, match="no workspace"):
-        run_in_workers([lambda: 1] * 4, 2, lambda k: None, context=broken_context)
+        run_in_workers([lambda: 1] * 4, 2, lambda k, _: None, context=broken_context)
     assert batch_threads() == []

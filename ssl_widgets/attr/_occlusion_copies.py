@@ -133,7 +133,7 @@ class CopyEvaluation:
             parts = [*lead_chunks,
                      *(slice(p.start + lead.shape[0], p.stop + lead.shape[0]) for p in chunks(total - lead.shape[0], size))]
             lead_parts = len(lead_chunks)
-        results: list[torch.Tensor | None] = [None] * len(parts)
+        lead_embs: list[torch.Tensor] = []
 
         def batches_done(k: int) -> int:  # progress counts batches of per_eval copies; parts end in order
             stop = parts[k].stop if k >= 0 else 0
@@ -145,15 +145,16 @@ class CopyEvaluation:
                 mine = owner[chosen]
                 local = torch.cat([self._crops(items[j][0], y0[chosen][mine == j], x0[chosen][mine == j], window)
                                    for j in range(len(items)) if bool((mine == j).any())])
-                results[k] = evaluator.embed(state, local, y0[chosen], x0[chosen], bid[chosen])
-                return results[k]
+                return evaluator.embed(state, local, y0[chosen], x0[chosen], bid[chosen])
             return task
 
-        def done(k: int) -> None:
+        def done(k: int, emb: torch.Tensor) -> None:
             if batches_done(k) > batches_done(k - 1):
                 bar.update(batches_done(k) - batches_done(k - 1))
-            if k == lead_parts - 1 and on_lead is not None:
-                on_lead(torch.cat(results[:lead_parts]))
+            if k < lead_parts and on_lead is not None:
+                lead_embs.append(emb)
+                if k == lead_parts - 1:
+                    on_lead(torch.cat(lead_embs))
 
         def per_thread():  # grad mode and the Winograd buffers are per thread
             stack = contextlib.ExitStack()

@@ -98,7 +98,7 @@ def _threads_here(count: int) -> Iterator[None]:
             mkl(previous)
 
 
-def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Callable[[int], None],
+def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Callable[[int, T], None],
                    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[T]:
     """Run ``tasks`` (in order of submission) in ``workers`` threads and return their results in order.
 
@@ -106,8 +106,8 @@ def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Call
         tasks: functions without arguments (each evaluates one batch).
         workers: threads; with 1 the tasks run here, one after the other. Each worker limits its own
             intra-op threads to its share of ``torch.get_num_threads()``.
-        on_done: called in the calling thread with each task's index, in order, once it has finished
-            (progress); if it raises (e.g. :class:`~ssl_widgets.attr.engine.Cancelled`), no further task
+        on_done: called in the calling thread with each task's index and result, in order, once it has
+            finished (progress, early use of a result); if it raises (e.g. :class:`~ssl_widgets.attr.engine.Cancelled`), no further task
             starts, the running ones finish, and the exception propagates.
         context: entered by each worker around all its tasks (grad mode and buffers are per thread).
 
@@ -116,7 +116,7 @@ def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Call
 
     Examples:
         >>> done = []
-        >>> run_in_workers([lambda k=k: k * k for k in range(5)], 2, done.append)
+        >>> run_in_workers([lambda k=k: k * k for k in range(5)], 2, lambda k, result: done.append(k))
         [0, 1, 4, 9, 16]
         >>> done
         [0, 1, 2, 3, 4]
@@ -126,7 +126,7 @@ def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Call
         with context():
             for k, task in enumerate(tasks):
                 results.append(task())
-                on_done(k)
+                on_done(k, results[k])
         return results
     share = max(1, torch.get_num_threads() // workers)
     results: list[Any] = [None] * len(tasks)
@@ -163,7 +163,7 @@ def run_in_workers(tasks: Sequence[Callable[[], T]], workers: int, on_done: Call
                 changed.wait_for(lambda k=k: finished[k] or bool(failure))
                 if not finished[k]:
                     raise failure[0]
-            on_done(k)
+            on_done(k, results[k])
     except BaseException:
         with changed:
             state["stop"] = True
