@@ -1,14 +1,16 @@
 """DINO / DINOv2 / tiny ViT loaders: files in each published layout, built from random tensors.
 
-The reference for every ViT is a timm VisionTransformer built here directly on the same weights
-(for DINOv2, loaded through timm's own ``checkpoint_filter_fn``); DINO heads are computed here
-by hand from their weights (``g * v / ||v||`` for a weight-normalised last layer).
+The reference for every DINO / DINOv2 ViT is ``tests/official_vit.py``: the reference code's own
+token preparation (positions resampled as DINO / DINOv2 do) followed by the blocks of a timm
+VisionTransformer built here directly on the same weights; DINO heads are computed here by hand from
+their weights (``g * v / ||v||`` for a weight-normalised last layer).
 """
 import pytest
 import torch
 import torch.nn.functional as F
+from official_vit import DINO, DINOV2_REGISTERS, reference_embedding
 from test_loaders import MEAN, STD, torchvision_trunk, trunk_features
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ssl_widgets.models import CheckpointError, load_model, zoo
@@ -28,6 +30,11 @@ def random_vit(seed, **arch):
 
 VITS16 = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
 V2 = {"img_size": 518, "patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "init_values": 1e-5}
+
+
+def dino_embedding(vit, x, rule=DINO, **extra):
+    """The reference DINO / DINOv2 forward of ``vit``'s weights on pixel images ``x``."""
+    return reference_embedding(vit, dict(vit.state_dict(), **extra), (x - MEAN) / STD, **rule)
 
 
 def images(size, seed=3):
@@ -89,8 +96,7 @@ def test_dino_vits16_backbone_file(tmp_path, vits16):
     for size in (32, 48):  # position embeddings interpolated from the 14x14 grid
         x = images(size)
         with torch.no_grad():
-            expected = vits16.forward_features((x - MEAN) / STD)[:, 0]
-            torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(model(x), dino_embedding(vits16, x), rtol=1e-5, atol=1e-5)
     assert model.features(images(32)).shape == (2, 384, 2, 2)
     with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
         model(images(40))
@@ -111,7 +117,7 @@ def test_dino_vits16_full_checkpoint_explains_teacher_with_head(tmp_path, vits16
     model = load_model("dino-vits16", weights=path)
     x = images(32)
     with torch.no_grad():
-        expected = head_forward(vits16.forward_features((x - MEAN) / STD)[:, 0])
+        expected = head_forward(dino_embedding(vits16, x))
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
     assert model(x).shape == (2, 64)
 
@@ -123,7 +129,7 @@ def test_dino_vitb16_backbone_file(tmp_path):
     model = load_model("dino-vitb16", weights=path)
     x = images(32)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), vitb.forward_features((x - MEAN) / STD)[:, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), dino_embedding(vitb, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(CheckpointError, match="does not match the backbone of 'dino-vits16'.*shape"):
         load_model("dino-vits16", weights=path)
 
@@ -131,9 +137,8 @@ def test_dino_vitb16_backbone_file(tmp_path):
 @pytest.mark.parametrize("registers", [False, True])
 def test_dinov2_release_layout(tmp_path, registers):
     """The released layout (class token + 37x37 pos_embed, mask_token, register_tokens) is loaded and
-    matches timm's own conversion of the same file."""
+    matches DINOv2's forward of the same file (registers after the positions; their models' own rule)."""
     g = torch.Generator().manual_seed(20)
-    ref_arch = dict(V2, reg_tokens=4, no_embed_class=True) if registers else V2
     source = random_vit(21, **V2)  # blocks with ls1.gamma / ls2.gamma, pos_embed 1 + 37*37
     state = dict(source.state_dict())
     state["mask_token"] = torch.randn(1, 384, generator=g)
@@ -142,16 +147,15 @@ def test_dinov2_release_layout(tmp_path, registers):
     assert state["pos_embed"].shape == (1, 1 + 37 * 37, 384) and "blocks.11.ls1.gamma" in state
     path = tmp_path / "dinov2.pth"
     torch.save(state, path)
-    reference = VisionTransformer(num_classes=0, global_pool="token", dynamic_img_size=True, **ref_arch).eval()
-    reference.load_state_dict(checkpoint_filter_fn(dict(state), reference))
+    extra = {"register_tokens": state["register_tokens"]} if registers else {}
     name = "dinov2-vits14-reg" if registers else "dinov2-vits14"
     model = load_model(name, weights=path)
     assert model.num_prefix_tokens == (5 if registers else 1) and model.input_size == 224
-    for size in (28, 42):
-        x = images(size)
+    for size in (28, 42, 518):
+        x = images(size)[:1]
         with torch.no_grad():
-            torch.testing.assert_close(model(x), reference.forward_features((x - MEAN) / STD)[:, 0],
-                                       rtol=1e-4, atol=1e-4)
+            expected = dino_embedding(source, x, DINOV2_REGISTERS if registers else DINO, **extra)
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert model.features(images(28)).shape == (2, 384, 2, 2)  # register tokens are not patches
     other = "dinov2-vits14" if registers else "dinov2-vits14-reg"
     with pytest.raises(CheckpointError, match="register_tokens.*load it as"):
@@ -208,7 +212,7 @@ def test_corrupt_file_and_cached_download_checksum(tmp_path, torch_home, vits16)
     model = load_model("dinov2-vits14")  # from torch.hub's cache, hash pinned on first use
     x = images(28)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), source.forward_features((x - MEAN) / STD)[:, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), dino_embedding(source, x), rtol=1e-5, atol=1e-5)
     data = bytearray(placed.read_bytes())
     data[-200] ^= 0xFF
     placed.write_bytes(bytes(data))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import ResNetTrunk
+from .checkpoint_file import read_checkpoint
 from .converters import CheckpointError
 from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
@@ -49,7 +50,7 @@ def _is_timm_vit(model: nn.Module) -> bool:
 def _load_weights(module: nn.Module, weights: str | os.PathLike | dict | None) -> None:
     if weights is None:
         return
-    state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
+    state = weights if isinstance(weights, dict) else read_checkpoint(weights)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     try:
         module.load_state_dict(state, strict=True)

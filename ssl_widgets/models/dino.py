@@ -6,6 +6,12 @@
   ResNet-50's teacher too). The **teacher with its DINO head** is explained, as the authors' code
   does. The head is ``mlp`` (Linear [-> BN] -> GELU ... -> Linear), an L2 normalisation, and
   ``last_layer``, stored weight-normalised (``weight_g``/``weight_v``) or plain (``weight``).
+* DINO training checkpoints (``checkpoint.pth`` of ``main_dino.py``) are full checkpoints too; their
+  ``args`` entry is an ``argparse.Namespace``, the one class the safe reader allows
+  (:mod:`~ssl_widgets.models.checkpoint_file`).
+* DINOv2 training checkpoints: ``{'model': {'student.*', 'teacher.*'}, 'optimizer', 'iteration'}`` or
+  ``teacher_checkpoint.pth``'s ``{'teacher': {'backbone.*', 'dino_head.*', 'ibot_head.*'}}``; the
+  teacher's backbone is loaded (chunked ``blocks.C.I.*`` names unchunked), the heads are not.
 * DINO backbone files (``dino_resnet50_pretrain.pth``, ``dino_deitsmall16_pretrain.pth``,
   ``dino_vitbase16_pretrain.pth``): a bare state dict of the backbone (torchvision ResNet-50
   names without ``fc``, or timm-compatible ViT names); the embedding is the pooled feature / the
@@ -14,12 +20,15 @@
   ``blocks.N.ls1.gamma`` layer scales, a ``mask_token`` (unused at inference), a 518 px
   ``pos_embed`` (37x37 + class) and, for the register variant, ``register_tokens``.
 
-Position embeddings are interpolated for other input sizes by timm (bicubic, ``dynamic_img_size``);
-DINO's and DINOv2's own code interpolate with a slightly different rule (a 0.1 offset), so at sizes
-other than the training size embeddings agree with the reference code closely, not bit for bit.
+Position embeddings are resampled for other input sizes exactly as DINO's and DINOv2's own
+``interpolate_pos_encoding`` does with their torch.hub settings (bicubic with a 0.1 scale offset and
+no antialias; for the register models, bicubic to the grid size with antialias: see
+:mod:`~ssl_widgets.models.position_rules`), so the embedding and every map equal the reference
+model's at any input size, not only at the training size.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +38,7 @@ from torch import nn
 
 from .architectures import resnet50_trunk
 from .converters import CheckpointError, convert_torchvision_resnet, strip_prefix
+from .position_rules import DINO_RULE, REGISTERS_RULE, ReferenceViT
 from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
@@ -128,28 +138,55 @@ def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {(k.removeprefix("module.")): v for k, v in state.items()}
 
 
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def _training_teacher(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The teacher's state of a training checkpoint: DINO's ``teacher`` entry, or the ``teacher.*``
+    keys of DINOv2's ``model`` entry; ``None`` for a plain state dict."""
+    if "teacher" in checkpoint:
+        return checkpoint["teacher"]
+    model = checkpoint.get("model")
+    if isinstance(model, Mapping) and any(str(k).startswith("teacher.") for k in model):
+        return strip_prefix(model, "teacher.")
+    return None
+
+
 def split_dino_checkpoint(checkpoint: Any, model_name: str, backbone_key: str) -> tuple[dict, dict | None]:
-    """``(backbone_state, head_state or None)`` of a DINO full checkpoint (its teacher) or backbone file.
+    """``(backbone_state, head_state or None)`` of a DINO / DINOv2 training checkpoint (its teacher) or a
+    backbone file.
+
+    Training checkpoints: DINO's (``student``, ``teacher``, ``optimizer``, ``epoch``, ``args``, ...; a
+    ``module.`` prefix where the network was wrapped in DistributedDataParallel), DINOv2's (``model``
+    with ``student.*`` / ``teacher.*`` keys, or ``teacher_checkpoint.pth``'s ``teacher``; chunked
+    ``blocks.C.I.*`` names are unchunked). The DINO head is returned as ``head_state``; DINOv2's
+    ``dino_head`` and ``ibot_head`` are not (its evaluations use the class token).
 
     Args:
         checkpoint: the loaded file.
         model_name: for error messages.
         backbone_key: a key every backbone state of this model has (``"conv1.weight"``, ``"cls_token"``).
+
+    Raises:
+        CheckpointError: the file is neither layout; the message lists the keys found.
     """
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{model_name}: expected a dict, found {type(checkpoint).__name__}")
-    if "teacher" in checkpoint:
-        teacher = checkpoint["teacher"]
+    teacher = _training_teacher(checkpoint)
+    if teacher is not None:
         if not isinstance(teacher, Mapping):
-            raise CheckpointError(f"{model_name} full checkpoint: 'teacher' is not a state dict")
+            raise CheckpointError(f"{model_name}: a training checkpoint whose 'teacher' is a "
+                                  f"{type(teacher).__name__}, not a state dict")
         teacher = _strip_module(teacher)
-        backbone, head = strip_prefix(teacher, "backbone."), strip_prefix(teacher, "head.")
-        if backbone_key not in backbone or not head:
+        backbone = {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in strip_prefix(teacher, "backbone.").items()}
+        head = strip_prefix(teacher, "head.")
+        if backbone_key not in backbone:
             raise CheckpointError(
-                f"{model_name} full checkpoint: expected 'backbone.{backbone_key}' and 'head.*' keys in 'teacher' "
-                f"(optionally prefixed by 'module.'), found {sorted(teacher)[:4]}"
+                f"{model_name}: a training checkpoint with keys {sorted(map(str, checkpoint))[:8]} whose teacher has "
+                f"no 'backbone.{backbone_key}' (optionally prefixed by 'module.'); the teacher's keys begin "
+                f"{sorted(map(str, teacher))[:4]}"
             )
-        return backbone, head
+        return backbone, head or None
     state = _strip_module(checkpoint)
     if backbone_key in state:
         return state, None
@@ -194,26 +231,27 @@ def _convert_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
     """A DINO / DINOv2 ViT from its checkpoint; see the module docstring for the layouts."""
-    from timm.models.vision_transformer import VisionTransformer
-
     arch = VIT_ARCHS[name]
     backbone, head_state = split_dino_checkpoint(checkpoint, name, "cls_token")
     if name.startswith("dinov2"):
         if head_state is not None:
-            raise CheckpointError(f"{name}: expected a released DINOv2 backbone file, found a DINO full checkpoint")
+            raise CheckpointError(f"{name}: expected a DINOv2 backbone or training checkpoint, found a DINO (v1) full "
+                                  f"checkpoint with a 'head.*' DINO head")
         if ("register_tokens" in backbone) != ("reg_tokens" in arch):
             has = "has" if "register_tokens" in backbone else "has no"
             other = "dinov2-vits14" if "reg_tokens" in arch else "dinov2-vits14-reg"
             raise CheckpointError(f"{name}: this file {has} 'register_tokens'; load it as {other!r}")
         backbone = _convert_dinov2(backbone)
     backbone = {k: v for k, v in backbone.items() if not k.startswith("head.")}  # DINO's Identity head
-    vit = VisionTransformer(num_classes=0, global_pool="token", dynamic_img_size=True, **arch)
+    rule = REGISTERS_RULE if "reg_tokens" in arch else DINO_RULE
+    vit = ReferenceViT(position_rule=rule, num_classes=0, global_pool="token", **arch)
     _strict()(vit, backbone, name, "backbone")
     head = dino_head_from_state(head_state) if head_state is not None else None
     model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=PAPER_INPUT_SIZE, pooling="cls",
                      num_prefix_tokens=vit.num_prefix_tokens, patch_size=arch["patch_size"],
                      trunk_method="forward_features")
-    model.meta = {"head": "teacher DINO head" if head is not None else "none (class token)"}
+    model.meta = {"head": "teacher DINO head" if head is not None else "none (class token)",
+                  "position embeddings": f"resampled as the reference code does: {rule.name}"}
     return model
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .architectures import mlp_head, resnet50_trunk, tiny_resnet18_trunk
+from .checkpoint_file import read_checkpoint
 from .converters import (
     CheckpointError,
     convert_barlow_twins,
@@ -420,18 +421,6 @@ def _cached_download(spec: ModelSpec) -> tuple[Path, str | None]:
     return path, _verify_checksum(path, spec)
 
 
-def _read_checkpoint(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(
-            f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch checkpoint "
-            f"({type(error).__name__}: {str(error)[:200]})"
-        ) from error
-
-
 def _shipped_weights(spec: ModelSpec) -> Path:
     return Path(str(resources.files("ssl_widgets") / "weights" / str(spec.file_name)))
 
@@ -468,7 +457,7 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         path = _shipped_weights(spec)
     else:
         path, pin_after_load = _cached_download(spec)
-    checkpoint = _read_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     model = spec.build(checkpoint).float().eval()
     if pin_after_load is not None:  # trust on first use, once the file has proved to be a loadable checkpoint
         _pin_file(path).write_text(pin_after_load + "\n")

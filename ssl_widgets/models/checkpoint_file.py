@@ -1,0 +1,101 @@
+"""Reading weight files without running code from them.
+
+Every loader of the package reads files through :func:`read_checkpoint`: ``torch.load`` with
+``weights_only=True`` (tensors and plain containers only, no pickled code), plus the one class that
+real training checkpoints carry beside their tensors: ``argparse.Namespace``, the ``args`` entry of
+the checkpoints that DINO's ``main_dino.py`` writes (SimSiam's and MoCo's carry only a string
+``arch``; Barlow Twins', DINOv2's and timm's only tensors and numbers). A file that pickles any other
+global is refused before anything of it is imported, with an error that names the globals.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .converters import CheckpointError
+
+__all__ = ["ALLOWED_GLOBALS", "read_checkpoint"]
+
+#: Classes a checkpoint may contain beside tensors and plain containers (see the module doc).
+ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _unsafe_globals(path: Path) -> list[str] | None:
+    """The globals the file would import, minus the allowed ones (``None`` if torch cannot list them)."""
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if lister is None:
+        return None
+    try:
+        found = lister(str(path))
+    except Exception:  # not a zip checkpoint, or corrupt: reported as such by the caller
+        return None
+    allowed = {_qualified(cls) for cls in ALLOWED_GLOBALS}
+    return [name for name in found if name not in allowed]
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a weight file on the CPU without running any code it pickles.
+
+    Args:
+        path: the file (``torch.save`` output: a state dict, or a training checkpoint holding some).
+
+    Returns:
+        The loaded object (``argparse.Namespace`` entries come back as such).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file pickles other globals (named in the message), or it is truncated,
+            corrupt or not a PyTorch checkpoint.
+
+    Examples:
+        >>> import tempfile, argparse
+        >>> path = Path(tempfile.mkdtemp()) / "checkpoint.pth"
+        >>> torch.save({"teacher": {"w": torch.ones(1)}, "args": argparse.Namespace(arch="vit_small")}, path)
+        >>> read_checkpoint(path)["args"].arch
+        'vit_small'
+        >>> import collections
+        >>> torch.save({"w": collections.OrderedDict(), "f": pickle.PickleError}, path)
+        >>> read_checkpoint(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ssl_widgets.models.converters.CheckpointError: refused to load ...: it pickles pickle.PickleError, ...
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    unsafe = _unsafe_globals(path)
+    if unsafe:
+        raise CheckpointError(
+            f"refused to load {path}: it pickles {', '.join(unsafe)}, which loading would import and run. "
+            f"Only tensors, plain containers and {', '.join(_qualified(c) for c in ALLOWED_GLOBALS)} (the 'args' "
+            f"of DINO's training checkpoints) are read. If you trust the file, load it yourself with "
+            f"torch.load(path, weights_only=False), save its state dict (torch.save(checkpoint['state_dict'], "
+            f"'weights.pth'), say) and pass that file instead."
+        )
+    try:
+        allowing = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with allowing(list(ALLOWED_GLOBALS)) if allowing else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsupported = str(error).split("Unsupported global: GLOBAL ", 1)
+        if len(unsupported) == 2:  # an older torch that cannot list the globals beforehand
+            name = unsupported[1].split()[0]
+            raise CheckpointError(
+                f"refused to load {path}: it pickles {name}, which loading would import and run; only tensors, "
+                f"plain containers and argparse.Namespace are read"
+            ) from error
+        raise CheckpointError(f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch "
+                              f"checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+    except Exception as error:
+        raise CheckpointError(f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch "
+                              f"checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
