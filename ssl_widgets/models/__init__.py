@@ -1,5 +1,6 @@
 """Self-supervised models: the :class:`SSLModel` wrapper, the zoo and its loaders."""
 from .converters import CheckpointError
+from .hf import from_transformers
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 from .zoo import available_models, build_tiny_model, load_model, model_info
 
@@ -10,6 +11,7 @@ __all__ = [
     "SSLModel",
     "available_models",
     "build_tiny_model",
+    "from_transformers",
     "load_model",
     "model_info",
 ]

@@ -271,6 +271,14 @@ class SSLModel(nn.Module):
 
         return from_torchvision(model, **kwargs)
 
+    @classmethod
+    def from_transformers(cls, model: nn.Module, **kwargs: Any) -> SSLModel:
+        """Wrap a Hugging Face ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``ViTModel``: see
+        :func:`ssl_widgets.models.hf.from_transformers`."""
+        from .hf import from_transformers
+
+        return from_transformers(model, **kwargs)
+
     def get_layer(self, name: str) -> nn.Module:
         """The trunk sub-module at dot path ``name``; a clear ``ValueError`` if there is none."""
         modules = dict(self.trunk.named_modules())

@@ -430,7 +430,8 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
     """Load a model of the zoo as an :class:`SSLModel` in eval mode.
 
     Args:
-        name: one of :func:`available_models`.
+        name: one of :func:`available_models`, or ``"hf:<repo id or folder>"`` for a Hugging Face
+            ``Dinov2Model`` / ``Dinov2WithRegistersModel`` / ``ViTModel`` (see :mod:`~ssl_widgets.models.hf`).
         weights: path of a weight file in the published layout; always works offline. Without it,
             shipped models load from the package and published ones from torch.hub's cache
             (downloaded and checksum-verified on first use).
@@ -449,6 +450,14 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         >>> model.input_size
         112
     """
+    if isinstance(name, str) and name.startswith("hf:"):
+        from .hf import load_hf
+
+        if weights is not None:
+            raise ValueError(f"{name!r}: a Hugging Face model brings its own weights; give a local folder as "
+                             f"hf:FOLDER instead of weights=")
+        model = load_hf(name[3:])
+        return model.to(device) if device is not None else model
     spec = model_info(name)
     pin_after_load = None
     if weights is not None:
