@@ -97,7 +97,8 @@ def convert_barlow_twins(checkpoint: Any) -> tuple[StateDict, StateDict]:
     if not trunk_sd or not head_sd:
         raise CheckpointError(
             "Barlow Twins checkpoint: expected 'module.backbone.*' and 'module.projector.*' keys in 'model' "
-            "(the backbone-only resnet50.pth from torch.hub has no projector; use the full checkpoint.pth)"
+            "(the backbone-only resnet50.pth from torch.hub has no projector; use the full checkpoint.pth); "
+            f"'model' has keys {sorted(model)[:4]}"
         )
     return trunk_sd, head_sd
 
@@ -113,7 +114,8 @@ def convert_simsiam(checkpoint: Any) -> tuple[StateDict, StateDict]:
     encoder = strip_prefix(state, "module.encoder.")
     predictor = strip_prefix(state, "module.predictor.")
     if not encoder or not predictor:
-        raise CheckpointError("SimSiam checkpoint: expected 'module.encoder.*' and 'module.predictor.*' keys")
+        raise CheckpointError("SimSiam checkpoint: expected 'module.encoder.*' and 'module.predictor.*' keys in "
+                              f"'state_dict', found {sorted(state)[:4]}")
     trunk_sd = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
     head_sd = {"0." + k[3:]: v for k, v in encoder.items() if k.startswith("fc.")}
     head_sd.update({"1." + k: v for k, v in predictor.items()})
@@ -123,5 +125,6 @@ def convert_simsiam(checkpoint: Any) -> tuple[StateDict, StateDict]:
 def convert_torchvision_resnet(checkpoint: Any) -> tuple[StateDict, StateDict]:
     """A plain torchvision ResNet state dict: trunk keys kept, ``fc`` dropped, no head."""
     if not isinstance(checkpoint, Mapping) or "conv1.weight" not in checkpoint:
-        raise CheckpointError("torchvision ResNet weights: expected a state dict with 'conv1.weight'")
+        found = sorted(checkpoint)[:6] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise CheckpointError(f"torchvision ResNet weights: expected a state dict with 'conv1.weight', found {found}")
     return {k: v for k, v in checkpoint.items() if not k.startswith("fc.")}, {}
