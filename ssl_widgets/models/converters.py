@@ -38,7 +38,7 @@ def _require_mapping(obj: Any, key: str, what: str) -> Mapping[str, Any]:
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     """The entries of ``state`` whose key starts with ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
 
 
 # SimCLR v2 (converted TF checkpoint): {'resnet': ..., 'head': ...}

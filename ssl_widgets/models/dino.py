@@ -79,6 +79,10 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
 
 
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _last_layer_weight(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The effective last-layer weight: ``g * v / ||v||`` (per output row) or the plain weight."""
     keys = {k for k in state if k.startswith("last_layer.")}
@@ -86,56 +90,92 @@ def _last_layer_weight(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
              ("last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1")]
     for g_key, v_key in pairs:
         if g_key in state and v_key in state:
-            g, v = state[g_key].float(), state[v_key].float()
-            norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-            return g * v / norm
+            g, v = state[g_key], state[v_key]
+            if not (isinstance(g, torch.Tensor) and isinstance(v, torch.Tensor) and v.dim() == 2
+                    and g.numel() == v.shape[0]):
+                raise CheckpointError(f"DINO head: '{g_key}' and '{v_key}' should be a gain per row and a 2-d "
+                                      f"weight, found {_shape(g)} and {_shape(v)}")
+            g, v = g.float().reshape(-1, 1), v.float()
+            return g * v / v.norm(dim=1, keepdim=True)
     if "last_layer.weight" in state:
-        return state["last_layer.weight"].float()
+        return _head_tensor(state, "last_layer.weight", 2).float()
     raise CheckpointError(
         f"DINO head: no last layer found (expected last_layer.weight_g/weight_v or last_layer.weight), found {sorted(keys)}"
     )
 
 
-def dino_head_from_state(state: Mapping[str, torch.Tensor]) -> DINOHead:
+def _head_tensor(state: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
+    value = state[key]
+    if not isinstance(value, torch.Tensor) or value.dim() != dims:
+        what = f"a {value.dim()}-d tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(f"DINO head: 'head.{key}' should be a {dims}-d tensor, found {what}")
+    return value
+
+
+def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> DINOHead:
     """Build a :class:`DINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
-    keys (prefix removed), and load it.
+    keys (prefix removed), check that its widths chain, and load it.
+
+    Args:
+        state: the ``head.*`` entries without the prefix.
+        in_dim: the backbone's feature width, if known (the head's input must match it).
 
     Raises:
-        CheckpointError: no ``mlp.*`` or last layer, or an unexpected key.
+        CheckpointError: no ``mlp.*`` or last layer, a malformed or unexpected key, or widths that do
+            not chain (``mlp`` output vs ``last_layer`` input, backbone width vs ``mlp`` input); the
+            message names the key.
     """
+    if bad := [k for k in state if not isinstance(k, str)]:
+        raise CheckpointError(f"DINO head: keys must be strings, found {bad[:3]}")
     mlp_state = strip_prefix(state, "mlp.")
     if not mlp_state:
         raise CheckpointError(f"DINO head: expected 'mlp.*' keys, found {sorted(state)[:6]}")
     if "weight" in mlp_state:  # nlayers=1: mlp is a single Linear
-        w = mlp_state["weight"]
+        w = _head_tensor(mlp_state, "weight", 2)
         mlp: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in mlp_state)
+        linears = [w]
     else:
+        if bad := sorted(k for k in mlp_state if not k.split(".")[0].isdigit()):
+            raise CheckpointError(f"DINO head: unexpected keys {['head.mlp.' + k for k in bad[:3]]} (expected "
+                                  f"'head.mlp.<index>.<parameter>')")
         indices = sorted({int(k.split(".")[0]) for k in mlp_state})
         layers: list[nn.Module] = []
+        linears = []
         for i in range(indices[-1] + 1):
             w = mlp_state.get(f"{i}.weight")
-            if w is not None and w.dim() == 2:
+            if isinstance(w, torch.Tensor) and w.dim() == 2:
                 layers.append(nn.Linear(w.shape[1], w.shape[0], bias=f"{i}.bias" in mlp_state))
+                linears.append(w)
             elif f"{i}.running_mean" in mlp_state:
-                layers.append(nn.BatchNorm1d(mlp_state[f"{i}.running_mean"].shape[0]))
+                layers.append(nn.BatchNorm1d(_head_tensor(mlp_state, f"{i}.running_mean", 1).shape[0]))
             else:
                 layers.append(nn.GELU())
         mlp = nn.Sequential(*layers)
+    for before, after in zip(linears, linears[1:]):
+        if after.shape[1] != before.shape[0]:
+            raise CheckpointError(f"DINO head: the 'head.mlp' layers do not chain: a {before.shape[0]}-d output feeds "
+                                  f"a layer expecting {after.shape[1]}-d")
+    if in_dim is not None and linears[0].shape[1] != in_dim:
+        raise CheckpointError(f"DINO head: 'head.mlp' takes {linears[0].shape[1]}-d input, but the backbone gives "
+                              f"{in_dim}-d features (a head of another model?)")
     try:
         mlp.load_state_dict(mlp_state, strict=True)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError) as error:
         raise CheckpointError(f"DINO head: the 'mlp' keys do not form Linear/BN/GELU layers: {str(error)[:300]}") from error
     weight = _last_layer_weight(state)
+    if weight.dim() != 2 or weight.shape[1] != linears[-1].shape[0]:
+        raise CheckpointError(f"DINO head: 'head.last_layer' has shape {tuple(weight.shape)}, but the mlp gives "
+                              f"{linears[-1].shape[0]}-d output")
     last = nn.Linear(weight.shape[1], weight.shape[0], bias="last_layer.bias" in state)
     with torch.no_grad():
         last.weight.copy_(weight)
         if last.bias is not None:
-            last.bias.copy_(state["last_layer.bias"])
+            last.bias.copy_(_head_tensor(state, "last_layer.bias", 1))
     return DINOHead(mlp, last).eval()
 
 
 def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(k.removeprefix("module.")): v for k, v in state.items()}
+    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in state.items()}
 
 
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
@@ -210,7 +250,7 @@ def build_dino_r50(checkpoint: Any) -> SSLModel:
     trunk_sd, _ = convert_torchvision_resnet(backbone)
     trunk = resnet50_trunk()
     _strict()(trunk, trunk_sd, "dino-r50", "trunk")
-    head = dino_head_from_state(head_state) if head_state is not None else None
+    head = dino_head_from_state(head_state, in_dim=trunk.out_channels) if head_state is not None else None
     model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="dino-r50", input_size=PAPER_INPUT_SIZE)
     model.meta = {"head": "teacher DINO head" if head is not None else "none (backbone file)"}
     return model
@@ -222,9 +262,13 @@ def _convert_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``reg_token``), which computes exactly DINOv2's forward."""
     state = {k: v for k, v in state.items() if k != "mask_token"}
     if "register_tokens" in state:
+        pos, cls = state.get("pos_embed"), state.get("cls_token")
+        if not (isinstance(pos, torch.Tensor) and isinstance(cls, torch.Tensor) and pos.dim() == 3
+                and cls.dim() == 3 and pos.shape[2] == cls.shape[2] and pos.shape[1] > 1):
+            raise CheckpointError(f"dinov2-vits14-reg: expected 'cls_token' (1, 1, C) and 'pos_embed' (1, 1 + N, C), "
+                                  f"found {_shape(cls)} and {_shape(pos)}")
         state["reg_token"] = state.pop("register_tokens")
-        pos = state.pop("pos_embed")
-        state["cls_token"] = state["cls_token"] + pos[:, :1]
+        state["cls_token"] = cls + pos[:, :1]
         state["pos_embed"] = pos[:, 1:]
     return state
 
@@ -242,11 +286,11 @@ def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
             other = "dinov2-vits14" if "reg_tokens" in arch else "dinov2-vits14-reg"
             raise CheckpointError(f"{name}: this file {has} 'register_tokens'; load it as {other!r}")
         backbone = _convert_dinov2(backbone)
-    backbone = {k: v for k, v in backbone.items() if not k.startswith("head.")}  # DINO's Identity head
+    backbone = {k: v for k, v in backbone.items() if not str(k).startswith("head.")}  # DINO's Identity head
     rule = REGISTERS_RULE if "reg_tokens" in arch else DINO_RULE
     vit = ReferenceViT(position_rule=rule, num_classes=0, global_pool="token", **arch)
     _strict()(vit, backbone, name, "backbone")
-    head = dino_head_from_state(head_state) if head_state is not None else None
+    head = dino_head_from_state(head_state, in_dim=vit.embed_dim) if head_state is not None else None
     model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=PAPER_INPUT_SIZE, pooling="cls",
                      num_prefix_tokens=vit.num_prefix_tokens, patch_size=arch["patch_size"],
                      trunk_method="forward_features")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
@@ -60,6 +60,12 @@ class ModelSpec:
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], model_name: str, part: str) -> None:
     """``load_state_dict(strict=True)`` whose errors name the model, the part and the keys."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"the {part} of {model_name!r}: expected a state dict, found {type(state).__name__}")
+    if odd := [f"{k!r} ({type(v).__name__})" for k, v in state.items()
+               if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
+        raise CheckpointError(f"checkpoint does not match the {part} of {model_name!r}: entries that are not "
+                              f"named tensors: {odd[:3]}")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
