@@ -292,10 +292,12 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True,
     ``cfg.epochs`` extends or shortens the run). ``max_epochs_this_run`` stops early after that
     many epochs (with a checkpoint), for training in several sittings. Every ``eval_every`` epochs
     (and at the last one) the held-out retrieval top-1 (query seed ``eval_seed``) is measured and
-    ``cfg.out`` keeps the best weights; ``eval_every=0`` keeps the final ones.
+    ``cfg.out`` keeps the best weights; ``eval_every=0`` keeps the final ones. A non-finite loss or
+    weight stops the run with status ``"diverged"`` and writes no weights of the diverged epoch.
 
     Returns:
-        A summary dict (epochs, final loss, seconds, image counts, held-out curve, chosen epoch).
+        A summary dict (status ``"done"``, ``"paused"`` or ``"diverged"``, epochs, final loss, seconds,
+        image counts, held-out curve, chosen epoch).
     """
     started = time.time()
     if cfg.method == "dino":
