@@ -81,8 +81,17 @@ def first_run(root: Path) -> Run:
     return run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the fastest for a 32 px width-4 model (two threads on a busy machine took 8x longer)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Run:
+def shared(tmp_path_factory, one_thread) -> Run:
     """The first run, shared by the cases that leave its data and weights untouched (they copy its --out)."""
     return first_run(tmp_path_factory.mktemp("resume"))
 
