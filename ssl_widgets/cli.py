@@ -5,6 +5,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from ._argtypes import ArgumentParser, nonnegative_int, positive_int, run_reporting_errors
+
 __all__ = ["DEFAULT_METHOD", "build_parser", "main", "method_names"]
 
 #: the method of ``ssl-widgets explain`` without ``--method``
@@ -168,7 +170,7 @@ def _view_arguments(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-widgets", description="Explain pairwise similarity of self-supervised vision models.")
+    parser = ArgumentParser(prog="ssl-widgets", description="Explain pairwise similarity of self-supervised vision models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the model zoo with the licence of each weight source")
@@ -181,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="tiny-simclr,tiny-barlow-twins,tiny-simsiam,tiny-dino-vit", help="comma-separated zoo names")
     p.add_argument("--weights", default=None, help="weight file (for a single model)")
     _view_arguments(p, "aug")
-    p.add_argument("--seed", type=int, default=0, help="seed of the view transform (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the view transform (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_similarity)
 
     p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure")
@@ -196,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")
     _view_arguments(p, "aug; combine for averaged transforms")
     p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the trunk output)")
-    p.add_argument("--window", type=int, default=None, help="occlusion window (default 64 px scaled to the model size)")
-    p.add_argument("--stride", type=int, default=None, help="occlusion stride (default 8 px scaled)")
-    p.add_argument("--grid", type=int, default=7, help="patch grid of the joint methods (default 7x7)")
-    p.add_argument("--top", type=int, default=12, help="pairs drawn by the joint methods' top-matches figure")
-    p.add_argument("--seed", type=int, default=0, help="seed of the view transform and random methods (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--window", type=positive_int, default=None, help="occlusion window (default 64 px scaled to the model size)")
+    p.add_argument("--stride", type=positive_int, default=None, help="occlusion stride (default 8 px scaled)")
+    p.add_argument("--grid", type=positive_int, default=7, help="patch grid of the joint methods (default 7x7)")
+    p.add_argument("--top", type=positive_int, default=12, help="pairs drawn by the joint methods' top-matches figure")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the view transform and random methods (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("samples", help="write the shipped sample images to a folder (e.g. for evaluate --data)")
@@ -231,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"ssl-widgets: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("ssl-widgets", func, args)
 
 
 if __name__ == "__main__":

@@ -278,3 +278,54 @@ def test_ssl_widgets_train_subcommand(image_folder, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["train", "--method", "moco", "--data", str(image_folder), "--out", str(out)])
     assert refused.value.code == 2 and "invalid choice: 'moco'" in capsys.readouterr().err
+
+
+def strict_json(text):
+    """``json.loads`` that refuses NaN and Infinity (not JSON, though Python's json writes them by default)."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverging_run_stops_as_diverged_and_keeps_only_finite_weights(image_folder, tmp_path, monkeypatch):
+    """The loss turns NaN in epoch 2 (of 3): the run stops there with status "diverged", the summary is valid JSON
+    without NaN, and the weight file holds epoch 1's (finite, loadable) weights, its metadata saying "diverged"."""
+    from ssl_widgets.train import loop
+
+    calls = []
+
+    def nan_from_epoch_2(z1, z2, temperature):  # 12 training images, batch 4: three steps per epoch
+        calls.append(1)
+        loss = nt_xent(z1, z2, temperature)
+        return loss * float("nan") if len(calls) > 3 else loss
+
+    monkeypatch.setattr(loop, "nt_xent", nan_from_epoch_2)
+    out = tmp_path / "model.pt"
+    cfg = small_config(image_folder, out, epochs=3)
+    cfg.eval_every = 1
+    summary = train(cfg, show_progress=False)
+    assert summary["status"] == "diverged" and summary["epochs_done"] == 1
+    assert "diverged in epoch 2: the mean loss is nan" in summary["diverged"]
+    written = strict_json(out.with_suffix(".pt.json").read_text())
+    assert written["status"] == "diverged" and len(written["loss_history"]) == 1
+    assert np.isfinite(written["final_loss"])
+    model = load_model("tiny-simclr", weights=out)  # refuses non-finite weights: these are epoch 1's
+    assert model.meta["status"] == "diverged" and model.meta["chosen_epoch"] == 1
+    checkpoint = torch.load(out.with_suffix(".pt.ckpt"), weights_only=True)
+    assert checkpoint["epoch"] == 1  # no checkpoint of the diverged epoch
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_a_run_diverging_at_once_writes_no_weights(image_folder, tmp_path):
+    """A learning rate of 1e20 overflows the weights in the first epoch: no weight file, status "diverged"."""
+    out = tmp_path / "model.pt"
+    cfg = small_config(image_folder, out, epochs=2)
+    cfg.lr = 1e20
+    summary = train(cfg, show_progress=False)
+    assert summary["status"] == "diverged" and summary["epochs_done"] == 0 and "epoch 1" in summary["diverged"]
+    assert not out.exists()
+    written = strict_json(out.with_suffix(".pt.json").read_text())
+    assert written["status"] == "diverged" and written["final_loss"] is None and written["loss_history"] == []

@@ -246,6 +246,9 @@ def test_config_errors_name_the_problem(ten_images, tmp_path):
         TrainConfig(method="dino", data=".", out="x.pt", image_size=30)
     with pytest.raises(ValueError, match="init_from and distill_from are for method 'dino' only"):
         cnn_config(ten_images, tmp_path / "x.pt", "simclr", distill_from="tiny-simclr")
+    for name, value, least in (("epochs", 0, 1), ("batch_size", 0, 1), ("width", -1, 1), ("eval_every", -1, 0)):
+        with pytest.raises(ValueError, match=rf"{name} must be an integer >= {least}, got {value}"):
+            TrainConfig(method="simclr", data=".", out="x.pt", **{name: value})
     cnn_file = tmp_path / "cnn.pt"
     torch.save({"format": "ssl_widgets.tiny/1", "trunk": {}, "head": {}}, cnn_file)  # a CNN file has no DINO head
     with pytest.raises(ValueError, match="not a tiny ViT weight file"):

@@ -1,6 +1,8 @@
 """Command line of the evaluation driver (imports torch only when it runs)."""
 from __future__ import annotations
 
+from .._argtypes import ArgumentParser, nonnegative_int, positive_int, run_reporting_errors
+
 __all__ = ["DEFAULT_METHODS", "add_arguments", "main", "run_from_args"]
 
 #: the methods evaluated without ``--methods`` (any name of ``ssl_widgets.evaluate.driver.method_names()``)
@@ -19,15 +21,15 @@ def add_arguments(parser) -> None:
                         help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; see "
                              "`ssl-widgets explain --help` for all names; for --task correspondence: "
                              "feature-cosine,joint-gradient,joint-occlusion)")
-    parser.add_argument("--grid", type=int, default=7, help="patch grid of --task correspondence")
-    parser.add_argument("--pairs", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=positive_int, default=7, help="patch grid of --task correspondence")
+    parser.add_argument("--pairs", type=positive_int, default=100)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", default="evaluation", help="output folder")
     parser.add_argument("--transform", default="aug", help="view transform of the second image")
-    parser.add_argument("--step", type=int, default=None,
+    parser.add_argument("--step", type=positive_int, default=None,
                         help="pixels per insertion/deletion step (default 224, the paper's)")
-    parser.add_argument("--sensitivity-samples", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--sensitivity-samples", type=positive_int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--strict", action="store_true",
                         help="fail on an unreadable image instead of skipping it (skipped images are counted in "
@@ -35,14 +37,13 @@ def add_arguments(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ssl_widgets.evaluate",
-                                     description="Run methods x pair metrics over an image folder and write the "
-                                                 "paper-style table (works under torchrun).")
+    """``python -m ssl_widgets.evaluate``: a user error is one line on stderr and exit status 2."""
+    prog = "python -m ssl_widgets.evaluate"
+    parser = ArgumentParser(prog=prog, description="Run methods x pair metrics over an image folder and write the "
+                                                   "paper-style table (works under torchrun).")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return run_from_args(args)
+    return run_reporting_errors(prog, run_from_args, args)
 
 
 def _estimate(out: str, methods: list[str], pairs: int) -> float | None:

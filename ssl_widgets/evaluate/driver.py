@@ -5,10 +5,11 @@ GPU, one GPU per rank); rank 0 gathers and writes ``results.jsonl``, ``table.md`
 ``curves.png``.
 
 Resuming: re-running into the same ``--out`` skips the (pair, method) records already written.
-Every record carries the settings that produced its numbers (model, weights, data folder, seed,
-view transform, step, sensitivity samples); when the records in ``--out`` were computed with other
-settings the run refuses with :class:`SettingsMismatch` (naming the differences) instead of
-mixing numbers or retitling old ones. Unreadable image files are skipped with a warning and
+Every record carries the settings that produced its numbers (:class:`~.settings.EvaluationSettings`:
+model, weights path and a fingerprint of their values, input size, data folder and a fingerprint of
+its file list, seed, view transform, step, sensitivity samples); when the records in ``--out`` were
+computed with other settings the run refuses with :class:`SettingsMismatch` (naming the differences)
+instead of mixing numbers or retitling old ones. Unreadable image files are skipped with a warning and
 counted in the table's caption (``strict=True`` / ``--strict`` fails instead).
 """
 from __future__ import annotations
@@ -17,11 +18,13 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..attr.applicability import check_applicable
 from ..attr.spec import listed_names, resolve
@@ -31,6 +34,7 @@ from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
+from .settings import EvaluationSettings, SettingsMismatch, check_settings, files_fingerprint, weights_fingerprint
 from .table import format_table, plot_curves, summarize
 
 __all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "method_names",
@@ -52,6 +56,8 @@ def method_names() -> tuple[str, ...]:
 
 @dataclass
 class EvaluationConfig:
+    """One evaluation run (the options of ``ssl-widgets evaluate``); bad counts raise ``ValueError`` naming the field."""
+
     data: str
     model: str
     methods: list[str]
@@ -65,41 +71,36 @@ class EvaluationConfig:
     show_progress: bool = True
     strict: bool = False
 
-
-class SettingsMismatch(ValueError):
-    """The output folder holds records computed with other settings than this run's."""
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods is empty: give at least one method name")
+        minimum = {"pairs": 1, "seed": 0, "step": 1, "sensitivity_samples": 1}
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if name == "step" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}{' or None' if name == 'step' else ''}, "
+                                 f"got {value!r}")
 
 
 class UnreadableImage(ValueError):
     """An image of the data folder cannot be read (raised only with ``strict``)."""
 
 
-def record_settings(cfg: EvaluationConfig) -> dict[str, Any]:
-    """Everything besides the (pair, method) key that changes a record's numbers."""
-    return {"model": cfg.model, "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
-            "data": str(Path(cfg.data).resolve()), "seed": cfg.seed, "transform": cfg.transform,
-            "step": cfg.step or PAPER_INSERTION_STEP, "sensitivity_samples": cfg.sensitivity_samples}
+def record_settings(cfg: EvaluationConfig, model: nn.Module, files: Sequence[Path]) -> EvaluationSettings:
+    """The settings of ``cfg``'s records: the run's options plus fingerprints of the loaded ``model`` and the images.
 
-
-def _check_settings(records: list[dict], settings: dict[str, Any], out: Path) -> None:
-    """Refuse to resume from records that other settings produced (see :class:`SettingsMismatch`)."""
-    differences: dict[str, set] = {}
-    for record in records:
-        theirs = record.get("settings")
-        if theirs is None:
-            differences.setdefault("settings", set()).add("none recorded (written by an older version)")
-            continue
-        for key in sorted(set(settings) | set(theirs)):
-            if theirs.get(key) != settings.get(key):
-                differences.setdefault(key, set()).add(repr(theirs.get(key)))
-    if differences:
-        detail = "; ".join(f"{key}: {' / '.join(sorted(values))} in the records, {settings.get(key)!r} now"
-                           if key != "settings" else f"settings: {next(iter(values))}"
-                           for key, values in differences.items())
-        raise SettingsMismatch(
-            f"{out} holds results computed with other settings ({detail}); resuming would mix their numbers with "
-            f"this run's. Choose another --out, or delete {out / 'results.jsonl'} and {out / 'partial'} to start over"
-        )
+    Args:
+        cfg: the run's configuration.
+        model: the loaded model (its state dict is fingerprinted, its ``input_size`` recorded).
+        files: the images of ``cfg.data`` (their list, sizes and modification times are fingerprinted).
+    """
+    return EvaluationSettings(
+        model=cfg.model, weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
+        weights_sha256=weights_fingerprint(model), image_size=int(model.input_size),
+        data=str(Path(cfg.data).resolve()), data_files=files_fingerprint(files, cfg.data), seed=cfg.seed,
+        transform=cfg.transform, step=cfg.step or PAPER_INSERTION_STEP, sensitivity_samples=cfg.sensitivity_samples)
 
 
 def _unreadable(path: Path) -> str | None:
@@ -113,7 +114,10 @@ def _unreadable(path: Path) -> str | None:
 
 def build_pairs(folder: str, n: int, seed: int) -> list[tuple[int, Path]]:
     """``n`` deterministic ``(pair_index, file)``: a seeded permutation of the folder, cycled if short."""
-    files = list_images(folder)
+    return _pairs_of(list_images(folder), n, seed)
+
+
+def _pairs_of(files: Sequence[Path], n: int, seed: int) -> list[tuple[int, Path]]:
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     return [(i, files[order[i % len(files)]]) for i in range(n)]
 
@@ -197,13 +201,15 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     partial_dir = out / "partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
-    settings = record_settings(cfg)
+    files = list_images(cfg.data)
+    run_settings = record_settings(cfg, model, files)
+    settings = run_settings.as_record()
     existing = _read_jsonl(out / "results.jsonl")
     for shard in partial_dir.glob("rank*.jsonl"):
         existing += _read_jsonl(shard)
-    _check_settings(existing, settings, out)
+    check_settings(existing, run_settings, out)
     done = {(r["pair"], r["method"]) for r in existing if "skipped" not in r}  # skipped pairs are retried
-    pairs = build_pairs(cfg.data, cfg.pairs, cfg.seed)
+    pairs = _pairs_of(files, cfg.pairs, cfg.seed)
     mine = [(i, p) for i, p in pairs if i % world == rank]
     todo = [(i, p, m) for i, p in mine for m in cfg.methods if (i, m) not in done]
     step = cfg.step or PAPER_INSERTION_STEP  # the paper's step (224 steps at 224 px, 56 at the default models' 112 px)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from collections.abc import Callable, Mapping
 import urllib.request
 from dataclasses import dataclass, field
@@ -378,16 +379,19 @@ def _verify_checksum(path: Path, spec: ModelSpec) -> str | None:
 
 
 def _download(url: str, path: Path, timeout: float) -> None:
-    """Fetch ``url`` to ``path`` through a temporary file (``path`` appears only when complete).
+    """Fetch ``url`` to ``path`` through this call's own temporary file, renamed into place atomically.
 
-    Every connection attempt and every read waits at most ``timeout`` seconds.
+    The temporary file is ``<file>.<pid>.<random>.partial``: processes (e.g. torchrun ranks) or threads
+    downloading the same file at once each write their own, and ``os.replace`` makes ``path`` appear
+    only complete (the last rename wins; each is a whole copy). Every connection attempt and every
+    read waits at most ``timeout`` seconds.
     """
     from tqdm.auto import tqdm
 
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     request = urllib.request.Request(url, headers={"User-Agent": "ssl_widgets"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "wb") as handle:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "xb") as handle:
             size = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, leave=False) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
@@ -417,6 +421,8 @@ def _cached_download(spec: ModelSpec) -> tuple[Path, str | None]:
         try:
             _download(spec.url, path, timeout)
         except Exception as error:  # network errors come in many types
+            if path.is_file():  # another process completed the same download meanwhile: load its file
+                return path, _verify_checksum(path, spec)
             what = (f"no answer within {timeout:g} s (set {DOWNLOAD_TIMEOUT_ENV} to wait longer)"
                     if _is_timeout(error) else f"{type(error).__name__}: {error}")
             raise FileNotFoundError(
@@ -431,8 +437,32 @@ def _shipped_weights(spec: ModelSpec) -> Path:
     return Path(str(resources.files("ssl_widgets") / "weights" / str(spec.file_name)))
 
 
+def _write_pin(path: Path, digest: str) -> None:
+    """Write the pin file of ``path`` atomically (a process checking it never reads a half-written one)."""
+    pin = _pin_file(path)
+    partial = pin.with_name(f"{pin.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        partial.write_text(digest + "\n")
+        os.replace(partial, pin)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _refuse_non_finite(model: nn.Module, path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the first parameter or buffer of ``model`` holding NaN or infinity."""
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"the weights in {path} are not finite: {key!r} holds {bad} NaN or infinite value(s) of "
+                    f"{tensor.numel()} (e.g. written by a diverged training run); every explanation of this model "
+                    f"would be NaN. Pass check_finite=False to load_model to load them anyway"
+                )
+
+
 def load_model(name: str, *, weights: str | os.PathLike | None = None,
-               device: str | torch.device | None = None) -> SSLModel:
+               device: str | torch.device | None = None, check_finite: bool = True) -> SSLModel:
     """Load a model of the zoo as an :class:`SSLModel` in eval mode.
 
     Args:
@@ -442,14 +472,16 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
             shipped models load from the package and published ones from torch.hub's cache
             (downloaded and checksum-verified on first use).
         device: where to put the model (default CPU).
+        check_finite: refuse weights holding NaN or infinity (the default); ``False`` loads them anyway.
 
     Returns:
-        The model in ``eval()`` mode with gradients enabled on its parameters.
+        The model in ``eval()`` mode with gradients enabled on its parameters. Loading leaves the
+        global random number generator as it found it.
 
     Raises:
         ValueError: unknown ``name``.
         FileNotFoundError: no weights available offline; the message says what to fetch and where to put it.
-        CheckpointError: corrupt, truncated, wrong-checksum or wrong-layout file.
+        CheckpointError: corrupt, truncated, wrong-checksum or wrong-layout file, or non-finite weights.
 
     Examples:
         >>> model = load_model("tiny-simclr")
@@ -462,7 +494,10 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         if weights is not None:
             raise ValueError(f"{name!r}: a Hugging Face model brings its own weights; give a local folder as "
                              f"hf:FOLDER instead of weights=")
-        model = load_hf(name[3:])
+        with torch.random.fork_rng(devices=[]):
+            model = load_hf(name[3:])
+        if check_finite:
+            _refuse_non_finite(model, Path(name[3:]))
         return model.to(device) if device is not None else model
     spec = model_info(name)
     pin_after_load = None
@@ -473,9 +508,12 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
     else:
         path, pin_after_load = _cached_download(spec)
     checkpoint = read_checkpoint(path)
-    model = spec.build(checkpoint).float().eval()
+    with torch.random.fork_rng(devices=[]):  # the modules' default initialisation draws from the global RNG
+        model = spec.build(checkpoint).float().eval()
+    if check_finite:
+        _refuse_non_finite(model, path)
     if pin_after_load is not None:  # trust on first use, once the file has proved to be a loadable checkpoint
-        _pin_file(path).write_text(pin_after_load + "\n")
+        _write_pin(path, pin_after_load)
     if device is not None:
         model = model.to(device)
     return model

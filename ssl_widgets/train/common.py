@@ -20,14 +20,19 @@ __all__ = [
     "HeldoutMonitor",
     "UnsafeCheckpointError",
     "cosine",
+    "first_non_finite",
+    "load_tensors_only",
     "load_training_state",
     "save_training_state",
     "write_json",
 ]
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """A training checkpoint holds something other than tensors and plain Python types."""
+class UnsafeCheckpointError(RuntimeError, ValueError):
+    """A training checkpoint holds something other than tensors and plain Python types.
+
+    Also a ``ValueError`` (a bad input file), so the command lines report it in one line.
+    """
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -38,6 +43,23 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_tensors_only(path: str | os.PathLike, refusal: str, advice: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file with pickled objects raises :class:`UnsafeCheckpointError`.
+
+    Args:
+        path: the file.
+        refusal: how the error message starts (e.g. ``"refusing to resume from FILE"``).
+        advice: what the user can do, appended to the message.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{refusal}: it contains objects other than tensors and plain Python types, and loading it could run "
+            f"arbitrary code ({str(error).splitlines()[0][:160]}). {advice}"
+        ) from error
+
+
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint with ``torch.load(weights_only=True)``: no pickled code is ever run.
 
@@ -45,14 +67,7 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         UnsafeCheckpointError: the file holds other objects (e.g. a class instance whose unpickling
             would run code); the message says how to start over.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"refusing to resume from {path}: it contains objects other than tensors and plain Python types, "
-            f"and loading it could run arbitrary code ({str(error).splitlines()[0][:160]}). Delete the file or "
-            f"train with --no-resume."
-        ) from error
+    state = load_tensors_only(path, f"refusing to resume from {path}", "Delete the file or train with --no-resume.")
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
         raise UnsafeCheckpointError(f"{path} is not a training checkpoint of ssl_widgets.train (no 'epoch'/'model')")
     return state
@@ -63,12 +78,42 @@ def cosine(start: float, end: float, progress: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
+def _json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by ``None``: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (the run summary beside the weight file)."""
+    """Write ``data`` as valid JSON atomically (the run summary beside the weight file; NaN written as null)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(_json_ready(data), indent=1, default=str, allow_nan=False))
     os.replace(tmp, path)
+
+
+def first_non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor in ``tree`` (nested dicts, lists) holding NaN or infinity.
+
+    Examples:
+        >>> first_non_finite({"model": {"w": torch.ones(2), "b": torch.tensor([0.0, float("nan")])}})
+        'model.b'
+        >>> first_non_finite({"w": torch.ones(2)}) is None
+        True
+    """
+    if isinstance(tree, torch.Tensor):
+        return prefix if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class EpochPlanner:
@@ -153,7 +198,9 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
     (tensors and plain types) and ``save_weights(path, meta)``. With a ``monitor``, the weights of the
     best held-out evaluation (every ``cfg.eval_every`` epochs and at the last epoch) are the ones
     written to ``cfg.out``; without, the final weights are. ``<out>.json`` holds the summary (also
-    while running, so a killed run still reports its curve).
+    while running, so a killed run still reports its curve). An epoch whose mean loss or weights are
+    not finite stops the run with status ``"diverged"`` (its reason in ``"diverged"``): neither
+    those weights nor a checkpoint of them are written.
     """
     from dataclasses import asdict
 
@@ -177,10 +224,10 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
             total = cfg.epochs
     planner = EpochPlanner(cfg.time_budget_min, started, total)
     bar = tqdm(total=total, initial=start_epoch, desc=f"train {cfg.method}", disable=not show_progress)
-    epoch, budget_stop = start_epoch, False
+    epoch, budget_stop, diverged = start_epoch, False, None
 
     def summary(status: str) -> dict[str, Any]:
-        return {"method": cfg.method, "status": status, "epochs": total, "epochs_done": epoch,
+        return {"method": cfg.method, "status": status, "diverged": diverged, "epochs": total, "epochs_done": epoch,
                 "final_loss": history[-1] if history else None, **info,
                 "seconds": round(time.time() - started, 1), "stopped_by_time_budget": budget_stop,
                 "heldout_curve_seed1": monitor.curve if monitor else None,
@@ -192,7 +239,14 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
         return total if max_epochs_this_run is None else min(total, start_epoch + max_epochs_this_run)
 
     while epoch < stop_at():
-        history.append(float(runner.epoch(epoch, total)))
+        loss = float(runner.epoch(epoch, total))
+        broken = first_non_finite(runner.state())
+        if not math.isfinite(loss) or broken is not None:
+            diverged = (f"training diverged in epoch {epoch + 1}: "
+                        + (f"the mean loss is {loss}" if not math.isfinite(loss) else f"{broken!r} is not finite")
+                        + "; stopped without writing the weights of that epoch (try a lower --lr)")
+            break
+        history.append(loss)
         epoch += 1
         total = planner.after_epoch(epoch, resumed=start_epoch > 0)
         if planner.over_budget() and epoch < total:
@@ -213,12 +267,11 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
                 "monitor": monitor.state() if monitor else {}, "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []})
     bar.close()
-    done = epoch >= total
-    result = summary("done" if done else "paused")
+    result = summary("diverged" if diverged else "done" if epoch >= total else "paused")
     meta = {k: v for k, v in result.items() if k != "loss_history"}
-    if monitor is None or not cfg.eval_every:
+    if (monitor is None or not cfg.eval_every) and not diverged:
         runner.save_weights(out, meta)
-    elif out.exists():  # the best weights are on disk: refresh their metadata
+    elif out.exists():  # the best (or, diverged, earlier) weights are on disk: refresh their metadata
         packed = torch.load(out, map_location="cpu", weights_only=True)
         packed["meta"] = meta
         torch.save(packed, out)

@@ -33,7 +33,7 @@ from ..data.augment import BARLOW_VIEW1, BARLOW_VIEW2, AugmentConfig, augment_ba
 from ..models.tiny_vit import DINOHead, build_tiny_vit_backbone, dino_head_state_dict
 from ..models.wrapper import IMAGENET_MEAN, IMAGENET_STD
 from ..models.zoo import TINY_FORMAT
-from .common import HeldoutMonitor, cosine, run_epochs
+from .common import HeldoutMonitor, cosine, load_tensors_only, run_epochs
 from .losses import dino_loss, distillation_nce, update_center
 
 __all__ = ["train_dino", "vit_arch"]
@@ -92,11 +92,16 @@ class _DINORunner:
         from ..models.zoo import _REGISTRY, _shipped_weights
 
         source = _shipped_weights(_REGISTRY[path]) if path in _REGISTRY else path
-        packed = torch.load(source, map_location="cpu", weights_only=True)
+        packed = load_tensors_only(source, f"refusing --init-from {path}", "Give a tiny ViT weight file written by "
+                                   "python -m ssl_widgets.train --method dino.")
         if not isinstance(packed, dict) or "trunk" not in packed or "dino_head" not in packed:
             raise ValueError(f"--init-from {path}: not a tiny ViT weight file with 'trunk' and 'dino_head'")
-        self.student.load_state_dict({k: v.float() for k, v in packed["trunk"].items()})
-        self.student_head.load_state_dict({k: v.float() for k, v in packed["dino_head"].items()})
+        try:
+            self.student.load_state_dict({k: v.float() for k, v in packed["trunk"].items()})
+            self.student_head.load_state_dict({k: v.float() for k, v in packed["dino_head"].items()})
+        except (RuntimeError, AttributeError) as error:  # other shapes or keys, or values that are not tensors
+            raise ValueError(f"--init-from {path}: its weights do not fit this ViT (--patch-size, --embed-dim, "
+                             f"--depth, --num-heads, --out-dim): {str(error).splitlines()[0][:200]}") from error
 
     def _setup_distillation(self, name: str) -> None:
         """A frozen self-supervised model whose embeddings the student's class token is distilled towards."""

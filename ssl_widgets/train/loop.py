@@ -90,6 +90,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("image_size", 1), ("source_size", 1), ("width", 1),
+                            ("holdout_every", 2), ("checkpoint_every", 1), ("warmup_epochs", 0), ("eval_every", 0),
+                            ("eval_views", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         defaults = {"simclr": ([512, 128], 0.4, 1e-4, 0.2), "barlow-twins": ([1024, 1024, 1024], 0.3, 1e-4, 0.2),
                     "simsiam": ([1024, 1024, 1024], 0.05, 1e-4, 0.2), "dino": ([], 5e-4, 0.04, 0.25)}
         dims, base_lr, wd, scale = defaults[self.method]
@@ -292,10 +298,12 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True,
     ``cfg.epochs`` extends or shortens the run). ``max_epochs_this_run`` stops early after that
     many epochs (with a checkpoint), for training in several sittings. Every ``eval_every`` epochs
     (and at the last one) the held-out retrieval top-1 (query seed ``eval_seed``) is measured and
-    ``cfg.out`` keeps the best weights; ``eval_every=0`` keeps the final ones.
+    ``cfg.out`` keeps the best weights; ``eval_every=0`` keeps the final ones. A non-finite loss or
+    weight stops the run with status ``"diverged"`` and writes no weights of the diverged epoch.
 
     Returns:
-        A summary dict (epochs, final loss, seconds, image counts, held-out curve, chosen epoch).
+        A summary dict (status ``"done"``, ``"paused"`` or ``"diverged"``, epochs, final loss, seconds,
+        image counts, held-out curve, chosen epoch).
     """
     started = time.time()
     if cfg.method == "dino":

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from .._argtypes import ArgumentParser, positive_int, run_reporting_errors
 from ..data.folder import list_images, split_holdout
 from ..models import SSLModel, build_tiny_model, load_model
 
@@ -136,13 +137,18 @@ def retrieval_top1(model: SSLModel, files: Sequence[Path], views_per_image: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssl_widgets.train.retrieval", description=__doc__.split("\n")[0])
+    """``python -m ssl_widgets.train.retrieval``: a user error is one line on stderr and exit status 2."""
+    prog = "python -m ssl_widgets.train.retrieval"
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="image folder (the held-out split is every 5th file)")
     parser.add_argument("--models", default="tiny-simclr,tiny-barlow-twins,tiny-simsiam,tiny-dino-vit")
     parser.add_argument("--weights", default=None, help="weight file (with a single model)")
-    parser.add_argument("--views", type=int, default=5)
-    parser.add_argument("--holdout-every", type=int, default=5)
-    args = parser.parse_args(argv)
+    parser.add_argument("--views", type=positive_int, default=5)
+    parser.add_argument("--holdout-every", type=positive_int, default=5)
+    return run_reporting_errors(prog, _run, parser.parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     _, held = split_holdout(list_images(args.data), args.holdout_every)
     results = {}
     for name in args.models.split(","):
