@@ -193,3 +193,15 @@ def test_load_model_with_a_weight_file_leaves_the_global_rng_as_it_found_it(tmp_
     before = torch.random.get_rng_state()
     load_model("tiny-simclr", weights=tmp_path / "w.pt")
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_wrapping_non_finite_weights_is_refused_too(tmp_path):
+    import timm
+
+    from ssl_widgets.models import SSLModel
+
+    net = timm.create_model("resnet10t", num_classes=0)
+    state = net.state_dict()
+    state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"'layer1.0.conv1.weight' holds 1 NaN"):
+        SSLModel.from_timm(timm.create_model("resnet10t", num_classes=0), weights=state)

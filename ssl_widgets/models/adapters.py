@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import ResNetTrunk
-from .checkpoint_file import read_checkpoint
+from .checkpoint_file import read_checkpoint, refuse_non_finite
 from .converters import CheckpointError
 from ..core import PAPER_INPUT_SIZE
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
@@ -56,6 +56,7 @@ def _load_weights(module: nn.Module, weights: str | os.PathLike | dict | None) -
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"weights do not match {type(module).__name__}: {str(error)[:400]}") from error
+    refuse_non_finite(module, weights if not isinstance(weights, dict) else "the given state dict")
 
 
 def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Module | None = None,

@@ -20,7 +20,7 @@ import torch
 
 from .converters import CheckpointError
 
-__all__ = ["ALLOWED_GLOBALS", "read_checkpoint"]
+__all__ = ["ALLOWED_GLOBALS", "read_checkpoint", "refuse_non_finite"]
 
 #: Classes a checkpoint may contain beside tensors and plain containers (see the module doc).
 ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -99,3 +99,16 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except Exception as error:
         raise CheckpointError(f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch "
                               f"checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+
+
+def refuse_non_finite(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the first parameter or buffer of ``model`` holding NaN or infinity."""
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"the weights in {path} are not finite: {key!r} holds {bad} NaN or infinite value(s) of "
+                    f"{tensor.numel()} (e.g. written by a diverged training run); every explanation of this model "
+                    f"would be NaN (load_model(..., check_finite=False) loads them anyway)"
+                )

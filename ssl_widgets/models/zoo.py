@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .architectures import mlp_head, resnet50_trunk, tiny_resnet18_trunk
-from .checkpoint_file import read_checkpoint
+from .checkpoint_file import read_checkpoint, refuse_non_finite
 from .converters import (
     CheckpointError,
     convert_barlow_twins,
@@ -448,19 +448,6 @@ def _write_pin(path: Path, digest: str) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _refuse_non_finite(model: nn.Module, path: Path) -> None:
-    """Raise :class:`CheckpointError` naming the first parameter or buffer of ``model`` holding NaN or infinity."""
-    for key, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise CheckpointError(
-                    f"the weights in {path} are not finite: {key!r} holds {bad} NaN or infinite value(s) of "
-                    f"{tensor.numel()} (e.g. written by a diverged training run); every explanation of this model "
-                    f"would be NaN. Pass check_finite=False to load_model to load them anyway"
-                )
-
-
 def load_model(name: str, *, weights: str | os.PathLike | None = None,
                device: str | torch.device | None = None, check_finite: bool = True) -> SSLModel:
     """Load a model of the zoo as an :class:`SSLModel` in eval mode.
@@ -497,7 +484,7 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         with torch.random.fork_rng(devices=[]):
             model = load_hf(name[3:])
         if check_finite:
-            _refuse_non_finite(model, Path(name[3:]))
+            refuse_non_finite(model, Path(name[3:]))
         return model.to(device) if device is not None else model
     spec = model_info(name)
     pin_after_load = None
@@ -511,7 +498,7 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
     with torch.random.fork_rng(devices=[]):  # the modules' default initialisation draws from the global RNG
         model = spec.build(checkpoint).float().eval()
     if check_finite:
-        _refuse_non_finite(model, path)
+        refuse_non_finite(model, path)
     if pin_after_load is not None:  # trust on first use, once the file has proved to be a loadable checkpoint
         _write_pin(path, pin_after_load)
     if device is not None:
