@@ -2,8 +2,10 @@
 
 The caches (occlusion's private trunk copy in :mod:`~ssl_widgets.attr._fold`, the view store's copy
 embeddings in :mod:`~ssl_widgets.attr.view_store`, and through the copy the Winograd weight transforms of
-:mod:`~ssl_widgets.attr._winograd`, which are computed from the copy's own never-changed weights) are
-valid only while the model computes exactly as it did when they were filled. :func:`state_token` is an
+:mod:`~ssl_widgets.attr._winograd`) are valid only while the model computes exactly as it did when they
+were filled. The Winograd transforms are keyed by the private copy's own weights, which only this
+package holds and never writes: a changed model gives a new copy with new weights, and
+:func:`private_tensor_version` is their guard. :func:`state_token` is an
 int that stays the same while that holds and never repeats once it does not. It covers:
 
 * values: every parameter and buffer is compared element by element with a snapshot (so in-place
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["has_forward_hooks", "state_token"]
+__all__ = ["has_forward_hooks", "private_tensor_version", "state_token"]
 
 _LOCK = threading.Lock()
 _COUNTER = itertools.count(1)
@@ -135,3 +137,22 @@ def has_forward_hooks(module: nn.Module) -> bool:
     if any(getattr(_module, name, None) for name in _GLOBAL_FORWARD_HOOKS):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in module.modules())
+
+
+def private_tensor_version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter of a tensor only this package holds (a private copy's weight), or ``None``
+    for an inference tensor, which keeps none.
+
+    Enough for tensors no user code can reach (no ``.data`` updates); tensors of the user's model go
+    through :func:`state_token`.
+
+    Examples:
+        >>> w = torch.zeros(2)
+        >>> before = private_tensor_version(w); _ = w.add_(1)
+        >>> private_tensor_version(w) == before
+        False
+    """
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
