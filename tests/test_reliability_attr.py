@@ -130,6 +130,19 @@ def test_guided_backprop_in_one_thread_leaves_plain_gradients_of_another_model_a
     assert F.relu is torch.nn.functional.relu and "forward" not in vars(guided_model.trunk.relu)
 
 
+def test_guided_relus_keep_in_place_relus_in_place():
+    from ssl_widgets.attr import guided_relus
+
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    for relu_in_place in (lambda h: h.relu_(), lambda h: torch.relu_(h), lambda h: F.relu(h, inplace=True)):
+        with guided_relus(nn.Identity()):
+            h = x * 1.0
+            relu_in_place(h)  # the result is not used: the forward relies on h being changed
+            (grad,) = torch.autograd.grad(-(h * torch.tensor([1.0, 1.0, -1.0])).sum(), [x])
+        assert h.tolist() == [1.0, 0.0, 3.0]
+        assert grad.tolist() == [0.0, 0.0, 1.0]  # only the positive gradient at the active unit passes
+
+
 # -- 3 and 8. one rule for every cache -----------------------------------------------------------------
 def brute_force_grid(model, x1, x2, window=12, stride=10):
     """Conditional occlusion of ``x1`` by a plain loop over the user's own model (its hooks run)."""

@@ -178,12 +178,14 @@ class _GuidedReLUFunction(torch.autograd.Function):
 
 
 def guided_relu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """``F.relu`` with guided-backprop gradients (out of place: ``inplace`` is ignored, the result is returned)."""
-    return _GuidedReLUFunction.apply(x)
+    """``F.relu`` with guided-backprop gradients; ``inplace=True`` also writes the result into ``x``."""
+    out = _GuidedReLUFunction.apply(x)
+    return x.copy_(out) if inplace else out  # copy_ passes the gradient on to ``out``, so it stays guided
 
 
-#: the ReLU entry points a guided pass redirects (``nn.ReLU.forward`` calls ``F.relu``)
-_RELUS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+#: the ReLU entry points a guided pass redirects (``nn.ReLU.forward`` calls ``F.relu``), and whether in place
+_RELUS = {F.relu: None, torch.relu: False, torch.Tensor.relu: False, F.relu_: True, torch.relu_: True,
+          torch.Tensor.relu_: True}
 
 
 class _GuidedReLUMode(TorchFunctionMode):
@@ -192,7 +194,10 @@ class _GuidedReLUMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _RELUS:
-            return guided_relu(args[0])
+            inplace = _RELUS[func]
+            if inplace is None:  # F.relu(input, inplace=False)
+                inplace = bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
+            return guided_relu(args[0], inplace)
         return func(*args, **kwargs)
 
 
