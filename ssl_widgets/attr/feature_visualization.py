@@ -84,6 +84,9 @@ class FeatureVisualization(LayerAttribution):
         """
         check_autograd_available("feature visualisation")
         check_number(lr, "lr", minimum=0, above_minimum=True)
+        check_number(octave_scale, "octave_scale", minimum=0, above_minimum=True)
+        for value, name in ((init_scale, "init_scale"), (tv_weight, "tv_weight"), (l2_weight, "l2_weight")):
+            check_number(value, name, minimum=0)
         target = check_images(target, "target").detach()
         if mode not in ("score", "feature"):
             raise ValueError(f"mode must be 'score' or 'feature', got {mode!r}")

@@ -141,6 +141,7 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
         check_autograd_available(self.method_name)  # the surrogate is fitted by gradient descent
         check_number(lr, "lr", minimum=0, above_minimum=True)
         check_number(l1_weight, "l1_weight", minimum=0)
+        check_number(threshold, "threshold", minimum=0, maximum=1)
         x = check_images(x, dtype=self.model.mean.dtype).detach().to(self.model.device)
         model = self.model
         out = []
