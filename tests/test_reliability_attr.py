@@ -79,7 +79,7 @@ def test_inference_mode_forward_methods_work_gradient_methods_refuse_and_the_mod
     for name, call in forward_only.items():
         outside = call()
         for got, want in zip(inside[name], outside):
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=name)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=name)  # measured: 0 (same computation)
     PairGradCAM(model).attribute((x1, x2))
     assert_model_as_before(model, snapshot)
 
@@ -165,7 +165,8 @@ def occlusion_grid(model, x1, x2):
 
 
 def assert_like_brute_force(model, x1, x2):
-    # measured: 0 to 4e-7 between the engines and the loop; the stale or misapplied maps were 0.2-0.4 off
+    # measured: at most 2.4e-7 between the engines and the loop; before the fix the stale or misapplied grids
+    # were 0.04-0.06 off, as large as the grids themselves (0.04-0.05)
     torch.testing.assert_close(occlusion_grid(model, x1, x2), brute_force_grid(model, x1, x2), atol=2e-6, rtol=1e-4)
 
 
