@@ -7,12 +7,15 @@ of surfacing as an obscure error deep inside a convolution.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
-__all__ = ["PIXEL_TOLERANCE", "check_images", "check_pair", "unchecked_pixel_range"]
+__all__ = ["PIXEL_TOLERANCE", "check_autograd_available", "check_images", "check_materialized", "check_number",
+           "check_pair", "unchecked_pixel_range"]
 
 #: how far pixel values may lie outside ``[0, 1]``: resampling overshoots a little and Captum's
 #: perturbation tools add small noise (``sensitivity_max`` uses a radius of 0.02); images in 0..255
@@ -84,7 +87,7 @@ def check_images(x: object, name: str = "x", dtype: torch.dtype | None = None,
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     low, high = float(x.detach().min()), float(x.detach().max())
-    if value_range and not getattr(_RANGE, "off", False) and low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+    if value_range and not getattr(_RANGE, "off", False) and (low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE):
         raise ValueError(
             f"{name} has values in [{low:.4g}, {high:.4g}], outside the pixel range [0, 1]: divide images in "
             f"0..255 by 255 (x / 255), map images in -1..1 with (x + 1) / 2, or undo a normalisation with "
@@ -121,3 +124,85 @@ def check_pair(inputs: object, names: tuple[str, str] = ("x1", "x2"),
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"batch size mismatch: {names[0]} has {x1.shape[0]} images, {names[1]} has {x2.shape[0]}")
     return x1, x2
+
+
+def check_number(value: object, name: str, minimum: float | None = None, maximum: float | None = None,
+                 above_minimum: bool = False) -> float:
+    """``value`` as a finite float within the bounds; a clear error naming ``name`` otherwise.
+
+    Args:
+        value: the candidate (an int or float; not a bool).
+        name: the argument's name, for the message.
+        minimum, maximum: inclusive bounds (``None``: unbounded).
+        above_minimum: the value must be strictly greater than ``minimum`` (e.g. a learning rate).
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        TypeError: not a real number. ValueError: NaN, infinite or out of bounds.
+
+    Examples:
+        >>> check_number(0.15, "stdev", minimum=0)
+        0.15
+        >>> check_number(float("nan"), "stdev", minimum=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: stdev must be a finite number, got nan
+        >>> check_number(0, "lr", minimum=0, above_minimum=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be > 0, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (number < minimum or (above_minimum and number == minimum)):
+        raise ValueError(f"{name} must be {'>' if above_minimum else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value!r}")
+    return number
+
+
+def check_materialized(model: nn.Module) -> None:
+    """A clear ``ValueError`` when ``model`` has parameters or buffers on the meta device (no values).
+
+    A model built under ``torch.device("meta")`` (or with ``init_empty_weights``) computes shapes only:
+    every map would be empty, so every method refuses it up front.
+
+    Examples:
+        >>> check_materialized(nn.Linear(2, 2))
+        >>> check_materialized(nn.Linear(2, 2, device="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: model parameters are on the meta device: load weights first (e.g. model.load_state_dict(state, assign=True) or model.to_empty(device="cpu") followed by loading), then explain it
+    """
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "model parameters are on the meta device: load weights first (e.g. model.load_state_dict(state, "
+            "assign=True) or model.to_empty(device=\"cpu\") followed by loading), then explain it"
+        )
+
+
+def check_autograd_available(method: str) -> None:
+    """A clear ``RuntimeError`` when a gradient method is called under ``torch.inference_mode()``.
+
+    Inference mode cannot be left for a block whose results it hands back, and gradients cannot be taken
+    inside it, so a method that needs gradients refuses before touching anything (``torch.no_grad()``
+    blocks are fine: the methods enable gradients themselves).
+
+    Examples:
+        >>> with torch.inference_mode():
+        ...     check_autograd_available("grad-cam")
+        Traceback (most recent call last):
+        ...
+        RuntimeError: grad-cam needs gradients, which torch.inference_mode() disables: call it outside the inference_mode block (inside torch.no_grad() is fine); the forward-only methods (occlusion, pairwise occlusion, joint occlusion, feature PCA, attention maps) work under inference mode
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{method} needs gradients, which torch.inference_mode() disables: call it outside the inference_mode "
+            f"block (inside torch.no_grad() is fine); the forward-only methods (occlusion, pairwise occlusion, "
+            f"joint occlusion, feature PCA, attention maps) work under inference mode"
+        )

@@ -15,7 +15,7 @@ from ssl_widgets.attr import (
 )
 from ssl_widgets.models import SSLModel
 
-# saved at import, before any guided method ran: the swap of F.relu / torch.relu is process-wide
+# saved at import, before any guided method ran: guided backprop must never replace them (process-wide)
 ORIGINAL_F_RELU = F.relu
 ORIGINAL_TORCH_RELU = torch.relu
 
@@ -185,12 +185,21 @@ def test_guided_methods_restore_the_relus_after_success_and_after_raising(cls):
     assert_relus_restored(model)
 
 
-def test_guided_relus_restores_on_error():
+def guided_gradient_of_relu() -> float:
+    """The gradient of ``-relu(x)`` at ``x = 1``: -1 plain, 0 guided (a negative gradient is stopped)."""
+    x = torch.ones(1, requires_grad=True)
+    (grad,) = torch.autograd.grad(-torch.relu(x).sum(), [x])
+    return float(grad)
+
+
+def test_guided_relus_restores_on_error_and_patches_nothing_process_wide():
     model = small_resnet()
     with pytest.raises(RuntimeError, match="boom"), guided_relus(model):
-        assert F.relu is not ORIGINAL_F_RELU and torch.relu is not ORIGINAL_TORCH_RELU  # swapped inside
+        assert guided_gradient_of_relu() == 0.0  # guided in this thread
+        assert F.relu is ORIGINAL_F_RELU and torch.relu is ORIGINAL_TORCH_RELU  # nothing swapped
         raise RuntimeError("boom")
     assert_relus_restored(model)
+    assert guided_gradient_of_relu() == -1.0
 
 
 def test_input_x_gradient_in_input_space_and_blur():

@@ -4,11 +4,10 @@ The user's module is never modified: it is deep-copied (under a lock, so that tw
 copy a module while it is being converted), put in eval mode, traced with ``torch.fx`` and each
 ``Conv2d -> BatchNorm2d`` pair whose convolution feeds only that BatchNorm is replaced by one
 convolution with folded weights. Copies are cached per trunk (thread-safe; tracing and folding a
-ResNet-50 costs about as much as a few forward passes) and rebuilt when any parameter or buffer
-differs from the values the copy was made from (compared element by element on every call, so
-that in-place updates through ``.data``, which bypass PyTorch's version counters, as in EMA/momentum
-teacher updates, are seen too), when a tensor is replaced or the trunk's mode changes, or for
-another device/dtype/memory format.
+ResNet-50 costs about as much as a few forward passes) and rebuilt when the trunk changed by the one
+rule of :func:`~ssl_widgets.attr._model_state.state_token` (values compared element by element, so
+``.data`` updates are seen; hooks, structure, settings, mode), or for another device/dtype/memory
+format. The copy is built under the trunk's lock (:func:`~ssl_widgets.models.locks.module_lock`).
 """
 from __future__ import annotations
 
@@ -19,6 +18,9 @@ import weakref
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..models.locks import module_lock
+from ._model_state import has_forward_hooks, state_token
 
 __all__ = ["fold_batchnorm", "private_trunk"]
 
@@ -114,34 +116,23 @@ def _trace(module: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, module.__class__.__name__)
 
 
-def _tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [t.detach() for t in (*module.parameters(), *module.buffers())]
-
-
-def _structure_key(module: nn.Module) -> tuple:
-    return (tuple((id(t), t.shape, t.device, t.dtype) for t in (*module.parameters(), *module.buffers())),
-            tuple(m.training for m in module.modules()))
-
-
-def _same_values(snapshot: list[torch.Tensor], module: nn.Module) -> bool:
-    """Whether the module's parameters and buffers still equal ``snapshot`` (the values the copy was made from)."""
-    current = _tensors(module)
-    return len(current) == len(snapshot) and all(torch.equal(a, b) for a, b in zip(snapshot, current))
-
-
 def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                   channels_last: bool = True) -> tuple[nn.Module, bool]:
     """An eval-mode copy of ``trunk`` for inference: traced and BN-folded when ``torch.fx`` can trace it.
 
     Args:
-        trunk: the user's trunk (left untouched; its current parameters are copied). The cache keeps
-            a copy of its parameters and buffers to compare against (one model size of memory).
+        trunk: the user's trunk (left untouched; its current parameters are copied). It must have no
+            forward hooks (:func:`~ssl_widgets.attr._model_state.has_forward_hooks`): a folded copy cannot
+            run them as the trunk does, so callers run such a trunk itself.
         device: where the copy lives (default: the trunk's device).
         dtype: parameter dtype of the copy (``float32``; ``bfloat16``/``float16`` for the fast mode).
         channels_last: convert 4-D weights to channels-last memory format.
 
     Returns:
         ``(copy, traced)``: ``traced`` is true when the copy is an ``fx.GraphModule``.
+
+    Raises:
+        ValueError: the trunk has forward hooks.
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
@@ -152,32 +143,33 @@ def private_trunk(trunk: nn.Module, device: torch.device | str | None = None, dt
     if device is None:
         device = next((p.device for p in trunk.parameters()), torch.device("cpu"))
     options = (str(torch.device(device)), dtype, channels_last)
-    with _LOCK:
-        key = _structure_key(trunk)
-        entry = _CACHE.get(trunk)
-        if entry is not None and (entry["key"] != key or not _same_values(entry["values"], trunk)):
-            del _CACHE[trunk]  # the trunk changed since: every cached copy is stale
-            entry = None
-        if entry is not None and options in entry["copies"]:
-            return entry["copies"][options]
-        values = [t.clone() for t in _tensors(trunk)]
-        private = copy.deepcopy(trunk).eval()
-    for p in private.parameters():
-        p.requires_grad_(False)
-    try:
-        private = _trace(private)
-        fold_batchnorm(private)
-        traced = True
-    except Exception:  # noqa: BLE001  untraceable control flow: a plain copy, full forward passes
-        traced = False
-    private = private.to(device=device, dtype=dtype)
-    if channels_last:
-        private = private.to(memory_format=torch.channels_last)
-    with _LOCK:
-        if _structure_key(trunk) == key and _same_values(values, trunk):  # not changed while being copied
+    # the trunk's lock (shared by every wrapper over it) for the whole build: no method changes its state
+    # or registers hooks on it meanwhile; normal tensors even when called under torch.inference_mode
+    with module_lock(trunk), torch.inference_mode(False), torch.no_grad():
+        if has_forward_hooks(trunk):
+            raise ValueError("the trunk has forward hooks, which a private folded copy cannot reproduce: run it "
+                             "directly")
+        token = state_token(trunk)
+        with _LOCK:
             entry = _CACHE.get(trunk)
-            if entry is None or entry["key"] != key or not _same_values(entry["values"], trunk):
-                entry = {"key": key, "values": values, "copies": {}}
-                _CACHE[trunk] = entry
-            entry["copies"][options] = (private, traced)
+            if entry is not None and entry["token"] == token and options in entry["copies"]:
+                return entry["copies"][options]
+        private = copy.deepcopy(trunk).eval()
+        for p in private.parameters():
+            p.requires_grad_(False)
+        try:
+            private = _trace(private)
+            fold_batchnorm(private)
+            traced = True
+        except Exception:  # noqa: BLE001  untraceable control flow: a plain copy, full forward passes
+            traced = False
+        private = private.to(device=device, dtype=dtype)
+        if channels_last:
+            private = private.to(memory_format=torch.channels_last)
+        if state_token(trunk) == token:  # not changed (by code that ignores the lock) while being copied
+            with _LOCK:
+                entry = _CACHE.get(trunk)
+                if entry is None or entry["token"] != token:
+                    entry = _CACHE[trunk] = {"token": token, "copies": {}}
+                entry["copies"][options] = (private, traced)
     return private, traced

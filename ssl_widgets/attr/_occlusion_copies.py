@@ -7,6 +7,7 @@ import itertools
 
 import torch
 
+from ._model_state import state_token
 from ._pipeline import pipeline_workers, run_in_workers
 from ._regions import gather
 from ._winograd import workspace
@@ -42,10 +43,8 @@ class CopyEvaluation:
         bases = [bases_of(v) for v in (0, 1)]
         items = [items_of(v) for v in (0, 1)]
         store = active_store()
-        versions = _state_versions(self.model) if store is not None else None
-        if versions is None:  # no store lent, or a model whose in-place changes cannot be seen
-            store = None
-        keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, versions)
+        token = state_token(self.model) if store is not None else None  # the one rule of every cache
+        keys = [] if store is None else [self._view_key(evaluator, bases[v], items[v], window, token)
                                          for v in (0, 1)]
         copies = [sum(y0.shape[0] for _, y0, _, _ in items[v]) for v in (0, 1)]
         embs, z = [None, None], [None, None]
@@ -96,12 +95,12 @@ class CopyEvaluation:
             store.keep(*keys[v], embs[v], z[v])
         return embs, z
 
-    def _view_key(self, evaluator: WindowEvaluator, bases: list, items: list, window, versions) -> tuple:
+    def _view_key(self, evaluator: WindowEvaluator, bases: list, items: list, window, token: int) -> tuple:
         """What one view's copy embeddings depend on (its base images and window groups), for a
         :class:`ViewEmbeddingStore`."""
         trunk = evaluator.trunk if isinstance(evaluator.trunk, torch.nn.Module) else self.model
         options = (type(self), window, evaluator.dtype, evaluator.format, evaluator.incremental,
-                   str(self.model.device), tuple(j for *_, j in items), versions)
+                   str(self.model.device), tuple(j for *_, j in items), token)
         tensors = (*bases, *(t for content, y0, x0, _ in items for t in (content, y0, x0)))
         return (self.model, trunk), options, tensors
 
@@ -169,11 +168,3 @@ class CopyEvaluation:
         unordered[order] = emb
         return unordered
 
-
-def _state_versions(model: torch.nn.Module) -> tuple | None:
-    """Identity and in-place version counter of every parameter and buffer (``None`` for inference tensors,
-    which keep no version counter)."""
-    try:
-        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-    except RuntimeError:
-        return None

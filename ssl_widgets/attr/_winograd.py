@@ -37,6 +37,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
+from ._model_state import private_tensor_version
+
 __all__ = ["choose_tile", "conv_runner", "eligible", "tile_of", "toom_cook", "transform_weight",
            "winograd_conv3x3", "workspace"]
 
@@ -158,18 +160,9 @@ def tile_of(u: torch.Tensor) -> int:
     return math.isqrt(u.shape[0]) - 2
 
 
-def _version(weight: torch.Tensor) -> int | None:
-    """The in-place version counter, or ``None`` for an inference tensor (made under
-    ``torch.inference_mode``, which keeps none)."""
-    try:
-        return weight._version
-    except RuntimeError:
-        return None
-
-
 def _transformed(weight: torch.Tensor, tile: int) -> torch.Tensor:
     """:func:`transform_weight`, computed once per weight tensor, tile size and in-place version."""
-    key, version = id(weight), _version(weight)
+    key, version = id(weight), private_tensor_version(weight)
     with _TRANSFORMED_LOCK:
         entry = _TRANSFORMED.get(key)
         if entry is None or entry[0]() is not weight or entry[1] != version:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from captum.attr import GradientAttribution
 
+from .._validation import check_autograd_available, check_number
 from .base import PairMethod
 from .spec import MethodSpec
 from .engine import PairAttribution, cosine, eval_similarity, guided_relus
@@ -57,6 +58,8 @@ class AveragedTransforms(PairMethod, GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``; ``.similarity`` is ``cos(f(x), f(x_t))``.
         """
+        check_autograd_available(self.method_name)
+        check_number(noise_stdev, "noise_stdev", minimum=0)
         x, x_t = self._inputs(inputs, ("x", "x_t"))
         if x.shape != x_t.shape:
             raise ValueError(f"x and x_t must have the same shape (a photometric transform), got {tuple(x.shape)} "
@@ -72,8 +75,7 @@ class AveragedTransforms(PairMethod, GradientAttribution):
             eps = torch.randn(path.shape, generator=generator).to(path) * (noise_stdev / spread)
             eps[:, -1] = 0  # the last point stays clean; the first (x itself) is not in `path`
             path = path + eps
-        with self._preserved(channels_last=True), guided_relus(model, guided), \
-                torch.enable_grad():
+        with self._preserved(), guided_relus(model, guided), torch.enable_grad():
             start = x_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
             points = path.reshape(-1, *rest).detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
             z = model.forward_normalized(torch.cat([start, points]))

@@ -8,7 +8,7 @@ signature and computation and calls:
 * :meth:`PairMethod._inputs` -- validates the pair (shapes, dtypes, finite values) and moves it to the
   model's device;
 * :meth:`ModelMethod._preserved` -- eval mode and frozen parameters for the block, the model's mode,
-  ``requires_grad`` flags, hooks and memory format restored on every exit path (errors and
+  ``requires_grad`` flags and hooks restored on every exit path (errors and
   :class:`~ssl_widgets.attr.engine.Cancelled` included);
 * :meth:`ModelMethod._progress` -- a progress bar that a widget's progress listener sees and may cancel;
 * :meth:`PairMethod._result` -- the :class:`~ssl_widgets.attr.engine.PairAttribution` with
@@ -51,9 +51,9 @@ class ModelMethod:
         super().__init__(check_model(model))  # type: ignore[call-arg]  # the Captum base's forward_func
         self.model = model
 
-    def _preserved(self, channels_last: bool = False) -> contextlib.AbstractContextManager[Any]:
+    def _preserved(self) -> contextlib.AbstractContextManager[Any]:
         """:func:`~ssl_widgets.attr.engine.preserved_model_state` with frozen parameters."""
-        return preserved_model_state(self.model, requires_grad=False, channels_last=channels_last)
+        return preserved_model_state(self.model, requires_grad=False)
 
     def _progress(self, total: int, show: bool, desc: str | None = None):
         """A progress bar named after the method (see :func:`~ssl_widgets.attr.engine.progress`)."""

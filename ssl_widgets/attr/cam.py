@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from captum.attr import LayerAttribution
 
-from .._validation import check_pair
+from .._validation import check_autograd_available, check_pair
 from ..core import captured_outputs
 from ..models.wrapper import SSLModel
 from .base import LayerPairMethod
@@ -66,11 +66,12 @@ def _activations_and_gradients(model: SSLModel, x1: torch.Tensor, x2: torch.Tens
     if head not in ("paper", "model"):
         raise ValueError(f"head must be 'paper' or 'model', got {head!r}")
     same_size = x1.shape == x2.shape
-    # parameters are frozen for the pass; inputs that require grad keep the activations in the graph
-    x1, x2 = x1.detach().requires_grad_(True), x2.detach().requires_grad_(True)
+    # parameters are frozen for the pass; inputs that require grad keep the activations in the graph;
+    # channels-last inputs give channels-last convolutions (the model's own weights are never converted)
+    x1, x2 = (x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) for x in (x1, x2))
     if layer is None:
         layer = model.default_cam_layer  # a class-token ViT: the last block's attention input
-    with preserved_model_state(model, requires_grad=False, channels_last=True), torch.enable_grad():
+    with preserved_model_state(model, requires_grad=False), torch.enable_grad():
         if layer is None:
             embed_head = model.cam_head if (head == "paper" and model.cam_head is not None) else model.head
             batch = torch.cat([x1, x2]) if same_size else None
@@ -189,6 +190,7 @@ def cam_variants(model: SSLModel, inputs: tuple[torch.Tensor, torch.Tensor], var
         >>> maps = cam_variants(model, (x1, x2), ["grad-cam", "interaction-cam:max"])
     """
     check_model(model)
+    check_autograd_available("grad-cam / interaction-cam")
     x1, x2 = (x.to(model.device) for x in check_pair(inputs, dtype=model.mean.dtype))
     parsed = {name: parse_cam_variant(name) for name in variants}
     a1, a2, g1, g2, sims = _activations_and_gradients(model, x1, x2, layer, head)

@@ -3,7 +3,7 @@
 * :class:`PairAttribution`: the result type (a tuple of two maps with ``.similarity`` / ``.meta``).
 * :class:`SimilarityForward`: ``x -> cos(model(x), model(reference))`` for Captum's own methods.
 * :func:`guided_relus`: guided back-propagation through every ReLU (modules, re-used in-place
-  modules and functional ``relu``) via a custom autograd function swapped in for the duration.
+  modules and functional ``relu``) in the calling thread, via a thread-local torch-function mode.
 * :func:`chunks`, :func:`progress`, :func:`resolve_fill`, :func:`check_count`: small shared helpers.
 
 Re-exported from their homes (so that ``from ssl_widgets.attr.engine import ...`` keeps working):
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .._validation import check_images
 from ..core import cosine
@@ -177,26 +178,51 @@ class _GuidedReLUFunction(torch.autograd.Function):
 
 
 def guided_relu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Drop-in for ``F.relu`` with guided-backprop gradients (the ``inplace`` flag is ignored)."""
-    return _GuidedReLUFunction.apply(x)
+    """``F.relu`` with guided-backprop gradients; ``inplace=True`` also writes the result into ``x``."""
+    out = _GuidedReLUFunction.apply(x)
+    return x.copy_(out) if inplace else out  # copy_ passes the gradient on to ``out``, so it stays guided
 
 
-_FUNCTIONAL_LOCK = threading.RLock()
+#: the ReLU entry points a guided pass redirects (``nn.ReLU.forward`` calls ``F.relu``), and whether in place
+_RELUS = {F.relu: None, torch.relu: False, torch.Tensor.relu: False, F.relu_: True, torch.relu_: True,
+          torch.Tensor.relu_: True}
+
+
+class _GuidedReLUMode(TorchFunctionMode):
+    """Sends every ReLU computed in this thread to :func:`guided_relu` (torch-function modes are per thread)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            inplace = _RELUS[func]
+            if inplace is None:  # F.relu(input, inplace=False)
+                inplace = bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
+            return guided_relu(args[0], inplace)
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def guided_relus(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Guided back-propagation for the block: every ReLU of ``model`` rectifies its gradient.
+    """Guided back-propagation for the block, in the calling thread only: every ReLU rectifies its gradient.
 
-    ``nn.ReLU`` modules (also torchvision's re-used in-place ``self.relu``) get a guided forward
-    on the instance; functional ``F.relu`` / ``torch.relu`` calls are redirected for the duration
-    (under a lock, since that swap is process-wide). All is restored on exit, also on error.
-    No ``register_backward_hook`` is used.
+    ``nn.ReLU`` modules (also torchvision's re-used in-place ``self.relu``) and functional ``F.relu`` /
+    ``torch.relu`` / ``Tensor.relu`` calls are redirected by a ``torch.overrides.TorchFunctionMode``,
+    which is thread-local: another thread running any model meanwhile gets plain gradients. Nothing
+    process-wide is patched and no module is modified; no ``register_backward_hook`` is used.
 
     Guided back-propagation is defined for ReLU networks only: a model with GELU activations (a
     Vision Transformer) is refused with a ``ValueError`` rather than silently given plain gradients
     (GELU is not a rectifier, so "pass positive gradients where the unit is active" has no single
     meaning there).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> x = torch.tensor([[1.0, -1.0]], requires_grad=True)
+        >>> with guided_relus(net):
+        ...     y = torch.relu(x * 2 - 1)
+        >>> (g,) = torch.autograd.grad(y.sum() * -1, [x])  # negative gradients stop at a guided ReLU
+        >>> g.tolist()
+        [[0.0, 0.0]]
     """
     if not enabled:
         yield
@@ -206,36 +232,29 @@ def guided_relus(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             "guided backpropagation is defined for ReLU networks; this model uses GELU activations (a Vision "
             "Transformer?). Use the method without ':guided' (plain gradients)"
         )
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    with _FUNCTIONAL_LOCK:
-        original_f, original_t = F.relu, torch.relu
-        try:
-            for module in relus:
-                module.forward = guided_relu  # instance attribute shadows nn.ReLU.forward
-            F.relu = guided_relu  # type: ignore[assignment]
-            torch.relu = guided_relu  # type: ignore[assignment]
-            yield
-        finally:
-            F.relu, torch.relu = original_f, original_t  # type: ignore[assignment]
-            for module in relus:
-                module.__dict__.pop("forward", None)
+    with _GuidedReLUMode():
+        yield
 
 
 def resolve_fill(model: SSLModel, baselines: float | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """The fill colour in pixel space, broadcastable to ``like`` (``(B,3,H,W)``).
 
     ``None`` gives the neutral fill (0 in the model's input space); a float gives a grey level;
-    a tensor of 3 values or any shape broadcastable to ``like`` is used as is.
+    a tensor of 3 values or any shape broadcastable to ``like`` is used as is. Fills are pixel
+    values: NaN, infinite or outside ``[0, 1]`` is refused with a ``ValueError`` naming ``baselines``.
     """
     if baselines is None:
         fill = model.fill_value.view(1, 3, 1, 1)
     elif isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        if not math.isfinite(baselines):
-            raise ValueError(f"baselines must be a finite grey level, got {baselines}")
+        if not math.isfinite(baselines) or not 0.0 <= baselines <= 1.0:
+            raise ValueError(f"baselines must be a finite grey level in [0, 1] (pixel space), got {baselines}")
         fill = torch.full((1, 3, 1, 1), float(baselines))
     elif isinstance(baselines, torch.Tensor):
         if not bool(torch.isfinite(baselines).all()):
             raise ValueError("baselines contain NaN or infinite values")
+        if baselines.numel() and not (0.0 <= float(baselines.min()) and float(baselines.max()) <= 1.0):
+            raise ValueError(f"baselines must be pixel values in [0, 1], got values in [{float(baselines.min()):.4g}, "
+                             f"{float(baselines.max()):.4g}]")
         fill = baselines.float()
         if fill.numel() == 3:
             fill = fill.reshape(1, 3, 1, 1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution
 
-from .._validation import check_images
+from .._validation import check_autograd_available, check_images, check_number
 from ..models.wrapper import SSLModel
 from .engine import check_model, cosine, preserved_model_state, progress
 from .synthesis import gaussian_blur_image, partial_forward, total_variation
@@ -82,6 +82,11 @@ class FeatureVisualization(LayerAttribution):
         Returns:
             ``(B,3,H,W)`` images in ``[0, 1]``.
         """
+        check_autograd_available("feature visualisation")
+        check_number(lr, "lr", minimum=0, above_minimum=True)
+        check_number(octave_scale, "octave_scale", minimum=0, above_minimum=True)
+        for value, name in ((init_scale, "init_scale"), (tv_weight, "tv_weight"), (l2_weight, "l2_weight")):
+            check_number(value, name, minimum=0)
         target = check_images(target, "target").detach()
         if mode not in ("score", "feature"):
             raise ValueError(f"mode must be 'score' or 'feature', got {mode!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from captum.attr import GradientAttribution
 
+from .._validation import check_autograd_available, check_number
 from ..core import MAP_BLUR_KERNEL, MAP_BLUR_SIGMA, gaussian_blur
 from ..models.wrapper import SSLModel
 from .base import PairMethod
@@ -32,8 +33,8 @@ def input_times_gradient_map(x_n: torch.Tensor, grad: torch.Tensor, blur: bool =
 def pair_gradients(model: SSLModel, x1_n: torch.Tensor, x2_n: torch.Tensor,
                    guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dS/dx1_n, dS/dx2_n, S`` for ``S_b = cos(f(x1_n[b]), f(x2_n[b]))`` in input space (one backward)."""
-    with preserved_model_state(model, requires_grad=False, channels_last=True), guided_relus(model, guided), \
-            torch.enable_grad():
+    check_autograd_available("a gradient method")
+    with preserved_model_state(model, requires_grad=False), guided_relus(model, guided), torch.enable_grad():
         a = x1_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
         b = x2_n.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
         sims = cosine(model.forward_normalized(a), model.forward_normalized(b))
@@ -62,6 +63,7 @@ class PairInputXGradient(PairMethod, GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
         """
+        check_autograd_available(self.method_name)
         x1, x2 = self._inputs(inputs)
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)
         g1, g2, sims = pair_gradients(self.model, x1_n, x2_n, guided)
@@ -101,8 +103,10 @@ class PairSmoothGrad(PairMethod, GradientAttribution):
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
         """
+        check_autograd_available(self.method_name)
         check_count(n_samples, "n_samples")
         check_count(perturbations_per_eval, "perturbations_per_eval")
+        check_number(stdev, "stdev", minimum=0)
         if sigma_from_range not in ("divide", "multiply"):
             raise ValueError("sigma_from_range must be 'divide' or 'multiply'")
         x1, x2 = self._inputs(inputs)

@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from ..models.wrapper import SSLModel
 from ._fold import private_trunk
+from ._model_state import has_forward_hooks
 from ._graph_incremental import GraphIncremental
 from ._regions import Region, gather
 
@@ -68,7 +69,10 @@ class IncrementalTrunk:
     @classmethod
     def from_trunk(cls, trunk: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                    channels_last: bool = True) -> IncrementalTrunk | None:
-        """The engine on a private BN-folded copy of ``trunk``, or ``None`` if ``torch.fx`` cannot trace it."""
+        """The engine on a private BN-folded copy of ``trunk``, or ``None`` if ``torch.fx`` cannot trace it or the
+        trunk has forward hooks (a folded copy cannot run them as the trunk does: run the trunk itself)."""
+        if has_forward_hooks(trunk):
+            return None
         module, traced = private_trunk(trunk, device, dtype, channels_last)
         if not traced:
             return None
@@ -117,7 +121,8 @@ class WindowEvaluator:
     """Embeddings of box-perturbed copies of a few base images, with an :class:`SSLModel`'s head.
 
     Args:
-        model: the model (its trunk is copied, never modified).
+        model: the model (its trunk is copied, never modified; a trunk with forward hooks is run itself, as
+            a token trunk is, so that the hooks see what they see in the model's own forward).
         incremental: recompute only what each box changes where the trunk's graph allows it.
         channels_last: run the private trunk copy in channels-last memory format.
         precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA).
@@ -143,9 +148,10 @@ class WindowEvaluator:
         device = model.device
         self.dtype = torch.float32 if precision == "exact" else fast_dtype(device)
         self.format = torch.channels_last if channels_last else torch.contiguous_format
-        if model.is_token_model or model.trunk_method is not None:
+        if model.is_token_model or model.trunk_method is not None or has_forward_hooks(model.trunk):
             # a token trunk (ViT) mixes every patch in every block, and its output is not the module's
-            # forward: exact full forward passes through the model's own trunk, in float32
+            # forward; a trunk with forward hooks (user code a folded copy cannot reproduce): exact full
+            # forward passes through the model's own trunk, in float32
             self.dtype, self.format, self.engine = torch.float32, torch.contiguous_format, None
             self.trunk = model.run_trunk
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from captum.attr import GradientAttribution, IntegratedGradients
 
+from .._validation import check_autograd_available
 from .base import PairMethod
 from .engine import PairAttribution, SimilarityForward, check_count, eval_similarity, resolve_fill
 from .spec import MethodSpec, Setting
@@ -62,6 +63,7 @@ class PairIntegratedGradients(PairMethod, GradientAttribution):
             :class:`PairAttribution` with maps ``(B,H,W)``; ``.meta`` has the settings (``method`` as
             ``"approximation"``: ``"method"`` is the method's name).
         """
+        check_autograd_available(self.method_name)
         check_count(n_steps, "n_steps")
         check_count(perturbations_per_eval, "perturbations_per_eval")
         if method not in APPROXIMATIONS:

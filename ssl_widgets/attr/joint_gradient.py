@@ -24,7 +24,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import nn
 
-from .._validation import check_pair
+from .._validation import check_autograd_available, check_pair
 from ..models.wrapper import SSLModel
 from .base import ModelMethod
 from .spec import MethodSpec
@@ -161,6 +161,7 @@ class JointGradient(ModelMethod, GradientAttribution):
         Raises:
             ValueError / TypeError: bad images, grid, ``batch_size`` or ``mode``.
         """
+        check_autograd_available(self.method_name)
         x1, x2 = (x.to(self.model.device) for x in check_pair(inputs))
         g1, g2 = check_grid(grid, tuple(x1.shape[2:])), check_grid(grid, tuple(x2.shape[2:]))
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -110,8 +110,9 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
         steps = x1.shape[0] * sum(-(-m[0] // perturbations_per_eval) for m in plan)
         # token trunks (ViT) and trunks with a custom method run exact full forwards, as occlusion's window evaluator
         exact_only = model.is_token_model or model.trunk_method is not None
-        engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not exact_only else None
         with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
+            # the engine is built under the model's lock (a concurrent call must not see its copy or tracing)
+            engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not exact_only else None
             z1, z2 = model(x1), model(x2)
             deltas: list[list[torch.Tensor]] = [[], []]
             with progress(steps, show_progress, self.method_name) as bar:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 import torch
 from captum.attr import Attribution
 
-from .._validation import check_images
+from .._validation import check_autograd_available, check_images, check_number
 from ..models.wrapper import SSLModel
 from .engine import check_model, preserved_model_state, progress
 from .synthesis import partial_forward, total_variation
@@ -71,6 +71,8 @@ class ModelDifference(Attribution):
         Returns:
             ``{layer: (image_a, image_b)}``, each ``(B,3,H,W)`` in [0,1].
         """
+        check_autograd_available("model difference")
+        check_number(lr, "lr", minimum=0, above_minimum=True)
         x = check_images(x).detach()
         layers = tuple(layers or DEFAULT_LAYERS)
         for model in self.models:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..core import as_window
 from ._thread_local import lent_to_thread
 
 __all__ = ["PreviewRequest", "active_preview", "coarse_indices", "preview_stride", "previewing_occlusion"]
@@ -70,6 +71,10 @@ def previewing_occlusion(strides: Any, on_preview: Callable[[Any], None]) -> Ite
         >>> bool((frames[0][0] - coarse[0]).abs().max() < 1e-5), bool((refined[0][:, ::2, ::2] - coarse[0]).abs().max() < 1e-5)
         (True, True)
     """
+    if min(as_window(strides, "strides")) < 1:  # a clear error now, not inside the occlusion call
+        raise ValueError(f"strides (the preview's coarse stride) must be positive, got {strides!r}")
+    if not callable(on_preview):
+        raise TypeError(f"on_preview must be callable, got {type(on_preview).__name__}")
     with lent_to_thread(_LOCAL, "request", PreviewRequest(strides, on_preview)) as request:
         yield request
 

@@ -1,6 +1,8 @@
 """Pairwise occlusion (Sammani et al. 2022): random rectangles erased from both images at once."""
 from __future__ import annotations
 
+import math
+
 import torch
 from captum.attr import PerturbationAttribution
 
@@ -18,6 +20,8 @@ def _check_range(value: object, name: str, upper: float | None) -> None:
         low, high = (float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} must be a pair of finite numbers, got {value!r}")
     if not (0 < low <= high) or (upper is not None and high > upper):
         bound = f" and high <= {upper:g}" if upper is not None else ""
         raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {value!r}")
@@ -70,7 +74,7 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
         x1, x2 = self._inputs(inputs)
         model = self.model
         maps = [torch.zeros(x.shape[0], *x.shape[2:], device=x.device) for x in (x1, x2)]
-        with self._preserved(channels_last=True), torch.no_grad():
+        with self._preserved(), torch.no_grad():
             x1_n, x2_n = model.normalize(x1), model.normalize(x2)
             base = cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
             steps = x1.shape[0] * -(-n_samples // perturbations_per_eval)
@@ -86,7 +90,10 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
                         for x_n in (x1_n[b:b + 1], x2_n[b:b + 1]):
                             boxes, found = random_erasing_boxes(n, x_n.shape[2], x_n.shape[3], scale, ratio, generator)
                             mask = box_masks(boxes.to(x_n.device), x_n.shape[2], x_n.shape[3]) & found.to(x_n.device).view(-1, 1, 1, 1)
-                            batch = x_n.expand(n, -1, -1, -1).masked_fill(mask, 0.0)
+                            # channels-last inputs give channels-last convolutions (the model's weights are
+                            # never converted)
+                            batch = x_n.expand(n, -1, -1, -1).masked_fill(mask, 0.0).contiguous(
+                                memory_format=torch.channels_last)
                             z = model.forward_normalized(batch)
                             perturbed.append(z)
                             norms.append(z.norm(dim=1))

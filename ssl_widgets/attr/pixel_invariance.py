@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
 
-from .._validation import check_images
+from .._validation import check_autograd_available, check_images, check_number
 from ..core import PAPER_INPUT_SIZE, grayscale
 from ..data.augment import AugmentConfig, box_masks, color_jitter, random_erasing_boxes
 from .spec import CONDITIONAL_METRICS, MethodSpec, Setting
@@ -138,6 +138,10 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
         for value, name in ((n_samples, "n_samples"), (size, "size"), (epochs, "epochs"),
                             (perturbations_per_eval, "perturbations_per_eval")):
             check_count(value, name)
+        check_autograd_available(self.method_name)  # the surrogate is fitted by gradient descent
+        check_number(lr, "lr", minimum=0, above_minimum=True)
+        check_number(l1_weight, "l1_weight", minimum=0)
+        check_number(threshold, "threshold", minimum=0, maximum=1)
         x = check_images(x, dtype=self.model.mean.dtype).detach().to(self.model.device)
         model = self.model
         out = []

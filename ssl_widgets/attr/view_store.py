@@ -7,9 +7,10 @@ need not be evaluated again. :class:`ViewEmbeddingStore` keeps them; :func:`reus
 lends a store to the occlusion calls made in the calling thread. Without it nothing is kept: methods
 called directly keep nothing between calls.
 
-An entry is reused only for the same model object with none of its parameters or buffers replaced
-or changed in place since (their identities and version counters), the same private inference copy
-of its trunk, the same method, window, corners, fill and evaluation options, and base images equal
+An entry is reused only for the same model object unchanged since by the one rule of
+:func:`~ssl_widgets.attr._model_state.state_token` (values compared element by element, so ``.data``
+updates such as EMA teacher updates are seen; hooks, structure, settings, mode), the same private
+inference copy of its trunk, the same method, window, corners, fill and evaluation options, and base images equal
 value for value (``torch.equal``). Reused maps equal a fresh call's up to float rounding (the copies
 were evaluated in other batches).
 """
@@ -71,6 +72,8 @@ class ViewEmbeddingStore:
     """
 
     def __init__(self, max_entries: int = 16) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int):
+            raise TypeError(f"max_entries must be an integer >= 1 (views kept), got {max_entries!r}")
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.max_entries = max_entries

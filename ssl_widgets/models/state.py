@@ -1,8 +1,11 @@
 """Model-level helpers shared by the methods, the metrics and the analyses.
 
 * :func:`check_model`: a clear ``TypeError`` unless the argument is an :class:`SSLModel`.
-* :func:`preserved_model_state`: eval mode for the duration; mode, ``requires_grad`` flags,
-  memory format and hooks restored on every exit path; serialised per model by :func:`model_lock`.
+* :func:`preserved_model_state`: eval mode for the duration; mode, ``requires_grad`` flags and
+  hooks restored on every exit path; serialised by :func:`~ssl_widgets.models.locks.model_lock`
+  (the locks of the model's parts, shared by every wrapper over them). The model's tensors are never
+  replaced or converted (no memory-format or dtype round trip), so ``torch.inference_mode`` cannot
+  turn them into inference tensors.
 * :func:`eval_similarity`: ``cos(f(x1_n), f(x2_n))`` without autograd.
 
 They live under ``models`` (not ``attr``) so that ``metrics`` and ``analysis`` need no method code;
@@ -11,14 +14,14 @@ They live under ``models`` (not ``attr``) so that ``metrics`` and ``analysis`` n
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from .._validation import check_materialized
 from ..core import cosine
+from .locks import model_lock
 from .wrapper import SSLModel
 
 __all__ = ["check_model", "eval_similarity", "model_lock", "preserved_model_state"]
@@ -46,64 +49,34 @@ def check_model(model: object) -> SSLModel:
             f"expected an ssl_widgets.models.SSLModel, got {type(model).__name__}; wrap your network with "
             f"SSLModel(trunk, head, mean=..., std=...) or load one with ssl_widgets.load_model(name)"
         )
+    check_materialized(model)
     return model
 
 
-def _memory_format(module: nn.Module) -> torch.memory_format:
-    for p in module.parameters():
-        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
-    return torch.contiguous_format
-
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock that serialises every method call on ``model`` (one per model object).
-
-    Kept in a weak dictionary beside the model, so the model's attributes and state dict are
-    untouched and the lock goes away with the model.
-
-    Examples:
-        >>> m = nn.Linear(2, 2)
-        >>> model_lock(m) is model_lock(m)
-        True
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
 @contextlib.contextmanager
-def preserved_model_state(model: nn.Module, requires_grad: bool | None = None,
-                          channels_last: bool = False) -> Iterator[nn.Module]:
+def preserved_model_state(model: nn.Module, requires_grad: bool | None = None) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore everything on exit.
 
-    Restores each module's ``training`` flag, each parameter's ``requires_grad`` and memory format,
-    and removes any hook registered on the model's modules during the block, also when the block raises.
+    Restores each module's ``training`` flag and each parameter's ``requires_grad``, and removes any
+    hook registered on the model's modules during the block, also when the block raises. A model with
+    parameters on the meta device is refused with a clear ``ValueError``.
 
-    The block holds the model's :func:`model_lock`: calls on the same model from several threads
-    run one after the other (never interleaving their state changes), calls on different models
-    run in parallel, and a nested call in the same thread does not block.
+    The block holds the model's :func:`model_lock`: calls on the same model (or on wrappers sharing
+    its trunk) from several threads run one after the other (never interleaving their state changes),
+    calls on different models run in parallel, and a nested call in the same thread does not block.
 
     Args:
         model: the module.
         requires_grad: if given, set on every parameter for the block (``False`` for all methods:
             they need gradients with respect to inputs or activations, never parameters).
-        channels_last: run the block with 4-D weights in channels-last memory format (faster
-            convolutions on CPU and GPU); the original format is restored afterwards.
     """
-    with model_lock(model), _preserved_state_unlocked(model, requires_grad, channels_last):
+    check_materialized(model)
+    with model_lock(model), _preserved_state_unlocked(model, requires_grad):
         yield model
 
 
 @contextlib.contextmanager
-def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None,
-                              channels_last: bool) -> Iterator[nn.Module]:
+def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None) -> Iterator[nn.Module]:
     modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
     hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -111,18 +84,13 @@ def _preserved_state_unlocked(model: nn.Module, requires_grad: bool | None,
     saved_hooks = {(m, name): dict(getattr(m, name)) for m in model.modules() for name in hook_dicts
                    if hasattr(m, name)}
     saved_forwards = {m: m.__dict__.get("forward") for m in model.modules()}
-    original_format = _memory_format(model)
     try:
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
         model.eval()
         if requires_grad is not None:
             for p in model.parameters():
                 p.requires_grad_(requires_grad)
         yield model
     finally:
-        if channels_last and original_format != torch.channels_last:
-            model.to(memory_format=original_format)
         for module, training in modes.items():
             module.training = training
         for p, flag in flags.items():
