@@ -22,6 +22,7 @@ from ..attr.spec import all_specs
 from ..attr.view_store import ViewEmbeddingStore, reusing_view_embeddings
 from ..explain import explain_pair
 from ..models import SSLModel
+from ..threads import set_threads
 from .context import ExplorerContext, ModelStore
 from .controls import MethodControls, OcclusionControls, build_method_controls
 from .inputs import AUGMENTED, PairInputs
@@ -56,8 +57,11 @@ class Explorer(JointClickMixin, W.VBox):
         images: a sample name / path / PIL image, or a pair of them (image 2 ``None`` = augmented view).
         method: the method shown first (a method name such as ``"interaction-cam:max"``; default:
             conditional occlusion).
-        threaded: run slow methods in a worker thread (set ``False`` for scripts and tests).
+        threaded: run slow methods in a worker thread (set ``False`` for scripts and tests; in a script,
+            ``explorer.wait()`` waits for the maps; the similarity is set when the constructor returns).
         display_size: pixel size of each displayed image.
+        threads: torch threads to use (``None``: :func:`ssl_widgets.threads.default_threads`, one on a busy
+            machine, where more threads wait for each other's cores; never more than torch's current setting).
 
     Examples:
         >>> from ssl_widgets.widgets import Explorer
@@ -69,8 +73,9 @@ class Explorer(JointClickMixin, W.VBox):
     tabs: tuple[type[MethodControls], ...] | None = None
 
     def __init__(self, model: SSLModel | str | None = None, images: Any = None, *, method: str | None = None,
-                 threaded: bool = True, display_size: int = 256) -> None:
+                 threaded: bool = True, display_size: int = 256, threads: int | None = None) -> None:
         super().__init__()
+        self.threads = set_threads(threads)
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
         # occlusion: each image's copy embeddings, reused when only the other view changes
@@ -98,7 +103,15 @@ class Explorer(JointClickMixin, W.VBox):
         if method is not None:
             self.select_method(method)
         self._connect()
+        self._show_first_similarity()
         self.refresh()
+
+    def _show_first_similarity(self) -> None:
+        """The pair's similarity before the first (threaded) computation: set when the constructor returns."""
+        try:
+            self._show_similarity(*self.current_pair(*self._controls().request()))
+        except Exception:  # noqa: BLE001 - the refresh that follows shows the error in the panel
+            pass
 
     def _build_tabs(self) -> None:
         self.method_controls = build_method_controls(self._model().input_size, self.tabs)
