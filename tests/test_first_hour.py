@@ -87,3 +87,40 @@ def test_the_explorer_default_pair_is_the_cli_and_notebook_pair(model_name, caps
     assert cli.main(["similarity", "--models", model_name, "--threads", "1"]) == 0
     printed = float(capsys.readouterr().out.rsplit("=", 1)[1])
     assert abs(explorer.similarity - printed) < 1e-3  # the CLI prints 4 decimals; same pair, same model
+
+
+def test_every_notebooks_page_is_in_the_docs_nav():
+    """TEACHERS.md and notebooks/README.md were built but unreachable from the site's navigation."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    nav = (root / "mkdocs.yml").read_text()
+    for page in sorted((root / "notebooks").glob("*.md")) + sorted((root / "notebooks").glob("*.ipynb")):
+        assert f"tutorials/{page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+
+
+def test_the_documented_install_gives_jupyter_lab():
+    """The README and the docs install the notebook extra and open the notebooks in JupyterLab, before any snippet."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["notebook"]
+    assert any(r.startswith("jupyterlab") for r in extra)
+    for page in (root / "README.md", root / "docs" / "index.md"):
+        text = page.read_text()
+        install = text.index('pip install -e ".[notebook]"')
+        assert install < text.index("jupyter lab notebooks/") < text.index("```python")
+        assert text.index("ssl-widgets doctor") < text.index("```python")
+        assert text.index("thread") < text.index("```python"), f"{page.name}: the threads note comes after a snippet"
+
+
+def test_sensitivity_samples_has_a_help_text():
+    import argparse
+
+    from ssl_widgets.evaluate.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    action = next(a for a in parser._actions if "--sensitivity-samples" in a.option_strings)
+    assert action.help and "max-sensitivity" in action.help

@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--transform", default="aug", help="view transform of the second image")
     parser.add_argument("--step", type=int, default=None,
                         help="pixels per insertion/deletion step (default 224, the paper's)")
-    parser.add_argument("--sensitivity-samples", type=int, default=10)
+    parser.add_argument("--sensitivity-samples", type=int, default=10,
+                        help="perturbed inputs per pair for max-sensitivity (default 10; each re-runs the method)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--strict", action="store_true",
