@@ -34,6 +34,13 @@ from ssl_widgets.data import make_pair, make_view
 model = ssl_widgets.load_model(MODEL)
 """
 
+# torch's first forward-mode call (torch.func.jvp, in JointGradient) warns from inside torch, with the path of
+# its install, that torch.jit.script is deprecated: nothing a reader can act on
+JIT_WARNING = """
+import warnings
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+"""
+
 NOTEBOOKS = {
     "01_conditional_occlusion.ipynb": [
         md("""
@@ -549,7 +556,7 @@ of image 1 and a patch of image 2: a `(B, h1*w1, h2*w2)` tensor (`JointAttributi
   image 1 and patch j of image 2: positive when the two patches make the similarity *together*.
 """),
         code('MODEL = "tiny-simclr"\nIMAGE = "chelsea"\nGRID = 7\nTOP = 12\nPAIRS = 3\nTHREADS = 1', parameters=True),
-        code(SETUP),
+        code(SETUP + JIT_WARNING),
         code("""
 from ssl_widgets.attr import JointGradient, JointOcclusion
 from ssl_widgets.plotting_joint import top_matches_figure

@@ -124,3 +124,15 @@ def test_sensitivity_samples_has_a_help_text():
     add_arguments(parser)
     action = next(a for a in parser._actions if "--sensitivity-samples" in a.option_strings)
     assert action.help and "max-sensitivity" in action.help
+
+
+def test_no_committed_notebook_output_shows_an_install_path():
+    """Notebook 13 showed torch's `torch.jit.script` FutureWarning with this machine's site-packages path."""
+    from pathlib import Path
+
+    import nbformat
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            for output in cell.get("outputs", []):
+                assert "site-packages" not in str(output), f"{path.name}: {str(output)[:300]}"
