@@ -198,18 +198,11 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
-class _HelpWithMethods(argparse.Action):
-    """``explain --help``: lists the method names, read only now (reading them imports torch)."""
+class _MethodNames:
+    """The method names in ``explain --help``, read when the help is formatted (reading them imports torch)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None) -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        for action in parser._actions:
-            if action.dest == "method":
-                action.help = f"{action.help}; one of: {', '.join(method_names())}"
-        parser.print_help()
-        parser.exit()
+    def __str__(self) -> str:
+        return ", ".join(method_names())
 
 
 _THREADS_HELP = ("torch threads (default: the cores the machine's load leaves free, at most torch's own "
@@ -243,13 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=_cmd_similarity)
 
-    p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure", add_help=False)
-    p.add_argument("-h", "--help", action=_HelpWithMethods, help="show this help message and exit")
+    p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure")
     p.add_argument("image", help="sample name (chelsea, coffee, astronaut, rocket, motorcycle, grace_hopper) or path")
     p.add_argument("image2", nargs="?", default=None,
                    help="second image, used as given (default: an augmented view of IMAGE)")
-    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
-                   help=f"method name (default: {DEFAULT_METHOD})")
+    method = p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME")
+    method.help, method.methods = f"method name (default: {DEFAULT_METHOD}); one of: %(methods)s", _MethodNames()
     p.add_argument("--model", default="tiny-simclr", help="zoo name (default: tiny-simclr)")
     p.add_argument("--weights", default=None, help="weight file for --model")
     p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")

@@ -26,6 +26,7 @@ __all__ = [
     "POSITIVE_CMAP",
     "SIGNED_CMAP",
     "DisplayFigure",
+    "colour_scale",
     "image_label",
     "maps_figure",
     "overlay",
@@ -113,6 +114,22 @@ def _limits(m: np.ndarray) -> tuple[str, float, float, bool]:
         bound = max(abs(low), abs(high)) or 1.0
         return SIGNED_CMAP, -bound, bound, True
     return POSITIVE_CMAP, 0.0, high if high > 0 else 1.0, False
+
+
+def colour_scale(m: torch.Tensor | np.ndarray) -> tuple[str, float, float]:
+    """The colour map and limits the static figures give a map (the explorer's ``auto`` colour map too).
+
+    A map with negative values gets ``SIGNED_CMAP`` with limits symmetric around zero, a map without them
+    ``POSITIVE_CMAP`` from 0 to its maximum.
+
+    Examples:
+        >>> colour_scale(torch.tensor([[-1.0, 0.5]]))
+        ('RdBu_r', -1.0, 1.0)
+        >>> colour_scale(torch.tensor([[0.0, 2.0]]))
+        ('inferno', 0.0, 2.0)
+    """
+    cmap, low, high, _signed = _limits(_map(m))
+    return cmap, low, high
 
 
 def _is_rgb(m: torch.Tensor | np.ndarray) -> bool:

@@ -136,3 +136,18 @@ def test_no_committed_notebook_output_shows_an_install_path():
         for cell in nbformat.read(path, as_version=4).cells:
             for output in cell.get("outputs", []):
                 assert "site-packages" not in str(output), f"{path.name}: {str(output)[:300]}"
+
+
+def test_explorer_maps_use_the_static_colour_scale_with_a_colour_bar_and_image_labels():
+    """Item 8: `jet` and no value scale; overlays not labelled image 1 / image 2; labels in one capitalisation."""
+    from ssl_widgets.plotting import colour_scale
+
+    explorer = Explorer(threaded=False, method="grad-cam", threads=1)
+    assert explorer.colormap.value == "auto"
+    cmap, low, high = colour_scale(explorer.maps[0])
+    assert f"{low:+.3g}" in explorer.colour_bar1.value and f"{high:+.3g}" in explorer.colour_bar1.value
+    assert "linear-gradient" in explorer.colour_bar1.value and cmap == "inferno"  # Grad-CAM maps are >= 0
+    assert "image 1" in explorer.label1.value and "chelsea" in explorer.label1.value
+    assert "image 2" in explorer.label2.value and "seed 0" in explorer.label2.value
+    titles = [c.title for c in explorer.method_controls]
+    assert all(t[0].isupper() for t in titles), titles

@@ -95,6 +95,13 @@ class PairInputs:
         return (self.image1_select.value, self.image2_select.value, self.recipe.value, tuple(self.crop.value), self.flip.value,
                 self.jitter.value, self.grayscale.value, self.blur.value, self.seed.value)
 
+    def labels(self) -> tuple[str, str]:
+        """The titles over the two images (HTML): image 1's name, and how image 2 was made."""
+        second = self.image2_select.value
+        if second == AUGMENTED:
+            second = f"{'aug' if self.recipe.value == 'aug' else 'augmented'} view of 1, seed {self.seed.value}"
+        return f"<b>image 1</b>: {self.image1_select.value}", f"<b>image 2</b>: {second}"
+
     def source(self, label: str) -> Any:
         """The image of a choice label (an uploaded image, or the label itself: a sample name or path)."""
         return self._uploaded.get(label, label)
