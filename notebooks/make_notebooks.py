@@ -337,7 +337,9 @@ evaluate(EvaluationConfig(data=str(folder), model=MODEL, methods=["grad-cam", "i
                           pairs=EVAL_PAIRS, step=STEP, out=str(out), sensitivity_samples=2, show_progress=False))
 print((out / "table.md").read_text())
 """),
-        md("The driver also plots the mean insertion and deletion curves of each method (`curves.png`):"),
+        md("""
+The driver also plots the mean insertion and deletion curves of each method (`curves.png`). They are **simultaneous** curves: both images are revealed (insertion) or deleted (deletion) together, each by its own map. That is why deletion ends at cosine 1.0: with every pixel deleted, both images are the same fill image, identical to itself. Read a deletion curve by how fast it falls at first, not by where it ends. The **conditional** curves (one image perturbed, the other kept, as in the explorer's *curves* section) end wherever the fill image lands:
+"""),
         code("""
 from IPython.display import Image
 Image(filename=str(out / "curves.png"))

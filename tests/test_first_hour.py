@@ -151,3 +151,42 @@ def test_explorer_maps_use_the_static_colour_scale_with_a_colour_bar_and_image_l
     assert "image 2" in explorer.label2.value and "seed 0" in explorer.label2.value
     titles = [c.title for c in explorer.method_controls]
     assert all(t[0].isupper() for t in titles), titles
+
+
+def test_joint_titles_say_where_the_rest_of_the_similarity_went():
+    """Item 9: "sum of pair relevances +0.006" next to cos +0.908 said nothing about the other 0.902."""
+    from ssl_widgets.attr import JointGradient
+    from ssl_widgets.plotting_joint import top_matches_figure
+
+    model = load_model("tiny-simclr")
+    x1, x2 = make_pair("chelsea", "aug", model.input_size, seed=0)
+    result = JointGradient(model).attribute((x1, x2))
+    title = top_matches_figure(x1, x2, result, k=4, title="joint-gradient")._suptitle.get_text()
+    rest = float(result.similarity[0]) - float(result.relevance[0].sum())
+    assert f"rest {rest:+.3f}" in title and "BatchNorm" in title
+
+
+def test_feature_pca_figures_say_what_the_components_separate():
+    """Item 9: feature-pca painted one image all green with no word why."""
+    from ssl_widgets.explain import explain_pair
+    from ssl_widgets.plotting import pair_figure
+
+    model = load_model("tiny-dino-vit")
+    x1, x2 = make_pair("chelsea", "aug", model.input_size, seed=0)
+    result = explain_pair(model, "feature-pca", x1, x2)
+    settings = {k: v for k, v in result.meta.items() if k != "method"}
+    title = pair_figure(x1, x2, result[0], result[1], float(result.similarity[0]), settings=settings)._suptitle.get_text()
+    assert "red (component 1" in title and "separates" in title
+
+
+def test_curve_figures_say_simultaneous_or_conditional_and_why_deletion_ends_at_one():
+    """Item 9: the deletion curve rose to 1.0 with nothing saying why, nor which kind of curve it was."""
+    from pathlib import Path
+
+    import nbformat
+
+    explorer = Explorer(threaded=False, method="grad-cam", threads=1)
+    assert explorer.curves.curve_figure.title.startswith("conditional")
+    notebook = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "08_metrics.ipynb", 4)
+    text = " ".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    assert "**simultaneous** curves" in text and "deletion ends at cosine 1.0" in text
