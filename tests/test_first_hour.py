@@ -190,3 +190,10 @@ def test_curve_figures_say_simultaneous_or_conditional_and_why_deletion_ends_at_
     notebook = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "08_metrics.ipynb", 4)
     text = " ".join(c.source for c in notebook.cells if c.cell_type == "markdown")
     assert "**simultaneous** curves" in text and "deletion ends at cosine 1.0" in text
+
+
+def test_explorer_threads_sets_torch_threads():
+    explorer = Explorer(threaded=False, method="grad-cam", threads=1)
+    assert explorer.threads == 1 and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads must be at least 1, not 0"):
+        Explorer(threaded=False, method="grad-cam", threads=0)
