@@ -197,3 +197,9 @@ def test_explorer_threads_sets_torch_threads():
     assert explorer.threads == 1 and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="threads must be at least 1, not 0"):
         Explorer(threaded=False, method="grad-cam", threads=0)
+
+
+def test_the_explorer_pca_tab_says_what_the_colours_separate():
+    explorer = Explorer(model="tiny-dino-vit", threaded=False, method="feature-pca", threads=1)
+    assert explorer.last_error is None
+    assert "red (component 1" in explorer.status.value and "separates" in explorer.status.value

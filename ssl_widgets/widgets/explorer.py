@@ -29,7 +29,7 @@ from .inputs import AUGMENTED, PairInputs
 from .jobs import Job, JobRunner
 from .joint_click import JointClickMixin
 from .plots import CurvePlot
-from .rendering import COLORMAPS, EXPLORER_STYLE, render_view
+from .rendering import COLORMAPS, EXPLORER_STYLE, render_view, result_note
 
 __all__ = ["AUGMENTED", "Explorer"]
 
@@ -268,7 +268,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.maps = (result[0][0], result[1][0] if result[1].abs().sum() > 0 else None)
         self.similarity = float(result.similarity[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
-        self.status.value = f"{result.meta.get('method', '')}{note}"
+        self.status.value = f"{result.meta.get('method', '')}{note}{result_note(result)}"
         self.last_error = None
         self._box = None
         self._draw(x1, x2)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-__all__ = ["overlay_png", "resize_map", "colour_bar_html", "map_scale", "render_view", "COLORMAPS", "EXPLORER_STYLE"]
+__all__ = ["overlay_png", "resize_map", "colour_bar_html", "map_scale", "render_view", "result_note", "COLORMAPS", "EXPLORER_STYLE"]
 
 #: the panel's own styles: tab labels in full (the tabs wrap to a second row instead of cutting labels), images
 #: that keep their size and place (fixed-width columns, wrapped text, every tab's panel as tall as the tallest
@@ -134,3 +134,21 @@ def render_view(image: torch.Tensor, heat: torch.Tensor | None, *, colormap: str
     cmap, low, high = map_scale(heat, colormap)
     png = overlay_png(image, heat, alpha=alpha, cmap=cmap, vmin=low, vmax=high, display_size=display_size, box=box)
     return png, colour_bar_html(cmap, low, high, width=display_size)
+
+
+def result_note(result) -> str:
+    """What the status line adds to a result: for feature PCA, what its colours separate (else nothing).
+
+    Examples:
+        >>> from ssl_widgets.attr import PairAttribution
+        >>> maps = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
+        >>> result_note(PairAttribution(maps, torch.ones(1), {"method": "feature-pca"}))[:40]
+        ': red (component 1) separates image 2 fr'
+    """
+    from ..plotting import pca_note
+
+    first, second = result[0], result[1]
+    if first.dim() != 4 or first.shape[1] != 3 or second.dim() != 4:
+        return ""
+    ratios = result.meta.get("explained_variance_ratio")
+    return ": " + pca_note(first[0], second[0], ratios[0] if ratios else None)
