@@ -27,3 +27,11 @@ def _doctest_names(request):
     x = ssl_widgets.make_view("chelsea", "no-shift", model.input_size)
     namespace.update(torch=torch, ssl_widgets=ssl_widgets, model=model, x1=x1, x2=x2, m1=m1, m2=m2, x=x)
     torch.manual_seed(0)  # examples that draw random weights or inputs draw the same ones every run
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """Each test and example leaves torch's thread count as it found it (the CLI and ``Explorer`` set it)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

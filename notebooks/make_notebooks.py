@@ -34,6 +34,13 @@ from ssl_widgets.data import make_pair, make_view
 model = ssl_widgets.load_model(MODEL)
 """
 
+# torch's first forward-mode call (torch.func.jvp, in JointGradient) warns from inside torch, with the path of
+# its install, that torch.jit.script is deprecated: nothing a reader can act on
+JIT_WARNING = """
+import warnings
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+"""
+
 NOTEBOOKS = {
     "01_conditional_occlusion.ipynb": [
         md("""
@@ -330,7 +337,9 @@ evaluate(EvaluationConfig(data=str(folder), model=MODEL, methods=["grad-cam", "i
                           pairs=EVAL_PAIRS, step=STEP, out=str(out), sensitivity_samples=2, show_progress=False))
 print((out / "table.md").read_text())
 """),
-        md("The driver also plots the mean insertion and deletion curves of each method (`curves.png`):"),
+        md("""
+The driver also plots the mean insertion and deletion curves of each method (`curves.png`). They are **simultaneous** curves: both images are revealed (insertion) or deleted (deletion) together, each by its own map. That is why deletion ends at cosine 1.0: with every pixel deleted, both images are the same fill image, identical to itself. Read a deletion curve by how fast it falls at first, not by where it ends. The **conditional** curves (one image perturbed, the other kept, as in the explorer's *curves* section) end wherever the fill image lands:
+"""),
         code("""
 from IPython.display import Image
 Image(filename=str(out / "curves.png"))
@@ -549,7 +558,7 @@ of image 1 and a patch of image 2: a `(B, h1*w1, h2*w2)` tensor (`JointAttributi
   image 1 and patch j of image 2: positive when the two patches make the similarity *together*.
 """),
         code('MODEL = "tiny-simclr"\nIMAGE = "chelsea"\nGRID = 7\nTOP = 12\nPAIRS = 3\nTHREADS = 1', parameters=True),
-        code(SETUP),
+        code(SETUP + JIT_WARNING),
         code("""
 from ssl_widgets.attr import JointGradient, JointOcclusion
 from ssl_widgets.plotting_joint import top_matches_figure

@@ -11,6 +11,10 @@ __all__ = ["DEFAULT_METHOD", "build_parser", "main", "method_names"]
 
 #: the method of ``ssl-widgets explain`` without ``--method``
 DEFAULT_METHOD = "interaction-cam:max"
+#: the names of ``--transform`` (``ssl_widgets.data.VIEW_TRANSFORMS``, listed here so that ``--help`` and a
+#: wrong name need no torch import; tests/test_first_hour.py keeps the two equal)
+VIEW_TRANSFORM_NAMES = ("pure", "aug", "no-shift", "no-shift-aug", "color-jitter", "blur", "grayscale", "solarize",
+                        "combine")
 
 
 def method_names() -> tuple[str, ...]:
@@ -38,6 +42,37 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads``, or the package's default for this moment (one thread on a busy machine)."""
+    from .threads import set_threads
+
+    set_threads(args.threads)
+
+
+def _refuse_early(method: str, model_name: str) -> None:
+    """Refuse a method that cannot apply to a zoo model before the model loads (e.g. ``:guided`` on a ViT).
+
+    The architecture of a zoo name is read from its description (the ViTs' say ``ViT``); after loading,
+    :func:`~ssl_widgets.attr.applicability.check_applicable` checks the loaded model itself.
+    """
+    import re
+
+    from .attr.spec import resolve
+    from .models.zoo import available_models, model_info
+
+    if model_name not in available_models():
+        return
+    spec, settings = resolve(method)
+    vit = re.search(r"\bViT", model_info(model_name).description) is not None
+    where = f"method {method!r} does not apply to model {model_name!r} (a {'Vision Transformer' if vit else 'convolutional network'}): "
+    if vit and settings.get("guided"):
+        raise ValueError(where + "guided backpropagation is defined for ReLU networks and this model uses GELU "
+                                 f"activations; use {spec.name!r} (plain gradients)")
+    if ("vit" if vit else "cnn") not in spec.architectures:
+        raise ValueError(where + (spec.vit_only_reason or f"it applies to {' and '.join(spec.architectures)} "
+                                                          "models only"))
+
+
 def _second_view(args: argparse.Namespace, default: str) -> tuple[str, str]:
     """The transform of the second view and its panel label.
 
@@ -63,8 +98,7 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
     from .models import load_model
     from .plotting import image_label
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     transform, other = _second_view(args, "aug")
     for name in args.models.split(","):
         model = load_model(name, weights=args.weights)
@@ -85,9 +119,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .models import load_model
     from .plotting import image_label, pair_figure
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     spec = resolve(args.method)[0]
+    _refuse_early(args.method, args.model)
     model = load_model(args.model, weights=args.weights)
     check_applicable(args.method, model)
     transform, second = _second_view(args, spec.view_transform or "aug")
@@ -160,10 +194,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_from_args
+
+    return run_from_args(args)
+
+
+class _MethodNames:
+    """The method names in ``explain --help``, read when the help is formatted (reading them imports torch)."""
+
+    def __str__(self) -> str:
+        return ", ".join(method_names())
+
+
+_THREADS_HELP = ("torch threads (default: the cores the machine's load leaves free, at most torch's own "
+                 "choice: 1 on a busy shared machine, where more threads wait for each other's cores)")
+
+
 def _view_arguments(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--transform", default=None,
+    p.add_argument("--transform", default=None, choices=VIEW_TRANSFORM_NAMES, metavar="NAME",
                    help=f"view transform of the second view (default: {default}); with a second image it "
-                        "transforms that image")
+                        f"transforms that image; one of: {', '.join(VIEW_TRANSFORM_NAMES)}")
     p.add_argument("--augment", action="store_true",
                    help="augment the second image too (by --transform or the default); without it a second "
                         "image is only resized and centre-cropped like the first")
@@ -184,15 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="weight file (for a single model)")
     _view_arguments(p, "aug")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the view transform (default 0)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=_cmd_similarity)
 
     p = sub.add_parser("explain", help="explain the similarity of an image pair and write a figure")
     p.add_argument("image", help="sample name (chelsea, coffee, astronaut, rocket, motorcycle, grace_hopper) or path")
     p.add_argument("image2", nargs="?", default=None,
                    help="second image, used as given (default: an augmented view of IMAGE)")
-    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
-                   help=f"method name (default: {DEFAULT_METHOD}); one of: {', '.join(method_names())}")
+    method = p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME")
+    method.help, method.methods = f"method name (default: {DEFAULT_METHOD}); one of: %(methods)s", _MethodNames()
     p.add_argument("--model", default="tiny-simclr", help="zoo name (default: tiny-simclr)")
     p.add_argument("--weights", default=None, help="weight file for --model")
     p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")
@@ -203,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=positive_int, default=7, help="patch grid of the joint methods (default 7x7)")
     p.add_argument("--top", type=positive_int, default=12, help="pairs drawn by the joint methods' top-matches figure")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the view transform and random methods (default 0)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("samples", help="write the shipped sample images to a folder (e.g. for evaluate --data)")
@@ -217,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("doctor", help="check the install: versions, torch/torchvision, threads, the shipped models, "
+                                      "the widgets' JupyterLab frontends")
+    from .doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(p)
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("train", help="train a shipped-model architecture (same as python -m ssl_widgets.train)",
                        add_help=False)
@@ -233,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
-    return run_reporting_errors("ssl-widgets", func, args)
+    try:
+        return run_reporting_errors("ssl-widgets", func, args)
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+        print(f"ssl-widgets: error: {error}: torch and torchvision do not belong together; "
+              "`ssl-widgets doctor` says which versions are installed and how to fix the pair", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ __all__ = [
     "POSITIVE_CMAP",
     "SIGNED_CMAP",
     "DisplayFigure",
+    "colour_scale",
+    "pca_note",
     "image_label",
     "maps_figure",
     "overlay",
@@ -113,6 +115,59 @@ def _limits(m: np.ndarray) -> tuple[str, float, float, bool]:
         bound = max(abs(low), abs(high)) or 1.0
         return SIGNED_CMAP, -bound, bound, True
     return POSITIVE_CMAP, 0.0, high if high > 0 else 1.0, False
+
+
+def colour_scale(m: torch.Tensor | np.ndarray) -> tuple[str, float, float]:
+    """The colour map and limits the static figures give a map (the explorer's ``auto`` colour map too).
+
+    A map with negative values gets ``SIGNED_CMAP`` with limits symmetric around zero, a map without them
+    ``POSITIVE_CMAP`` from 0 to its maximum.
+
+    Examples:
+        >>> colour_scale(torch.tensor([[-1.0, 0.5]]))
+        ('RdBu_r', -1.0, 1.0)
+        >>> colour_scale(torch.tensor([[0.0, 2.0]]))
+        ('inferno', 0.0, 2.0)
+    """
+    cmap, low, high, _signed = _limits(_map(m))
+    return cmap, low, high
+
+
+_CHANNELS = ("red", "green", "blue")
+
+
+def pca_note(map1: torch.Tensor, map2: torch.Tensor, ratios: Sequence[float] | None = None) -> str:
+    """What feature PCA's colours separate: parts within the images, or one image from the other.
+
+    A component separates the two images when 90% of one image's patches lie below 90% of the other's
+    (then the whole of one image takes that component's colour: a difference of the whole view, such as an
+    augmentation's colour change, not of its parts).
+
+    Args:
+        map1, map2: the two RGB maps ``(3,h,w)`` (or ``(1,3,h,w)``) in [0, 1], component ``k`` in channel ``k``.
+        ratios: the components' explained variance ratios, if known.
+
+    Examples:
+        >>> a, b = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
+        >>> a[0, :2], b[0, 2:] = 1, 1          # red varies inside both images
+        >>> b[1] = 1                           # green: all of image 2, none of image 1
+        >>> print(pca_note(a, b, [0.4, 0.3, 0.1]))
+        red (component 1, 40% of the variance) separates parts within both images; green (component 2, 30%) separates image 2 from image 1: it tints all of image 2 (the images differ as a whole there, not part by part)
+    """
+    a, b = (torch.as_tensor(m).detach().float().reshape(-1, *m.shape[-2:])[-3:].flatten(1) for m in (map1, map2))
+    parts = []
+    for k in range(min(3, a.shape[0])):
+        share = f", {ratios[k]:.0%}" + (" of the variance" if k == 0 else "") if ratios else ""
+        name = f"{_CHANNELS[k]} (component {k + 1}{share})"
+        high, low = (b, a) if float(b[k].median()) > float(a[k].median()) else (a, b)
+        if float(low[k].quantile(0.9)) < float(high[k].quantile(0.1)):
+            which = "image 2" if high is b else "image 1"
+            other = "image 1" if high is b else "image 2"
+            parts.append(f"{name} separates {which} from {other}: it tints all of {which} (the images differ "
+                         "as a whole there, not part by part)")
+        elif k == 0:
+            parts.append(f"{name} separates parts within both images")
+    return "; ".join(parts)
 
 
 def _is_rgb(m: torch.Tensor | np.ndarray) -> bool:
@@ -222,6 +277,9 @@ def pair_figure(x1: torch.Tensor, x2: torch.Tensor, map1: torch.Tensor | None, m
     signed = any(not _is_flat_zero(m) and float(np.nanmin(_map(m))) < 0 for m in (map1, map2))
     if sign_note and signed:
         text += "\n" + _wrap(sign_note, 150, 1)
+    if _is_rgb(map1) and _is_rgb(map2):  # feature PCA: say what the colours separate
+        ratios = (settings or {}).get("explained_variance_ratio")
+        text += "\n" + _wrap(pca_note(map1, map2, ratios[0] if ratios else None), 150, 2)
     fig.suptitle(text, fontsize=9)
     fig.tight_layout()
     return fig

@@ -10,7 +10,7 @@ import torch
 from .attr.joint import JointAttribution, patch_boxes
 from .plotting import to_image
 
-__all__ = ["draw_top_matches", "top_matches_figure"]
+__all__ = ["draw_top_matches", "remainder_note", "top_matches_figure"]
 
 
 def _centres(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
@@ -58,6 +58,30 @@ def draw_top_matches(ax, x1: torch.Tensor, x2: torch.Tensor, result: JointAttrib
     return pairs
 
 
+#: where the part of the similarity that no patch pair carries goes, by joint method
+_REMAINDER = {
+    "joint-gradient": "the bias and BatchNorm terms, which no pair carries (the pairs sum to the cosine only in a "
+                      "bias-free ReLU model)",
+    "joint-occlusion": "what single patches and groups of more than two patches carry (a pair scores only what "
+                       "its two patches do together)",
+}
+
+
+def remainder_note(result: JointAttribution, b: int = 0) -> str:
+    """The title lines of a joint explanation: the similarity, the pairs' share of it, and where the rest went.
+
+    Examples:
+        >>> from ssl_widgets.attr import JointGradient
+        >>> print(remainder_note(JointGradient(model).attribute((x1, x2))))  # doctest: +ELLIPSIS
+        cos similarity = +0... = sum of pair relevances ... + rest ...
+        rest: the bias and BatchNorm terms, which no pair carries ...
+    """
+    similarity, pairs = float(result.similarity[b]), float(result.relevance[b].sum())
+    where = _REMAINDER.get(str(result.meta.get("method", "")).split(":")[0], "not assigned to any patch pair")
+    return (f"cos similarity = {similarity:+.3f} = sum of pair relevances {pairs:+.3f} + rest {similarity - pairs:+.3f}"
+            f"\nrest: {where}")
+
+
 def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribution, k: int = 10, b: int = 0,
                        title: str = "", labels: Sequence[str] = ("view 1", "view 2"),
                        settings: dict[str, Any] | None = None):
@@ -72,7 +96,8 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
         result: the :class:`~ssl_widgets.attr.joint.JointAttribution` of the pair.
         k: number of pairs to draw.
         b: which item of the batch.
-        title: first line of the figure title (the similarity is appended).
+        title: first line of the figure title (the similarity is appended, split into the pairs' sum and the
+            rest, with where the rest goes: :func:`remainder_note`).
         labels: names of the two images.
         settings: shown under the title.
 
@@ -101,8 +126,7 @@ def top_matches_figure(x1: torch.Tensor, x2: torch.Tensor, result: JointAttribut
         # signed marginals: diverging colour map centred on zero, with the sign convention on the colour bar
         overlay(axm, x[b:b + 1], m[b], alpha=0.5, colorbar=True)
         axm.set_title(f"{label}: marginal", fontsize=9)
-    text = f"{title}   cos similarity = {float(result.similarity[b]):+.3f}   sum of pair relevances = " \
-           f"{float(result.relevance[b].sum()):+.3f}"
+    text = f"{title}   {remainder_note(result, b)}"
     if settings:
         text += "\n" + ", ".join(f"{key}={value}" for key, value in settings.items() if value is not None)
     fig.suptitle(text, fontsize=9)

@@ -282,7 +282,7 @@ def test_a_new_method_gets_an_explorer_tab_from_its_record():
     tabs = {c.names[0]: (i, c) for i, c in enumerate(explorer.method_controls) if isinstance(c, SpecControls)}
     assert set(tabs) == {"integrated-gradients", "attention-rollout"}  # the methods without a hand-made tab
     index, controls = tabs["integrated-gradients"]
-    assert explorer.method_tabs.get_title(index) == "integrated gradients"
+    assert explorer.method_tabs.get_title(index) == "Integrated gradients"
     assert (controls.controls["n_steps"].min, controls.controls["n_steps"].max) == (4, 200)
     controls.controls["n_steps"].value = 4
     explorer.method_tabs.selected_index = index

@@ -39,7 +39,7 @@ def test_every_tab_works_or_says_it_does_not_apply(vit_explorer):
             getattr(tab(e, title)[1], attr).value = value  # set while another tab shows
     expected = {"Occlusion": "conditional-occlusion", "Interaction-CAM": "grad-cam",
                 "Pairwise occlusion": "pairwise-occlusion", "Pixel invariance": "pixel-invariance",
-                "Attention": "cls-attention", "PCA": "feature-pca", "Correspondence": "click a point"}
+                "Attention": "cls-attention", "Feature PCA": "feature-pca", "Correspondence": "click a point"}
     for title, status in expected.items():
         e.method_tabs.selected_index = tab(e, title)[0]
         assert e.status.value.startswith(status), (title, e.status.value)
@@ -77,7 +77,7 @@ def test_attention_tab_lists_blocks_and_heads_and_shows_the_class_token_attentio
 
 def test_pca_tab_draws_rgb_maps_of_both_images_at_the_chosen_layer(vit_explorer):
     e = vit_explorer
-    index, _ = tab(e, "PCA")
+    index, _ = tab(e, "Feature PCA")
     e.method_tabs.selected_index = index
     e.layer_select.value = "blocks.1"
     x1, x2 = e.current_pair()

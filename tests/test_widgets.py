@@ -137,6 +137,8 @@ def test_results_are_cached(explorer, monkeypatch):
 
 
 def test_augmentation_controls_change_view_2(explorer):
+    assert explorer.recipe.value == "aug"  # the default: the CLI's view (tests/test_first_hour.py)
+    explorer.recipe.value = "custom"  # the sliders below
     _, before = explorer.current_pair()
     similarity = explorer.similarity
     explorer.resample.click()

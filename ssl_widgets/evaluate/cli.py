@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--transform", default="aug", help="view transform of the second image")
     parser.add_argument("--step", type=positive_int, default=None,
                         help="pixels per insertion/deletion step (default 224, the paper's)")
-    parser.add_argument("--sensitivity-samples", type=positive_int, default=10)
+    parser.add_argument("--sensitivity-samples", type=positive_int, default=10,
+                        help="perturbed inputs per pair for max-sensitivity (default 10; each re-runs the method)")
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--strict", action="store_true",

@@ -202,7 +202,7 @@ class AttentionControls(MethodControls):
 class PCAControls(MethodControls):
     """Patch-feature PCA (``feature-pca``) as RGB over both images (the layer chosen above)."""
 
-    title = "PCA"
+    title = "Feature PCA"
     names = ("feature-pca",)
 
     def children(self):
@@ -233,12 +233,12 @@ class SpecControls(MethodControls):
         >>> from ssl_widgets.attr.spec import spec_for
         >>> tab = SpecControls(spec_for("integrated-gradients"), 112)
         >>> tab.title, tab.request()
-        ('integrated gradients', ('integrated-gradients', {'n_steps': 50}))
+        ('Integrated gradients', ('integrated-gradients', {'n_steps': 50}))
     """
 
     def __init__(self, spec: MethodSpec, input_size: int) -> None:
         self.spec = spec
-        self.title = spec.name.replace("-", " ")
+        self.title = spec.name.replace("-", " ").capitalize()  # sentence case, as the hand-made tabs
         self.slow = spec.slow
         self.names = (spec.name,)
         super().__init__(input_size)

@@ -22,13 +22,14 @@ from ..attr.spec import all_specs
 from ..attr.view_store import ViewEmbeddingStore, reusing_view_embeddings
 from ..explain import explain_pair
 from ..models import SSLModel
+from ..threads import set_threads
 from .context import ExplorerContext, ModelStore
 from .controls import MethodControls, OcclusionControls, build_method_controls
 from .inputs import AUGMENTED, PairInputs
 from .jobs import Job, JobRunner
 from .joint_click import JointClickMixin
 from .plots import CurvePlot
-from .rendering import COLORMAPS, overlay_png
+from .rendering import COLORMAPS, EXPLORER_STYLE, render_view, result_note
 
 __all__ = ["AUGMENTED", "Explorer"]
 
@@ -39,10 +40,9 @@ LAYER_METHODS = tuple(s.name for s in all_specs() if s.needs_layer)  # methods t
 class Explorer(JointClickMixin, W.VBox):
     """Explore why a self-supervised model finds two images similar.
 
-    Choose the pair (shipped samples, a file path or an upload; image 2 defaults to an augmented
-    view of image 1 with its own controls), the model and layer, then a method tab with its own
-    controls. Both heat maps are drawn over their images with an opacity and colour-map choice,
-    beside the similarity. Slow methods run in a worker thread with a progress bar and a Cancel
+    Choose the pair (shipped samples, a file path or an upload; image 2 defaults to the CLI's augmented
+    view of image 1), the model and layer, then a method tab with its own controls. Both heat maps are
+    drawn over their labelled images with an opacity, a colour map and a colour bar, beside the similarity. Slow methods run in a worker thread with a progress bar and a Cancel
     button; occlusion shows a coarse frame first and then refines. Click a point of either image
     (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
     deletion curves of the current map and a similarity-versus-transform-strength sweep (bqplot).
@@ -56,8 +56,10 @@ class Explorer(JointClickMixin, W.VBox):
         images: a sample name / path / PIL image, or a pair of them (image 2 ``None`` = augmented view).
         method: the method shown first (a method name such as ``"interaction-cam:max"``; default:
             conditional occlusion).
-        threaded: run slow methods in a worker thread (set ``False`` for scripts and tests).
+        threaded: run slow methods in a worker thread (set ``False`` for scripts and tests; in a script,
+            ``explorer.wait()`` waits for the maps; the similarity is set when the constructor returns).
         display_size: pixel size of each displayed image.
+        threads: torch threads (``None``: :func:`ssl_widgets.threads.default_threads`: one on a busy machine).
 
     Examples:
         >>> from ssl_widgets.widgets import Explorer
@@ -69,8 +71,9 @@ class Explorer(JointClickMixin, W.VBox):
     tabs: tuple[type[MethodControls], ...] | None = None
 
     def __init__(self, model: SSLModel | str | None = None, images: Any = None, *, method: str | None = None,
-                 threaded: bool = True, display_size: int = 256) -> None:
+                 threaded: bool = True, display_size: int = 256, threads: int | None = None) -> None:
         super().__init__()
+        self.threads = set_threads(threads)
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
         # occlusion: each image's copy embeddings, reused when only the other view changes
@@ -89,15 +92,21 @@ class Explorer(JointClickMixin, W.VBox):
                                        self.jobs)
         self._build_tabs()
         self._build_display()
-        self.children = [*self.inputs.rows(), self.method_tabs,
-                         W.HBox([W.VBox([self.view1]), W.VBox([self.view2]),
-                                 W.VBox([self.similarity_label, self.opacity, self.colormap, self.jobs.box,
-                                         self.status])]),
-                         self.curves.box]
+        self.add_class("ssl-explorer")  # EXPLORER_STYLE: full tab labels, images that keep their size
+        self.upload.add_class("ssl-upload")
+        column = lambda *parts, width=display_size + 8: W.VBox(list(parts), layout=W.Layout(width=f"{width}px",
+                                                                                             flex="0 0 auto"))
+        self.children = [W.HTML(EXPLORER_STYLE), *self.inputs.rows(), self.method_tabs,
+                         W.HBox([column(self.label1, self.view1, self.colour_bar1),
+                                 column(self.label2, self.view2, self.colour_bar2),
+                                 column(self.similarity_label, self.opacity, self.colormap, self.jobs.box,
+                                        self.status, width=340)]), self.curves.box]
         self.inputs.update_layers(self._model())
         if method is not None:
             self.select_method(method)
         self._connect()
+        with contextlib.suppress(Exception):  # set when the constructor returns; refresh() shows any error
+            self._show_similarity(*self.current_pair(*self._controls().request()))
         self.refresh()
 
     def _build_tabs(self) -> None:
@@ -110,8 +119,12 @@ class Explorer(JointClickMixin, W.VBox):
 
     def _build_display(self) -> None:
         self.opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
-        self.colormap = W.Dropdown(options=COLORMAPS, value="jet", description="colour map")
-        layout = dict(width=f"{self.display_size}px")
+        self.colormap = W.Dropdown(options=COLORMAPS, value="auto", description="colour map",
+                                   tooltip="auto: as the static figures (red/blue around 0 for signed maps, inferno "
+                                           "from 0 otherwise)")
+        layout = dict(width=f"{self.display_size}px", min_width=f"{self.display_size}px")
+        self.label1, self.label2 = W.HTML(_dom_classes=["ssl-image-label"]), W.HTML(_dom_classes=["ssl-image-label"])
+        self.colour_bar1, self.colour_bar2 = W.HTML(), W.HTML()
         self.view1 = W.Image(format="png", layout=W.Layout(**layout))
         self.view2 = W.Image(format="png", layout=W.Layout(**layout))
         self.view1.add_class("ssl-view")
@@ -255,7 +268,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.maps = (result[0][0], result[1][0] if result[1].abs().sum() > 0 else None)
         self.similarity = float(result.similarity[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
-        self.status.value = f"{result.meta.get('method', '')}{note}"
+        self.status.value = f"{result.meta.get('method', '')}{note}{result_note(result)}"
         self.last_error = None
         self._box = None
         self._draw(x1, x2)
@@ -272,9 +285,11 @@ class Explorer(JointClickMixin, W.VBox):
         boxes = [None, None]
         if self._box is not None:
             boxes[self._box[0]] = self._box[1]
-        common = dict(alpha=self.opacity.value, cmap=self.colormap.value, display_size=self.display_size)
-        self.view1.value = overlay_png(x1, self.maps[0], box=boxes[0], **common)
-        self.view2.value = overlay_png(x2, self.maps[1], box=boxes[1], **common)
+        self.label1.value, self.label2.value = self.inputs.labels()
+        for view, bar, x, heat, box in ((self.view1, self.colour_bar1, x1, self.maps[0], boxes[0]),
+                                        (self.view2, self.colour_bar2, x2, self.maps[1], boxes[1])):
+            view.value, bar.value = render_view(x, heat, colormap=self.colormap.value, alpha=self.opacity.value,
+                                                display_size=self.display_size, box=box)
 
     def wait(self, timeout: float | None = 120) -> None:
         """Block until the worker thread (if any) has finished (for scripts and tests)."""

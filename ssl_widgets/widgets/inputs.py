@@ -16,6 +16,9 @@ from ..models import SSLModel
 __all__ = ["AUGMENTED", "PairInputs"]
 
 AUGMENTED = "(augmented view of image 1)"
+#: view 2's recipes: the CLI's and the notebooks' ``"aug"`` transform (the default, so that the explorer's
+#: default pair is theirs), or the explorer's sliders
+RECIPES = (("'aug', as the CLI and notebooks", "aug"), ("the sliders below", "custom"))
 
 
 def _label(image: Any) -> str:
@@ -39,7 +42,7 @@ class PairInputs:
 
     #: the widget attributes (the explorer exposes them under the same names)
     WIDGETS = ("model_select", "layer_select", "device_select", "image1_select", "image2_select", "upload",
-               "crop", "flip", "jitter", "grayscale", "blur", "seed", "resample")
+               "recipe", "crop", "flip", "jitter", "grayscale", "blur", "seed", "resample")
 
     def __init__(self, models: list[str], image1: Any = None, image2: Any = None) -> None:
         self._uploaded: dict[str, Any] = {}
@@ -60,6 +63,8 @@ class PairInputs:
 
     def _build_augmentation(self) -> None:
         slow = dict(continuous_update=False)
+        self.recipe = W.Dropdown(options=RECIPES, value="aug", description="view 2",
+                                 tooltip="how image 2 is made from image 1 (both take the seed)")
         self.crop = W.FloatRangeSlider(value=(0.3, 1.0), min=0.08, max=1.0, step=0.01, description="crop scale", **slow)
         self.flip = W.Checkbox(value=True, description="random flip")
         self.jitter = W.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05, description="colour jitter", **slow)
@@ -71,21 +76,31 @@ class PairInputs:
 
     def rows(self) -> list[W.Widget]:
         """The input rows of the panel: model, layer and device; the images; view 2's augmentation."""
+        sliders = W.VBox([W.HBox([self.crop, self.jitter, self.blur]), W.HBox([self.flip, self.grayscale])])
+        show = lambda _=None: setattr(sliders.layout, "display", None if self.recipe.value == "custom" else "none")
+        show()
+        self.recipe.observe(show, names="value")
         return [W.HBox([self.model_select, self.layer_select, self.device_select]),
                 W.HBox([self.image1_select, self.image2_select, self.upload]),
-                W.Accordion(children=[W.VBox([W.HBox([self.crop, self.jitter, self.blur]),
-                                              W.HBox([self.flip, self.grayscale, self.seed, self.resample])])],
+                W.Accordion(children=[W.VBox([W.HBox([self.recipe, self.seed, self.resample]), sliders])],
                             titles=("view 2 augmentation",))]
 
     def widgets(self) -> list[W.Widget]:
         """The widgets whose value changes the pair or the model (the panel recomputes on them)."""
         return [self.model_select, self.layer_select, self.device_select, self.image1_select, self.image2_select,
-                self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.seed]
+                self.recipe, self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.seed]
 
     def key(self) -> tuple:
         """The images and the augmentation, as a cache key."""
-        return (self.image1_select.value, self.image2_select.value, tuple(self.crop.value), self.flip.value,
+        return (self.image1_select.value, self.image2_select.value, self.recipe.value, tuple(self.crop.value), self.flip.value,
                 self.jitter.value, self.grayscale.value, self.blur.value, self.seed.value)
+
+    def labels(self) -> tuple[str, str]:
+        """The titles over the two images (HTML): image 1's name, and how image 2 was made."""
+        second = self.image2_select.value
+        if second == AUGMENTED:
+            second = f"{'aug' if self.recipe.value == 'aug' else 'augmented'} view of 1, seed {self.seed.value}"
+        return f"<b>image 1</b>: {self.image1_select.value}", f"<b>image 2</b>: {second}"
 
     def source(self, label: str) -> Any:
         """The image of a choice label (an uploaded image, or the label itself: a sample name or path)."""
@@ -98,7 +113,9 @@ class PairInputs:
         x1 = make_view(image1, "pure", size, seed=None)
         if method is not None and method.startswith("averaged-transforms"):
             return x1, make_view(image1, (settings or {}).get("transform", "combine"), size, seed=self.seed.value)
-        if self.image2_select.value == AUGMENTED:
+        if self.image2_select.value == AUGMENTED and self.recipe.value == "aug":  # make_pair(image1, "aug", seed=)
+            x2 = make_view(image1, "aug", size, seed=self.seed.value)
+        elif self.image2_select.value == AUGMENTED:
             x2 = custom_view(image1, size, tuple(self.crop.value), self.flip.value, self.jitter.value,
                              self.grayscale.value, self.blur.value, self.seed.value)
         else:

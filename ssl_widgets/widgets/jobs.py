@@ -8,15 +8,29 @@ panel stays usable.
 """
 from __future__ import annotations
 
+import atexit
 import threading
-from typing import Any
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as W
 
 from ..attr.engine import Cancelled, progress_listener
 
-__all__ = ["Job", "JobRunner"]
+__all__ = ["Job", "JobRunner", "stop_all_jobs"]
+
+_RUNNERS: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+
+@atexit.register
+def stop_all_jobs(timeout: float = 30.0) -> None:
+    """Cancel every runner's job and join its worker (at interpreter exit, so that no worker is still inside
+    torch when the process ends: that aborted a script with ``terminate called without an active exception``).
+    """
+    for runner in list(_RUNNERS):
+        runner.cancel()
+        runner.wait(timeout)
 
 
 class Job:
@@ -72,6 +86,7 @@ class JobRunner:
         self._generation = 0
         self._cancel = threading.Event()
         self._worker: threading.Thread | None = None
+        _RUNNERS.add(self)
 
     @property
     def generation(self) -> int:

@@ -37,7 +37,7 @@ class CurvePlot:
 
     def __init__(self, context: ExplorerContext) -> None:
         self.context = context
-        self.curve_figure, self.curve_lines = _figure("insertion / deletion of image 1 (image 2 fixed)",
+        self.curve_figure, self.curve_lines = _figure("conditional: image 1 inserted / deleted, image 2 kept",
                                                       "fraction of pixels", ["#1f77b4", "#d62728"],
                                                       ["insertion", "deletion"])
         self.sweep_figure, self.sweep_lines = _figure("similarity vs transform strength", "strength",

@@ -129,6 +129,30 @@ def test_quickstart_renders_the_explorer(page):
     page.screenshot(path=str(screenshots() / "explorer.png"), full_page=True)
 
 
+LAYOUT = """() => ({
+  truncated: [...document.querySelectorAll('.lm-TabBar-tabLabel')].filter(e => e.scrollWidth > e.clientWidth + 1)
+             .map(e => e.innerText),
+  images: [...document.querySelectorAll('img.ssl-view')].map(e => {
+             const r = e.getBoundingClientRect(); return [Math.round(r.x), Math.round(r.y), Math.round(r.width)]; }),
+  upload: getComputedStyle(document.querySelector('.widget-upload'), '::after').content})"""
+
+
+def test_tabs_read_in_full_and_the_images_keep_their_place(page):
+    """Issue #29 item 8: labels were cut ("Pixel invarianc"), the images shrank on the Attention tab of a CNN,
+    the upload button read "upload image 1 (0)", and the maps had no colour bar or image labels."""
+    select_tab(page, "Interaction-CAM", lambda: any(t.startswith("interaction-cam") for t in status_text(page)))
+    on_cam = page.evaluate(LAYOUT)
+    assert on_cam["truncated"] == [] and on_cam["upload"] == '"upload image 1"', on_cam
+    assert [w for _x, _y, w in on_cam["images"]] == [256, 256]
+    text = " ".join(status_text(page))
+    assert "image 1: chelsea" in text and "image 2: aug view of 1, seed" in text
+    assert page.locator(".widget-html", has_text="+0").count() >= 2  # the colour bars' value range
+    select_tab(page, "Attention", lambda: any("does not apply" in t for t in status_text(page)))
+    on_attention = page.evaluate(LAYOUT)
+    assert on_attention["images"] == on_cam["images"], (on_cam, on_attention)  # same place, same size
+    page.screenshot(path=str(screenshots() / "explorer_attention_tab.png"), full_page=True)
+
+
 def test_switching_method_and_moving_the_patch_slider_change_the_heatmap(page):
     select_tab(page, "Occlusion", lambda: any("conditional-occlusion" in t and "coarse" not in t
                                               for t in status_text(page)))
