@@ -129,7 +129,8 @@ def from_transformers(model: nn.Module, *, position_rule: PositionRule | None = 
         position_rule: how position embeddings are resampled for other sizes; default: the transformers
             model's own (:data:`~ssl_widgets.models.position_rules.HF_RULE`, or ``REGISTERS_RULE`` for the
             register models). ``DINO_RULE`` gives facebookresearch/dino(v2)'s numerics.
-        mean, std: input normalisation (the model cards' image processors use ImageNet's).
+        mean: input normalisation mean (the model cards' image processors use ImageNet's).
+        std: input normalisation standard deviation (ImageNet's, likewise).
         input_size: the side images are shown at (the image processors crop 224).
         name: display name (default: the config's ``_name_or_path`` or the class name).
 
