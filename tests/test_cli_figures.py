@@ -159,6 +159,62 @@ def test_estimate_uses_median_times_of_the_remaining_records(tmp_path):
     assert _estimate(str(tmp_path), ["a", "c"], 10) is None
 
 
+def test_estimate_after_the_first_pair_is_the_time_the_rest_of_the_run_takes(tmp_path, capsys, monkeypatch,
+                                                                             two_threads):
+    """A fake clock: each method costs a known time per record, and the run's fixed cost (loading, fingerprinting
+    the weights and data, writing the table and figure; here 20 s, as for a large model or data folder) is paid
+    again by the run after the timed first pair. The estimate printed after the first pair is within 30% of the
+    (fake) time the rest takes (it is exact up to the 1 s of rounding); the old one counted the records only (8 s
+    of 28 s)."""
+    import time
+
+    from ssl_widgets.evaluate import driver
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    cost = {"grad-cam": 1.0, "input-x-gradient": 3.0}
+    loads: list[float] = []
+    real_load, real_explain = driver.load_model, driver.explain_pair
+
+    def slow_load(*args, **kwargs):
+        loads.append(clock[0])  # the second load starts the run after the estimate
+        clock[0] += 20.0
+        return real_load(*args, **kwargs)
+
+    def slow_explain(model, name, *args, **kwargs):
+        clock[0] += cost[name]
+        return real_explain(model, name, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "load_model", slow_load)
+    monkeypatch.setattr(driver, "explain_pair", slow_explain)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        _image_file(folder / f"{i}.png", i)
+    assert main(["evaluate", "--data", str(folder), "--methods", ",".join(cost), "--pairs", "3", "--threads", "1",
+                 "--out", str(tmp_path / "eval"), "--step", "4000", "--sensitivity-samples", "1",
+                 "--no-progress"]) == 0
+    estimate = float(re.search(r"remaining pairs: about (\d+) s", capsys.readouterr().err).group(1))
+    actual = clock[0] - loads[1]
+    assert actual == pytest.approx(20 + 2 * sum(cost.values()))
+    assert abs(estimate - actual) <= 0.3 * actual, (estimate, actual)
+
+
+def test_evaluate_uses_the_load_aware_thread_default(monkeypatch, tmp_path, two_threads):
+    """Without --threads, evaluate sets the threads every command uses (one on a busy machine, where torch's 2
+    threads were ~10x slower and made the first pair's time a poor guide to the rest), not torch's default."""
+    from ssl_widgets import threads
+    from ssl_widgets.evaluate import driver
+
+    monkeypatch.setattr(threads, "default_threads", lambda: 1)
+    monkeypatch.setattr(driver, "evaluate", lambda cfg: {})
+    assert torch.get_num_threads() == 2  # two_threads restores the test's thread count afterwards
+    _image_file(tmp_path / "0.png")
+    assert main(["evaluate", "--data", str(tmp_path), "--methods", "grad-cam", "--pairs", "1",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert torch.get_num_threads() == 1
+
+
 def test_pair_figure_draws_the_images_and_maps_it_is_given():
     """The pixels drawn are the inputs: each image panel holds the image (H,W,3), each map panel the image and then
     the map itself, stretched over the image's extent; colour bars span the map's range (symmetric when signed)."""

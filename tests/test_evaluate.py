@@ -72,6 +72,22 @@ def test_driver_writes_results_table_and_plot(run):
     assert summary["grad-cam"]["pairs"] == 3
 
 
+def test_curves_figure_says_its_curves_are_simultaneous_and_why_deletion_ends_at_one(run, tmp_path):
+    from ssl_widgets.evaluate.table import plot_curves
+
+    out, _ = run
+    records = read_records(out)
+    # the claim of the title: with every pixel deleted both images are the same fill image (cosine 1 up to 1e-5)
+    assert all(abs(r["curves"]["S-deletion"][-1] - 1.0) < 1e-4 for r in records)
+    one_map = {"pair": 0, "method": "one-map", "curves": {"C-insertion": [0.1, 0.5], "C-deletion": [0.9, 0.2]}}
+    fig = plot_curves(records + [one_map], ["grad-cam", "one-map"], tmp_path / "curves.png")
+    title = fig._suptitle.get_text()
+    assert "simultaneous" in title and "both images perturbed together" in title
+    assert "deletion ends at cosine 1.0" in title and "both images are the same fill image" in title
+    assert "conditional curves, one image perturbed, for one-map" in title and "grad-cam" not in title
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+
+
 def test_record_equals_the_metrics_recomputed_by_hand(run, image_folder):
     """Pair 1 of input-x-gradient:guided, rebuilt from the documented seeds, scored with the metric functions."""
     out, _ = run

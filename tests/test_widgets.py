@@ -361,6 +361,18 @@ def test_magic_line():
     assert ip.registered[1:] == ("line", "ssl_explore")
 
 
+def test_synthesis_tabs_show_a_message_not_broken_images_before_a_run(explorer):
+    titles = [c.title for c in explorer.method_controls]
+    md = explorer.method_controls[titles.index("Model difference")]
+    fv = explorer.method_controls[titles.index("Feature visualisation")]
+    # an empty W.Image renders as a broken-image icon: hidden until its first picture, a message instead
+    for image in [*md.outputs.values(), fv.output]:
+        assert image.value == b"" and image.layout.visibility == "hidden"
+    for tab in (md, fv):
+        assert "press run" in tab.placeholder.value and tab.placeholder.layout.display != "none"
+        assert tab.placeholder in tab.box.children
+
+
 def test_feature_visualization_and_model_difference_tabs(explorer):
     from ssl_widgets.widgets import FeatureVisualizationPanel, ModelDifferencePanel
 
@@ -377,7 +389,8 @@ def test_feature_visualization_and_model_difference_tabs(explorer):
     md.run_button.click()
     assert explorer.status.value == "Model difference: done"
     assert set(md.result) == {"stem", "layer1", "layer2"}
-    assert all(len(image.value) > 100 for image in md.outputs.values())
+    assert all(len(image.value) > 100 and image.layout.visibility == "visible" for image in md.outputs.values())
+    assert md.placeholder.layout.display == "none" and fv.output.layout.visibility == "visible"
     panel = ModelDifferencePanel(threaded=False, display_size=64, method="model-difference")
     assert len(panel.method_controls) == 1
     assert len(FeatureVisualizationPanel(threaded=False, display_size=64).method_controls) == 1

@@ -47,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     return run_reporting_errors(prog, run_from_args, args)
 
 
-def _estimate(out: str, methods: list[str], pairs: int) -> float | None:
-    """Seconds the remaining (pair, method) records will take, from the median time of those written."""
+def _records(out: str) -> list[dict]:
+    """The records written to ``out`` (its results and the unmerged shards of an interrupted run)."""
     import json
-    import statistics
     from pathlib import Path
 
     records = []
@@ -61,14 +60,24 @@ def _estimate(out: str, methods: list[str], pairs: int) -> float | None:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
+    return records
+
+
+def _estimate(out: str, methods: list[str], pairs: int, overhead: float = 0.0) -> float | None:
+    """Seconds the rest of the run will take: the remaining (pair, method) records, each at its method's median
+    time so far, plus ``overhead``, the run's own fixed cost (loading the model, fingerprinting the weights and
+    the data, writing the table and figure), which the run after the timed first pair pays again."""
+    import statistics
+
+    records = _records(out)
     done = {(r.get("pair"), r.get("method")) for r in records}
-    total = 0.0
+    total = overhead
     for method in methods:
-        times = [r["seconds"] for r in records if r.get("method") == method and "seconds" in r]
-        if not times:
-            return None
         remaining = sum((i, method) not in done for i in range(pairs))
-        total += statistics.median(times) * remaining
+        times = [r["seconds"] for r in records if r.get("method") == method and "seconds" in r]
+        if remaining and not times:
+            return None
+        total += statistics.median(times) * remaining if remaining else 0.0
     return total
 
 
@@ -88,13 +97,11 @@ def run_from_args(args) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    import torch
-
     from ..data import list_images
+    from ..threads import set_threads
     from .driver import EvaluationConfig, evaluate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # the load-aware default of every command (2 threads on a busy machine: ~10x slower)
     if getattr(args, "task", "pairs") == "correspondence":
         from pathlib import Path
 
@@ -116,15 +123,17 @@ def run_from_args(args) -> int:
     if args.pairs > images and lead:
         print(f"warning: --pairs {args.pairs} exceeds the {images} images under {args.data}: the pairs cycle "
               f"through the same images (each time with a new augmented view)", file=sys.stderr)
+    overhead = 0.0
     fresh = not (Path(args.out) / "results.jsonl").exists() and not list(Path(args.out).glob("partial/rank*.jsonl"))
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and args.pairs > 1 and fresh:
         # the first pair is a normal record of the run (the full run skips it), timed for the estimate
         started = time.perf_counter()
         evaluate(replace(cfg, pairs=1, show_progress=False))
-        print(f"the first pair took {time.perf_counter() - started:.1f} s for {len(cfg.methods)} method(s)",
-              file=sys.stderr)
+        took = time.perf_counter() - started
+        overhead = max(0.0, took - sum(r.get("seconds", 0.0) for r in _records(args.out)))
+        print(f"the first pair took {took:.1f} s for {len(cfg.methods)} method(s)", file=sys.stderr)
     if lead:
-        estimate = _estimate(args.out, cfg.methods, cfg.pairs)
+        estimate = _estimate(args.out, cfg.methods, cfg.pairs, overhead=overhead)
         if estimate is not None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             print(f"estimated time for the remaining pairs: about {_duration(estimate / world)}"

@@ -34,6 +34,7 @@ from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
+from .cli import _duration
 from .settings import EvaluationSettings, SettingsMismatch, check_settings, files_fingerprint, weights_fingerprint
 from .table import format_table, plot_curves, summarize
 
@@ -217,6 +218,9 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
 
     bar = tqdm(total=len(todo), disable=not cfg.show_progress or rank != 0, desc=f"evaluate {cfg.model}")
     unreadable: dict[Path, str | None] = {}
+    # the time left on the progress bar, refined as records come: each method's mean record time so far
+    spent: dict[str, list[float]] = {m: [0.0, 0] for m in cfg.methods}  # seconds, records
+    left = {m: sum(name == m for _, _, name in todo) for m in cfg.methods}
     with open(partial_dir / f"rank{rank}.jsonl", "a") as shard_file:
         for index, path, name in todo:
             if path not in unreadable:
@@ -231,6 +235,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
                         "settings": settings}
                 shard_file.write(json.dumps(skip) + "\n")
                 shard_file.flush()
+                left[name] -= 1
                 bar.update(1)
                 continue
             started = time.perf_counter()
@@ -247,6 +252,12 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
                       "settings": settings}
             shard_file.write(json.dumps(record) + "\n")
             shard_file.flush()
+            spent[name][0] += record["seconds"]
+            spent[name][1] += 1
+            left[name] -= 1
+            if all(spent[m][1] for m in cfg.methods if left[m]):
+                seconds = sum(spent[m][0] / spent[m][1] * left[m] for m in cfg.methods if left[m])
+                bar.set_postfix_str(f"about {_duration(seconds)} left", refresh=False)
             bar.update(1)
     bar.close()
     if distributed:

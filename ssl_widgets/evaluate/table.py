@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from collections.abc import Iterable
 
-__all__ = ["COLUMNS", "summarize", "format_table", "plot_curves"]
+__all__ = ["COLUMNS", "summarize", "format_table", "plot_curves", "curves_title"]
 
 #: (column, result key, direction arrow)
 COLUMNS = [("SI", "SI", "↑"), ("SD", "SD", "↓"), ("CI", "CI", "↑"), ("CD", "CD", "↓"), ("SAD", "SAD", "↓"),
@@ -42,19 +42,46 @@ def format_table(summary: dict[str, dict[str, float | None]], title: str = "", c
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None:
-    """Mean simultaneous insertion and deletion curves per method (conditional where only those exist)."""
+def curves_title(conditional: Iterable[str] = ()) -> str:
+    """The title of ``curves.png``: what the curves are and why deletion ends at cosine 1.0.
+
+    Args:
+        conditional: methods drawn with their conditional curves (one-map methods have no simultaneous ones).
+
+    Returns:
+        Two lines of title text.
+
+    Examples:
+        >>> "simultaneous" in curves_title(), "conditional" in curves_title(["grad-cam"])
+        (True, True)
+    """
+    conditional = list(conditional)
+    title = ("mean simultaneous curves: both images perturbed together, each by its own map\n"
+             "deletion ends at cosine 1.0: with every pixel deleted both images are the same fill image")
+    if conditional:
+        title += f"\n(conditional curves, one image perturbed, for {', '.join(conditional)})"
+    return title
+
+
+def plot_curves(records: Iterable[dict], methods: list[str], path: Path):
+    """Mean simultaneous insertion and deletion curves per method (conditional where only those exist).
+
+    Saves the figure to ``path`` and returns it (a ``matplotlib.figure.Figure``), titled by :func:`curves_title`.
+    """
     # object-oriented: no pyplot, no backend switch (safe in a Jupyter kernel)
     from matplotlib.figure import Figure
 
     records = list(records)
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4.6))
     axes = fig.subplots(1, 2)
+    conditional: set[str] = set()
     for ax, kind in zip(axes, ("insertion", "deletion")):
         for method in methods:
-            curves = [r["curves"].get(f"S-{kind}") or r["curves"].get(f"C-{kind}") for r in records
-                      if r["method"] == method]
-            curves = [c for c in curves if c]
+            rows = [r for r in records if r["method"] == method]
+            curves = [c for c in (r["curves"].get(f"S-{kind}") for r in rows) if c]
+            if not curves:  # a one-map method: only conditional curves
+                curves = [c for c in (r["curves"].get(f"C-{kind}") for r in rows) if c]
+                conditional.update([method] if curves else [])
             if not curves:
                 continue
             length = min(len(c) for c in curves)
@@ -65,5 +92,7 @@ def plot_curves(records: Iterable[dict], methods: list[str], path: Path) -> None
         ax.set_ylabel("cosine similarity")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(curves_title(m for m in methods if m in conditional), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return fig

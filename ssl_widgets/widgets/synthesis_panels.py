@@ -20,6 +20,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["FeatureVisualizationControls", "ModelDifferenceControls"]
 
 
+def _pending_image(width: str) -> W.Image:
+    """An image output hidden until its first picture (an empty ``W.Image`` shows a broken-image icon)."""
+    return W.Image(format="png", layout=W.Layout(width=width, visibility="hidden"))
+
+
+def _show_image(image: W.Image, png: bytes) -> None:
+    image.value = png
+    image.layout.visibility = "visible"
+
+
 class _SynthesisControls(MethodControls):
     """A tab with its own Run button and image outputs; needs :meth:`bind` to an explorer's context."""
 
@@ -32,8 +42,8 @@ class _SynthesisControls(MethodControls):
         return "synthesis", {}
 
     def widgets(self) -> list[W.Widget]:
-        """The settings (a change shows the pair again, waiting for a run), not the image outputs."""
-        return [w for w in super().widgets() if not isinstance(w, W.Image)]
+        """The settings (a change shows the pair again, waiting for a run), not the image outputs or texts."""
+        return [w for w in super().widgets() if not isinstance(w, (W.Image, W.HTML))]
 
     def run(self) -> None:
         """Start (or, unthreaded, perform) the synthesis with the explorer's model and pair, in its job runner."""
@@ -63,17 +73,20 @@ class FeatureVisualizationControls(_SynthesisControls):
                                       continuous_update=False)
         self.run_button = W.Button(description="run", icon="play")
         self.run_button.on_click(lambda _: self.run())
-        self.output = W.Image(format="png", layout=W.Layout(width="224px"))
+        self.output = _pending_image("224px")
+        self.placeholder = W.HTML("<i>press run: the image appears here as it forms</i>")
         self.result: torch.Tensor | None = None
         return [W.HBox([self.layer, self.mode]), self.parametrization, W.HBox([self.octaves, self.iterations]),
-                W.HBox([self.run_button, W.HTML("image whose partial embedding matches view 2's:")]), self.output]
+                W.HBox([self.run_button, W.HTML("image whose partial embedding matches view 2's:")]),
+                self.placeholder, self.output]
 
     def _synthesise(self) -> None:
         context = self.context
         _, x2 = context.current_pair()
+        self.placeholder.layout.display = "none"
 
         def show(_step, image):
-            self.output.value = overlay_png(image[0], display_size=224)
+            _show_image(self.output, overlay_png(image[0], display_size=224))
 
         self.result = FeatureVisualization(context.model(), self.layer.value).visualize(
             x2, mode=self.mode.value, octaves=self.octaves.value, iterations=self.iterations.value,
@@ -94,16 +107,16 @@ class ModelDifferenceControls(_SynthesisControls):
         self.run_button = W.Button(description="run", icon="play")
         self.run_button.on_click(lambda _: self.run())
         self.layers = ("stem", "layer1", "layer2")
-        self.outputs = {(layer, k): W.Image(format="png", layout=W.Layout(width="150px"))
-                        for layer in self.layers for k in range(2)}
+        self.outputs = {(layer, k): _pending_image("150px") for layer in self.layers for k in range(2)}
         self.labels = [W.HTML("<b>this model</b>"), W.HTML("<b>the other model</b>")]
         grid = W.GridBox([W.HTML("")] + [W.HTML(f"<b>{layer}</b>") for layer in self.layers] +
                          [self.labels[0]] + [self.outputs[(layer, 0)] for layer in self.layers] +
                          [self.labels[1]] + [self.outputs[(layer, 1)] for layer in self.layers],
                          layout=W.Layout(grid_template_columns="120px 155px 155px 155px"))
         self.result: dict | None = None
+        self.placeholder = W.HTML("<i>press run: the six images appear here as they form</i>")
         return [W.HBox([self.other, self.iterations, self.run_button]),
-                W.HTML("feature inversion of view 1 from three depths of each model:"), grid]
+                W.HTML("feature inversion of view 1 from three depths of each model:"), self.placeholder, grid]
 
     def _synthesise(self) -> None:
         context = self.context
@@ -112,9 +125,10 @@ class ModelDifferenceControls(_SynthesisControls):
         other_model = context.load_model(other)
         x1, _ = context.current_pair()
         self.labels[0].value, self.labels[1].value = f"<b>{model.name}</b>", f"<b>{other}</b>"
+        self.placeholder.layout.display = "none"
 
         def show(layer, index, _step, image):
-            self.outputs[(layer, index)].value = overlay_png(image[0], display_size=150)
+            _show_image(self.outputs[(layer, index)], overlay_png(image[0], display_size=150))
 
         self.result = ModelDifference(model, other_model).invert(
             x1, layers=self.layers, iterations=self.iterations.value,
