@@ -33,7 +33,8 @@ def test_feature_pca_panel_map_is_the_methods_map_at_the_chosen_layer():
     panel = FeaturePCAPanel(VIT, threaded=False, display_size=64)
     model = panel.context.model()
     x1, x2 = panel.current_pair()
-    assert len(panel.method_controls) == 1 and panel.status.value == "feature-pca" and panel.last_error is None
+    assert len(panel.method_controls) == 1 and panel.last_error is None
+    assert panel.status.value.startswith("feature-pca: red (component 1,")  # says what the colours separate
     torch.testing.assert_close(panel.maps[0], explain_pair(model, "feature-pca", x1, x2, n_components=3)[0][0])
     panel.layer_select.value = "blocks.1"
     expected = explain_pair(model, "feature-pca", x1, x2, layer="blocks.1", n_components=3)

@@ -84,7 +84,7 @@ class FeaturePCAPanel(Explorer):
     Examples:
         >>> from ssl_widgets.widgets import FeaturePCAPanel
         >>> panel = FeaturePCAPanel("tiny-dino-vit", threaded=False, display_size=64)
-        >>> panel.status.value, tuple(panel.maps[0].shape)
+        >>> panel.status.value.split(":")[0], tuple(panel.maps[0].shape)  # the status says what the colours separate
         ('feature-pca', (3, 112, 112))
     """
 
