@@ -33,8 +33,19 @@ def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (argparse ``type=``).
+def _bounded(kind: Callable[[str], Any], what: str, accepts: Callable[[Any], bool]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses ``kind`` and accepts the values ``accepts`` says yes to."""
+    def parse(text: str) -> Any:
+        value = _number(text, kind, what)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _bounded(int, "a positive integer (1 or more)", lambda v: v >= 1)
+positive_int.__doc__ = """An integer >= 1 (argparse ``type=``).
 
     Examples:
         >>> positive_int("3")
@@ -44,47 +55,10 @@ def positive_int(text: str) -> int:
         ...
         argparse.ArgumentTypeError: expected a positive integer (1 or more), got '0'
     """
-    what = "a positive integer (1 or more)"
-    value = _number(text, int, what)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0 (argparse ``type=``)."""
-    what = "an integer >= 0"
-    value = _number(text, int, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (argparse ``type=``)."""
-    what = "a finite number > 0"
-    value = _number(text, float, what)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0 (argparse ``type=``)."""
-    what = "a finite number >= 0"
-    value = _number(text, float, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in [0, 1] (argparse ``type=``)."""
-    what = "a number in [0, 1]"
-    value = _number(text, float, what)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
+nonnegative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _bounded(float, "a finite number > 0", lambda v: v > 0)
+nonnegative_float = _bounded(float, "a finite number >= 0", lambda v: v >= 0)
+probability = _bounded(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):

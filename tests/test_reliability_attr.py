@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import arange_image, cos, small_resnet
+from helpers import arange_image, small_resnet
+from test_private_trunk_cache import occlusion_grid
+from test_private_trunk_cache import slow_grid as brute_force_grid  # a plain loop over the model itself
 from torch import nn
 
 from ssl_widgets._validation import check_images
@@ -144,26 +146,6 @@ def test_guided_relus_keep_in_place_relus_in_place():
 
 
 # -- 3 and 8. one rule for every cache -----------------------------------------------------------------
-def brute_force_grid(model, x1, x2, window=12, stride=10):
-    """Conditional occlusion of ``x1`` by a plain loop over the user's own model (its hooks run)."""
-    fill = model.fill_value.view(1, 3, 1, 1)
-    with torch.no_grad():
-        z2 = model(x2)
-        base = cos(model(x1), z2)
-        n = (x1.shape[2] - window) // stride + 1
-        out = torch.zeros(n, n)
-        for i in range(n):
-            for j in range(n):
-                o = x1.clone()
-                o[:, :, i * stride:i * stride + window, j * stride:j * stride + window] = fill
-                out[i, j] = base - cos(model(o), z2)
-    return out
-
-
-def occlusion_grid(model, x1, x2):
-    return ConditionalOcclusion(model).attribute((x1, x2), 12, 10, grid=True)[0][0]
-
-
 def assert_like_brute_force(model, x1, x2):
     # measured: at most 2.4e-7 between the engines and the loop; before the fix the stale or misapplied grids
     # were 0.04-0.06 off, as large as the grids themselves (0.04-0.05)
