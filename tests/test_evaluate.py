@@ -154,7 +154,14 @@ def test_second_run_resumes_without_recomputing(run, image_folder, tmp_path, mon
     assert read_records(out) == read_records(run[0])
 
 
-def test_not_applicable_metrics_are_na(image_folder, tmp_path):
+def test_not_applicable_metrics_are_na(image_folder, tmp_path, monkeypatch):
+    from ssl_widgets.evaluate import driver
+
+    def coarse(model, name, *args, **kwargs):  # which cells are NA depends on the method, not on its stride
+        extra = {"strides": 16} if name == "conditional-occlusion" else {}
+        return explain_pair(model, name, *args, **kwargs, **extra)
+
+    monkeypatch.setattr(driver, "explain_pair", coarse)
     out = tmp_path / "na"
     evaluate(config(image_folder, out, methods=["pixel-invariance", "conditional-occlusion"], pairs=1))
     table = (out / "table.md").read_text()
