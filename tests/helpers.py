@@ -95,3 +95,23 @@ class TwoLayer(nn.Module):
         h = self.relu(self.conv1(x))
         z = self.conv2(h)
         return torch.nn.functional.relu(z) + 0.1 if self.functional else self.relu(z) + 0.1
+
+
+def run_processes(commands, env, timeout=300):
+    """Runs each command in its own fresh process, all at once (each pays its own interpreter and torch import, which
+    then overlap), and returns their ``subprocess.CompletedProcess`` in the order given (text output captured)."""
+    import subprocess
+
+    running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for command in commands]
+    done = []
+    try:
+        for command, process in zip(commands, running):
+            stdout, stderr = process.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return done

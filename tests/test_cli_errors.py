@@ -5,12 +5,13 @@ Each entry point is run in-process (``main(argv)``), plus one subprocess smoke t
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import run_processes
 
 from ssl_widgets.cli import main as cli_main
 from ssl_widgets.evaluate.cli import main as evaluate_main
@@ -170,8 +171,8 @@ def test_command_line_errors_in_a_fresh_process_are_one_line(images, tmp_path):
     a_file.write_text("not a folder")
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    for argv, expected in (([*EVALUATE, "--pairs", "0"], "argument --pairs: expected a positive integer"),
-                           ([*EVALUATE, "--pairs", "1", "--out", str(a_file / "eval")], "Not a directory")):
-        done = subprocess.run([sys.executable, "-m", "ssl_widgets.cli", "evaluate", "--data", str(images), *argv],
-                              env=env, capture_output=True, text=True, timeout=300, check=False)
+    cases = (([*EVALUATE, "--pairs", "0"], "argument --pairs: expected a positive integer"),
+             ([*EVALUATE, "--pairs", "1", "--out", str(a_file / "eval")], "Not a directory"))
+    commands = [[sys.executable, "-m", "ssl_widgets.cli", "evaluate", "--data", str(images), *argv] for argv, _ in cases]
+    for done, (_, expected) in zip(run_processes(commands, env), cases):  # one fresh process each, run side by side
         assert_one_line_error(done.returncode, done.stderr, expected)

@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom (with its parameters cell kept as is: they are CI-sized), and every
 cell that draws shows its figure (an ``image/png`` output), as a reader of the notebook would see it."""
 import re
+import threading
 from pathlib import Path
 
 import nbformat
@@ -23,9 +24,87 @@ def png_outputs(cell) -> int:
     return sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
 
 
-def execute(nb, tmp_path) -> None:
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+def execute(nb, tmp_path, kernels=None) -> None:
+    """Runs every cell of ``nb`` in a fresh kernel (a cold one, or the next of ``kernels``), then shuts it down."""
+    client = notebook_client(nb, tmp_path, kernels)
     client.execute()
+
+
+def notebook_client(nb, tmp_path, kernels=None) -> NotebookClient:
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                            km=kernels.take() if kernels else None)
+    client.owns_km = True  # the client shuts its kernel down after the run, as with a kernel it started itself
+    return client
+
+
+class FreshKernels:
+    """Fresh kernels, one per notebook run, each started while the run before it executes.
+
+    A spare kernel boots and imports the heavy third-party packages (torch, torchvision, matplotlib, ...) in the
+    background, so a run does not wait for them. Nothing else happens in it: the notebook still runs every cell in a
+    new kernel with an empty namespace (its own imports run and bind their names as a reader's would); only
+    ``sys.modules`` is warm. ``ssl_widgets`` itself is not imported ahead.
+    """
+
+    WARM_UP = ("import importlib as _importlib\n"
+               "for _name in ('numpy', 'torch', 'torchvision', 'timm', 'captum.attr', 'matplotlib', 'PIL.Image',\n"
+               "              'ipywidgets', 'safetensors.torch'):\n"
+               "    _importlib.import_module(_name)\n"
+               "del _importlib, _name")
+
+    def __init__(self, folders, runs: int):
+        self.folders, self.runs_left, self.spare = folders, runs, None
+        if runs:
+            self.spare = self._start()
+
+    def _start(self):
+        from jupyter_client import AsyncKernelManager, BlockingKernelClient
+        from jupyter_core.utils import run_sync
+
+        manager = AsyncKernelManager(kernel_name="python3")
+        run_sync(manager.start_kernel)(cwd=str(self.folders.mktemp("kernel")))
+        client = BlockingKernelClient()
+        client.load_connection_info(manager.get_connection_info())
+
+        def warm_up():
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=120)
+                client.execute_interactive(self.WARM_UP, silent=True, store_history=False, timeout=300,
+                                           output_hook=lambda message: None)
+            finally:
+                client.stop_channels()
+
+        thread = threading.Thread(target=warm_up, daemon=True)
+        thread.start()
+        return manager, thread
+
+    def take(self):
+        """The warm spare kernel's manager (the caller's client shuts it down); the next spare starts now."""
+        manager, thread = self.spare
+        thread.join(timeout=300)
+        self.runs_left -= 1
+        self.spare = self._start() if self.runs_left > 0 else None
+        return manager
+
+    def close(self) -> None:
+        if self.spare is not None:
+            from jupyter_core.utils import run_sync
+
+            manager, thread = self.spare
+            thread.join(timeout=300)
+            run_sync(manager.shutdown_kernel)(now=True)
+            self.spare = None
+
+
+@pytest.fixture(scope="module")
+def kernels(request, tmp_path_factory):
+    """The module's fresh kernels: as many as its selected tests will take (no spare is left to boot at the end)."""
+    runs = sum("kernels" in getattr(item, "fixturenames", ()) for item in request.session.items
+               if getattr(item, "module", None) is request.module)
+    pool = FreshKernels(tmp_path_factory, runs)
+    yield pool
+    pool.close()
 
 
 def test_draws_detects_figure_code():
@@ -38,9 +117,9 @@ def test_draws_detects_figure_code():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_and_shows_its_figures(path, tmp_path):
+def test_notebook_runs_and_shows_its_figures(path, tmp_path, kernels):
     nb = nbformat.read(path, as_version=4)
-    execute(nb, tmp_path)
+    execute(nb, tmp_path, kernels)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
@@ -95,7 +174,7 @@ def classroom_text(nb, start: int = 0) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(CLASSROOM_ANSWERS))
-def test_classroom_grades_right_and_placeholder_answers_without_revealing(name, tmp_path):
+def test_classroom_grades_right_and_placeholder_answers_without_revealing(name, tmp_path, kernels):
     path = NOTEBOOKS[0].parent / name
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -106,15 +185,21 @@ def test_classroom_grades_right_and_placeholder_answers_without_revealing(name, 
     # the expected answers: every check says correct
     nb.cells[answer_cell].source = CLASSROOM_ANSWERS[name]
     nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and _is_panel(c.source))]
-    execute(nb, tmp_path)
-    text = classroom_text(nb, answer_cell)
-    assert "correct" in text and "not quite" not in text and "not yet" not in text, text
-    # a wrong answer gets a hint
-    wrong = {"10": 'MY_ANSWER = "crop"', "11": "MY_GUESS = (80, 0)",
-             "15": "MY_GRID = 14\nMY_CELL_PX = 8\nMY_HOT_CELL = (6, 6)",
-             "16": 'MY_WINNER = "random"\nMY_MARGIN = 0.9'}[name[:2]]
-    nb.cells[answer_cell].source = wrong
-    execute(nb, tmp_path)
+    answer_cell = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.startswith("MY_"))
+    client = notebook_client(nb, tmp_path, kernels)
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        text = classroom_text(nb, answer_cell)
+        assert "correct" in text and "not quite" not in text and "not yet" not in text, text
+        # a wrong answer gets a hint: the student edits the answer cell and runs it and the checks below it again
+        # (in the same kernel, as in a notebook; the cells above it are not rerun)
+        wrong = {"10": 'MY_ANSWER = "crop"', "11": "MY_GUESS = (80, 0)",
+                 "15": "MY_GRID = 14\nMY_CELL_PX = 8\nMY_HOT_CELL = (6, 6)",
+                 "16": 'MY_WINNER = "random"\nMY_MARGIN = 0.9'}[name[:2]]
+        nb.cells[answer_cell].source = wrong
+        for index in range(answer_cell, len(nb.cells)):
+            client.execute_cell(nb.cells[index], index)
     text = classroom_text(nb, answer_cell)
     assert "correct" not in text and ("Hint" in text or "move your window" in text), text
 

@@ -204,9 +204,10 @@ def test_train_from_the_command_line(image_folder, tmp_path):
     file and a summary whose numbers match the settings."""
     import json
     import os
-    import subprocess
     import sys
     from pathlib import Path
+
+    from helpers import run_processes
 
     out = tmp_path / "cli.pt"
     root = Path(__file__).resolve().parents[1]
@@ -214,7 +215,8 @@ def test_train_from_the_command_line(image_folder, tmp_path):
     command = [sys.executable, "-m", "ssl_widgets.train", "--method", "barlow-twins", "--data", str(image_folder),
                "--out", str(out), "--epochs", "1", "--threads", "1", "--image-size", "32", "--width", "4",
                "--head-dims", "16,8", "--batch-size", "4", "--no-progress"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    # the run and a bad method, each in its own fresh process, side by side
+    done, bad = run_processes([command, command[:3] + ["--method", "moco"]], env)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(out.with_suffix(".pt.json").read_text())
     assert summary["status"] == "done" and summary["epochs_done"] == 1
@@ -222,7 +224,6 @@ def test_train_from_the_command_line(image_folder, tmp_path):
     assert summary["arch"]["width"] == 4 and summary["arch"]["head_dims"] == [16, 8]
     model = load_model("tiny-barlow-twins", weights=out)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 8)
-    bad = subprocess.run(command[:3] + ["--method", "moco"], check=False, capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "invalid choice: 'moco'" in bad.stderr
 
 
