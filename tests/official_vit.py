@@ -16,9 +16,8 @@ import torch.nn.functional as F
 
 #: (offset, antialias) of each codebase: an offset is passed as scale factor (g + offset) / M
 DINO = {"offset": 0.1, "antialias": False}          # DINO, DINOv2 (torch.hub defaults)
-DINOV2_REGISTERS = {"offset": 0.0, "antialias": True}  # DINOv2 *_reg models on torch.hub
+DINOV2_REGISTERS = {"offset": 0.0, "antialias": True}  # DINOv2 *_reg on torch.hub; transformers' WithRegisters
 TRANSFORMERS = {"offset": 0.0, "antialias": False}     # transformers ViTModel, Dinov2Model
-TRANSFORMERS_REGISTERS = {"offset": 0.0, "antialias": True}  # transformers Dinov2WithRegistersModel
 
 
 def reference_positions(pos_embed, height, width, patch, *, offset, antialias):

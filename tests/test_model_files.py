@@ -112,27 +112,25 @@ def check_loaded(outcomes: list, placed: Path, payload: bytes) -> None:
     assert not list(placed.parent.glob("*.partial"))
 
 
-def test_concurrent_first_downloads_each_complete(published, monkeypatch):
-    """Two loads at once (as two torchrun ranks): both download, each through its own temporary file."""
+def two_loads_from(published, monkeypatch, **server_options):
+    """Two loads of the published model at once from a local server; both must end with the placed file."""
     spec, payload, placed = published
-    server = WeightServer(payload, clients=2, placed=placed)
+    server = WeightServer(payload, clients=2, placed=placed, **server_options)
     monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, url=server.url))
     try:
         outcomes = load_in_threads(spec.name, 2)
     finally:
         server.close()
     check_loaded(outcomes, placed, payload)
+
+
+def test_concurrent_first_downloads_each_complete(published, monkeypatch):
+    """Two loads at once (as two torchrun ranks): both download, each through its own temporary file."""
+    two_loads_from(published, monkeypatch)
 
 
 def test_a_failed_download_loads_the_file_another_process_completed(published, monkeypatch):
-    spec, payload, placed = published
-    server = WeightServer(payload, clients=2, placed=placed, fail_after_first=True)
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, url=server.url))
-    try:
-        outcomes = load_in_threads(spec.name, 2)
-    finally:
-        server.close()
-    check_loaded(outcomes, placed, payload)
+    two_loads_from(published, monkeypatch, fail_after_first=True)
 
 
 def test_temporary_file_is_per_call_and_renamed_into_place(published, monkeypatch, tmp_path):

@@ -5,7 +5,7 @@ Every loader of the package reads files through :func:`read_checkpoint`: ``torch
 real training checkpoints carry beside their tensors: ``argparse.Namespace``, the ``args`` entry of
 the checkpoints that DINO's ``main_dino.py`` writes (SimSiam's and MoCo's carry only a string
 ``arch``; Barlow Twins', DINOv2's and timm's only tensors and numbers). A file that pickles any other
-global is refused before anything of it is imported, with an error that names the globals.
+global is refused (the weights-only unpickler imports none of it), with an error that names the globals.
 """
 from __future__ import annotations
 
@@ -73,30 +73,22 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
-    unsafe = _unsafe_globals(path)
-    if unsafe:
-        raise CheckpointError(
-            f"refused to load {path}: it pickles {', '.join(unsafe)}, which loading would import and run. "
-            f"Only tensors, plain containers and {', '.join(_qualified(c) for c in ALLOWED_GLOBALS)} (the 'args' "
-            f"of DINO's training checkpoints) are read. If you trust the file, load it yourself with "
-            f"torch.load(path, weights_only=False), save its state dict (torch.save(checkpoint['state_dict'], "
-            f"'weights.pth'), say) and pass that file instead."
-        )
     try:
         allowing = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         with allowing(list(ALLOWED_GLOBALS)) if allowing else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        unsupported = str(error).split("Unsupported global: GLOBAL ", 1)
-        if len(unsupported) == 2:  # an older torch that cannot list the globals beforehand
-            name = unsupported[1].split()[0]
+    except Exception as error:  # the weights-only unpickler imports nothing it refuses
+        unsafe = _unsafe_globals(path) if isinstance(error, pickle.UnpicklingError) else None
+        if not unsafe and isinstance(error, pickle.UnpicklingError) and "Unsupported global: GLOBAL " in str(error):
+            unsafe = [str(error).split("Unsupported global: GLOBAL ", 1)[1].split()[0]]  # a torch that cannot list
+        if unsafe:
             raise CheckpointError(
-                f"refused to load {path}: it pickles {name}, which loading would import and run; only tensors, "
-                f"plain containers and argparse.Namespace are read"
+                f"refused to load {path}: it pickles {', '.join(unsafe)}, which loading would import and run. "
+                f"Only tensors, plain containers and {', '.join(_qualified(c) for c in ALLOWED_GLOBALS)} (the "
+                f"'args' of DINO's training checkpoints) are read. If you trust the file, load it yourself with "
+                f"torch.load(path, weights_only=False), save its state dict (torch.save(checkpoint['state_dict'], "
+                f"'weights.pth'), say) and pass that file instead."
             ) from error
-        raise CheckpointError(f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch "
-                              f"checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
-    except Exception as error:
         raise CheckpointError(f"could not read weight file {path}: it is truncated, corrupt or not a PyTorch "
                               f"checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
 

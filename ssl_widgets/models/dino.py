@@ -49,6 +49,7 @@ __all__ = [
     "build_dino_vit",
     "dino_head_from_state",
     "dino_vit_builder",
+    "dinov2_to_timm_layout",
     "split_dino_checkpoint",
 ]
 
@@ -256,16 +257,17 @@ def build_dino_r50(checkpoint: Any) -> SSLModel:
     return model
 
 
-def _convert_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def dinov2_to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DINOv2 names -> timm's: drop ``mask_token``; with registers, timm's ``no_embed_class`` layout
     (the class token's position embedding folded into the class token, ``register_tokens`` ->
-    ``reg_token``), which computes exactly DINOv2's forward."""
+    ``reg_token``), which computes exactly DINOv2's forward. Also used for transformers' DINOv2 models
+    (:mod:`~ssl_widgets.models.hf`) once their names are DINOv2's."""
     state = {k: v for k, v in state.items() if k != "mask_token"}
     if "register_tokens" in state:
         pos, cls = state.get("pos_embed"), state.get("cls_token")
         if not (isinstance(pos, torch.Tensor) and isinstance(cls, torch.Tensor) and pos.dim() == 3
                 and cls.dim() == 3 and pos.shape[2] == cls.shape[2] and pos.shape[1] > 1):
-            raise CheckpointError(f"dinov2-vits14-reg: expected 'cls_token' (1, 1, C) and 'pos_embed' (1, 1 + N, C), "
+            raise CheckpointError(f"DINOv2 with registers: expected 'cls_token' (1, 1, C) and 'pos_embed' (1, 1 + N, C), "
                                   f"found {_shape(cls)} and {_shape(pos)}")
         state["reg_token"] = state.pop("register_tokens")
         state["cls_token"] = cls + pos[:, :1]
@@ -285,7 +287,7 @@ def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
             has = "has" if "register_tokens" in backbone else "has no"
             other = "dinov2-vits14" if "reg_tokens" in arch else "dinov2-vits14-reg"
             raise CheckpointError(f"{name}: this file {has} 'register_tokens'; load it as {other!r}")
-        backbone = _convert_dinov2(backbone)
+        backbone = dinov2_to_timm_layout(backbone)
     backbone = {k: v for k, v in backbone.items() if not str(k).startswith("head.")}  # DINO's Identity head
     rule = REGISTERS_RULE if "reg_tokens" in arch else DINO_RULE
     vit = ReferenceViT(position_rule=rule, num_classes=0, global_pool="token", **arch)

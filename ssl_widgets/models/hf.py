@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .converters import CheckpointError
+from .dino import dinov2_to_timm_layout
 from .position_rules import HF_RULE, REGISTERS_RULE, PositionRule, ReferenceViT
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
 
@@ -87,16 +88,14 @@ def convert_state(state: Mapping[str, torch.Tensor], config: Any, dinov2: bool,
         CheckpointError: a key is missing or left over (named).
     """
     state = dict(state)
-    pos = _take(state, "embeddings.", ("position_embeddings",), "")
-    out = {"cls_token": _take(state, "embeddings.", ("cls_token",), ""), "pos_embed": pos}
+    out = {"cls_token": _take(state, "embeddings.", ("cls_token",), ""),
+           "pos_embed": _take(state, "embeddings.", ("position_embeddings",), "")}
     for part in ("weight", "bias"):
         out[f"patch_embed.proj.{part}"] = _take(state, "embeddings.", ("patch_embeddings.projection",), f".{part}")
         out[f"norm.{part}"] = _take(state, "", ("layernorm",), f".{part}")
     state.pop("embeddings.mask_token", None)
     if registers:
-        out["reg_token"] = _take(state, "embeddings.", ("register_tokens",), "")
-        out["cls_token"] = out["cls_token"] + pos[:, :1]
-        out["pos_embed"] = pos[:, 1:]
+        out["register_tokens"] = _take(state, "embeddings.", ("register_tokens",), "")
     names = {**_BLOCK_NAMES, **(_DINOV2_NAMES if dinov2 else _VIT_NAMES)}
     if not dinov2:
         del names["ls1.gamma"], names["ls2.gamma"]
@@ -115,7 +114,7 @@ def convert_state(state: Mapping[str, torch.Tensor], config: Any, dinov2: bool,
     if leftover:
         raise CheckpointError(f"transformers model: unexpected weights {leftover[:4]} (a variant this converter "
                               f"does not know, e.g. a SwiGLU feed-forward)")
-    return out
+    return dinov2_to_timm_layout(out)  # with registers: the zoo's DINOv2 layout, class position folded in
 
 
 def from_transformers(model: nn.Module, *, position_rule: PositionRule | None = None,
