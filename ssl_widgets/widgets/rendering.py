@@ -76,9 +76,9 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
     """The pixels of a bool mask within ``width`` pixels of its edge (4-neighbourhood).
 
     Examples:
-        >>> mask_outline(np.ones((4, 4), bool), width=1).astype(int).sum()  # nothing outside: no edge
+        >>> int(mask_outline(np.ones((4, 4), bool), width=1).sum())  # nothing outside: no edge
         0
-        >>> mask_outline(np.pad(np.ones((3, 3), bool), 1), width=1).astype(int).sum()  # the ring of a 3x3 square
+        >>> int(mask_outline(np.pad(np.ones((3, 3), bool), 1), width=1).sum())  # the ring of a 3x3 square
         8
     """
     inner = mask.copy()
