@@ -234,3 +234,15 @@ def test_attention_relevance_refuses_cnns_and_bad_block_ranges_and_restores_the_
     assert not any(m._forward_hooks for m in model.modules())
     method.attribute((x1, x2))
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["cls-attention:mask", "attention-rollout:max+discard", "attention-relevance"])
+def test_cli_reaches_the_settings_through_the_records(method, tmp_path, capsys):
+    from ssl_widgets.cli import main
+
+    out = tmp_path / "figure.png"
+    assert main(["explain", "chelsea", "--model", "tiny-dino-vit", "--method", method, "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and f"{method} on tiny-dino-vit" in capsys.readouterr().out
+    assert main(["explain", "chelsea", "--model", "tiny-simclr", "--method", method, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not apply to model 'tiny-simclr'" in err and "Vision Transformer" in err
