@@ -130,6 +130,8 @@ def test_rollout_record_option_and_bad_discard_ratio():
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(ValueError, match=r"discard_ratio must be a fraction in \[0, 1\)"):
             AttentionRollout(model).attribute((x1, x2), discard_ratio=bad)
+    with pytest.raises(ValueError, match=r"start_block -1 \(block 1\) comes after end_block 0 \(block 0\)"):
+        AttentionRollout(model).attribute((x1, x2), start_block=-1, end_block=0)
 
 
 # -- attention-relevance -------------------------------------------------------------------------------------

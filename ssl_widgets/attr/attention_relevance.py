@@ -22,7 +22,7 @@ from captum.attr import GradientAttribution
 
 from ..models.wrapper import SSLModel
 from .base import PairMethod
-from .cls_attention import attention_blocks, recorded_attention, resolve_block, token_map
+from .cls_attention import attention_blocks, recorded_attention, resolve_block_range, token_map
 from .engine import PairAttribution, cosine
 from .spec import MethodSpec
 
@@ -98,10 +98,7 @@ class AttentionGradientRelevance(PairMethod, GradientAttribution):
             ValueError: a block out of range or unknown, or ``start_block`` after ``end_block``.
         """
         x1, x2 = self._inputs(inputs)
-        first, last = resolve_block(self.blocks, start_block), resolve_block(self.blocks, end_block)
-        if first > last:
-            raise ValueError(f"start_block {start_block!r} (block {first}) comes after end_block {end_block!r} "
-                             f"(block {last})")
+        first, last = resolve_block_range(self.blocks, start_block, end_block)
         modules = [m for _, m in self.blocks[first:last + 1]]
         with self._preserved(), torch.enable_grad(), recorded_attention(modules, keep_graph=True) as records:
             # inputs that need a gradient make autograd record the graph through the frozen model

@@ -14,7 +14,7 @@ from captum.attr import Attribution
 from ..models.wrapper import SSLModel
 from .base import PairMethod
 from .spec import MethodSpec, Setting
-from .cls_attention import attention_blocks, pair_attentions, resolve_block, token_map
+from .cls_attention import attention_blocks, pair_attentions, resolve_block_range, token_map
 from .engine import PairAttribution
 
 __all__ = ["AttentionRollout", "rollout"]
@@ -120,9 +120,7 @@ class AttentionRollout(PairMethod, Attribution):
             raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
         check_discard_ratio(discard_ratio)
         x1, x2 = self._inputs(inputs, convert=False)
-        first, last = resolve_block(self.blocks, start_block), resolve_block(self.blocks, end_block)
-        if first > last:
-            raise ValueError(f"start_block {start_block!r} comes after end_block {end_block!r}")
+        first, last = resolve_block_range(self.blocks, start_block, end_block)
         modules = [m for _, m in self.blocks[first:last + 1]]
         a1, a2, sims = pair_attentions(self.model, x1, x2, modules)
         maps = [token_map(self.model, rollout(a, head_fusion, discard_ratio)[:, 0], x.shape[2:])

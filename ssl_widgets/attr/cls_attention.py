@@ -54,6 +54,17 @@ def resolve_block(blocks: list[tuple[str, nn.Module]], block: int | str) -> int:
     raise ValueError(f"unknown block {block!r}; attention blocks are {names[:2]} ... {names[-1:]}")
 
 
+def resolve_block_range(blocks: list[tuple[str, nn.Module]], start_block: int | str,
+                        end_block: int | str) -> tuple[int, int]:
+    """Indices ``(first, last)`` of an inclusive block range (see :func:`resolve_block`); a clear error when
+    ``start_block`` comes after ``end_block``."""
+    first, last = resolve_block(blocks, start_block), resolve_block(blocks, end_block)
+    if first > last:
+        raise ValueError(f"start_block {start_block!r} (block {first}) comes after end_block {end_block!r} "
+                         f"(block {last})")
+    return first, last
+
+
 @contextlib.contextmanager
 def recorded_attention(modules: list[nn.Module], keep_graph: bool = False) -> Iterator[list[list[torch.Tensor]]]:
     """Record each module's attention weights during the block: ``records[i]`` lists the
