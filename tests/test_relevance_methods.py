@@ -213,6 +213,8 @@ def test_attention_relevance_depends_on_the_other_image():
     m_a, _ = AttentionGradientRelevance(model).attribute((x1, x2))
     m_b, _ = AttentionGradientRelevance(model).attribute((x1, x3))
     assert float((m_a - m_b).abs().max()) > 1e-4 * float(m_a.abs().max())
+    batch, _ = AttentionGradientRelevance(model).attribute((torch.cat([x1, x1]), torch.cat([x2, x3])))
+    assert float((batch - torch.cat([m_a, m_b])).abs().max()) < 1e-6  # each row its own pair's gradient
 
 
 def test_attention_relevance_refuses_cnns_and_bad_block_ranges_and_restores_the_model():
