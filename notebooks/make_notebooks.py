@@ -1042,6 +1042,150 @@ invariant, it is uninformative; check retrieval (the model card) before praising
 method to `attention-rollout` or `feature-pca`; then change view 2's crop and watch the PCA colours.
 """),
     ],
+    "17_relevance_methods.ipynb": [
+        md("""
+# Attention, rollout and gradient-weighted relevance: the ViT explanations the field compares against
+
+**What you will learn**
+* DINO's attention masks (`cls-attention` with `threshold=`): the smallest set of patches holding a
+  fraction of the class token's attention;
+* attention rollout as the paper defines it (`head_fusion="mean"`) and as it is usually published
+  (vit-explain's `head_fusion="max", discard_ratio=0.9`);
+* Chefer et al. (2021)'s gradient-weighted attention relevance (`attention-relevance`), driven here by
+  the pair's cosine similarity;
+* when each of them is trustworthy, and a test for the difference that matters: does the map depend
+  on the *other* image?
+"""),
+        code('MODEL = "tiny-dino-vit"\nIMAGE = "chelsea"\nOTHER = "coffee"\nTHRESHOLD = 0.6\nTHREADS = 1',
+             parameters=True),
+        code(SETUP + """
+from ssl_widgets.attr import AttentionGradientRelevance, AttentionRollout, ClassTokenAttention, upsample
+from ssl_widgets.plotting import maps_figure
+
+x1, x2 = make_pair(IMAGE, "aug", model.input_size, seed=0)
+size = model.input_size
+with torch.no_grad():
+    print(f"similarity of the pair {float(model.similarity(x1, x2)):+.3f}")
+"""),
+        md("""
+## 1. DINO's attention masks
+
+`ClassTokenAttention(model).attribute((x1, x2), threshold=t)` returns, instead of the attention, a 0/1
+mask per image: DINO's `visualize_attention.py` rule, which sorts the class token's attention over the
+patches, and keeps the patches holding the top fraction `t` of its mass (DINO's figures use 0.6). With
+`head=None` the mask is cut from the mean of the heads, with `head=k` from head `k`.
+"""),
+        code("""
+attention = ClassTokenAttention(model)
+att = attention.attribute((x1, x2))
+mask = attention.attribute((x1, x2), threshold=THRESHOLD)
+heads = [attention.attribute((x1, x2), head=h, threshold=THRESHOLD)[0] for h in range(model.trunk.blocks[-1].attn.num_heads)]
+for h, m in enumerate(heads):
+    print(f"head {h}: the mask keeps {int(m.sum())} of {m.numel()} patches")
+print(f"mean of heads: the mask keeps {int(mask[0].sum())} of {mask[0].numel()} patches")
+crisp = [torch.nn.functional.interpolate(m[None], size=(size, size), mode="nearest")[0] for m in mask]  # whole patches
+maps_figure([x1, x2, x1, x2], [upsample(att[0], size), upsample(att[1], size), crisp[0], crisp[1]],
+            ["attention: view 1", "attention: view 2", f"mask ({THRESHOLD:.0%} of the mass): view 1",
+             "mask: view 2"], ncols=4, suptitle="cls-attention, last block, mean of heads")
+"""),
+        md("""
+**Reading the figure.** The mean attention of the last block peaks on one token by the right eye in
+view 1 and on a few tokens around the eyes in view 2. Yet 60 % of its mass needs 60 of the 196
+patches, scattered over the whole image: the class token of this small model (6 blocks, trained on
+640 images) spreads most of its attention thinly. The heads differ a lot (from 4 to 97 patches for
+60 % of their mass). The object-shaped masks of DINO's figures come from large ViTs; a mask is only
+as meaningful as the attention is peaked.
+"""),
+        md("""
+## 2. Attention rollout: as in the paper, and as usually published
+
+Rollout multiplies the blocks' attention matrices (each with the identity added for the residual path
+and rows renormalised) and reads the class token's row. vit-explain's default fuses the heads by their
+*maximum* and sets the lowest 90 % of each fused matrix to zero first (the class token's attention to
+itself is spared). vit-explain then divides by column sums for max fusion (its issue #16); we keep the
+paper's row normalisation.
+"""),
+        code("""
+rollout = AttentionRollout(model)
+mean_rollout = rollout.attribute((x1, x2), head_fusion="mean")
+published = rollout.attribute((x1, x2), head_fusion="max", discard_ratio=0.9)
+maps_figure([x1, x2, x1, x2], [upsample(m, size) for m in (*mean_rollout, *published)],
+            ["rollout, mean: view 1", "rollout, mean: view 2", "max + discard 0.9: view 1",
+             "max + discard 0.9: view 2"], ncols=4, suptitle="attention rollout")
+"""),
+        md("""
+**Reading the figure.** The mean rollout is broad (the identity of the residual path dominates the
+product) with mild peaks on the eyes. Max fusion with 90 % discarded is much more peaked: the right eye
+in view 1, the left eye and the middle of the face in view 2, close to the last block's attention.
+The two settings answer the same question with different assumptions; the sharper map is not the
+truer one.
+"""),
+        md("""
+## 3. Gradient-weighted attention relevance (Chefer, Gur & Wolf, 2021)
+
+Per block, the attention is weighted by the gradient of the *similarity* with respect to it, its
+positive part averaged over the heads, $\\bar A = \\mathrm{mean}_h\\,(\\nabla_A s \\odot A)^+$, and
+accumulated as $R \\leftarrow R + \\bar A R$ from $R = I$; the map is the class token's row of $R$.
+Each image's map uses the gradient with respect to its own attention, so it is an explanation of *this
+pair's* similarity.
+"""),
+        code("""
+relevance = AttentionGradientRelevance(model).attribute((x1, x2))
+maps_figure([x1, x2], [upsample(m, size) for m in relevance],
+            ["attention-relevance: view 1", "attention-relevance: view 2"], ncols=2,
+            suptitle="gradient-weighted attention relevance of the similarity")
+"""),
+        md("""
+**Reading the figure.** The relevance is concentrated: the forehead between the eyes in view 1 and
+the right eye in view 2 carry most of it. These are not the tokens the class token attends to most
+(section 1): the gradient of the similarity re-weights the heads and the blocks.
+"""),
+        md("""
+## 4. Which of them explains the *similarity*?
+
+A map that explains $\\cos(f(x_1), f(x_2))$ should change when $x_2$ changes. Attention and rollout
+are computed from one image alone; the relevance is not. Below, view 1 is paired with another image
+(`OTHER`) and each map of view 1 is compared with its map in the original pair.
+"""),
+        code("""
+x_other, _ = make_pair(OTHER, "pure", size, seed=0)
+pairs = {"original pair": (x1, x2), "other partner": (x1, x_other)}
+methods = {
+    "cls-attention": lambda a, b: attention.attribute((a, b))[0],
+    "rollout, mean": lambda a, b: rollout.attribute((a, b), head_fusion="mean")[0],
+    "rollout, max + discard 0.9": lambda a, b: rollout.attribute((a, b), head_fusion="max", discard_ratio=0.9)[0],
+    "attention-relevance": lambda a, b: AttentionGradientRelevance(model).attribute((a, b))[0],
+}
+for name, explain in methods.items():
+    first, second = (explain(*p) for p in pairs.values())
+    change = float((first - second).abs().max() / first.abs().max())
+    print(f"{name:28s} map of view 1 changes by {change:6.1%} of its maximum when the partner changes")
+"""),
+        md("""
+## When is each of them trustworthy?
+
+* **cls-attention (and its mask)** shows where the class token of *one* image reads in *one* block. It
+  is exact (no approximation) and cheap, and in large DINO ViTs the last block's heads segment objects.
+  It says nothing about the pair: the same map for every partner. Trust it as a view of the model, not
+  as an explanation of a similarity; the mask's area depends on `threshold` and on how peaked the
+  attention is, not on importance.
+* **Rollout (mean)** follows the attention through every block with the residual path, under the
+  assumption that tokens mix linearly along the attention weights (values and MLPs ignored). Like
+  attention, it does not depend on the partner. **Max + discard 0.9** is what most published rollout
+  maps show: sharper, but the sharpness comes from the discard rule (90 % of the entries set to zero)
+  and the max over heads, not from the model; compare it with the mean version before reading details
+  into it.
+* **attention-relevance** is the only one of the three driven by the similarity: its maps change with
+  the partner, and the gradient picks which heads and tokens matter for *this* cosine. It keeps only
+  positive contributions (the $(\\cdot)^+$ of each block), so it cannot show what lowers the similarity,
+  and gradients of a small model are noisy. Trust it for "which tokens carry this pair's similarity",
+  checked against a perturbation method (occlusion) where the answer matters.
+
+<!-- BiLRP: the lead adds a cell here -->
+**BiLRP (placeholder).** *A cell comparing `bilrp` (Eberle et al., TPAMI 2022: which pairs of regions carry
+the similarity, with LRP rules) will be added here.*
+"""),
+    ],
 }
 
 # ---------------------------------------------------------------- tutorial sections of the method notebooks

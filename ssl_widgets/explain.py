@@ -31,8 +31,8 @@ def sign_note(name: str) -> str | None:
 def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
     """Per-method defaults scaled to the model's input size (the paper's values at 224 px).
 
-    The name's own settings (e.g. ``guided=True``) followed by the settings its record lists
-    (:meth:`~ssl_widgets.attr.spec.MethodSpec.default_settings`).
+    The settings its record lists (:meth:`~ssl_widgets.attr.spec.MethodSpec.default_settings`),
+    overridden by the name's own options (e.g. ``guided=True``, or ``threshold=0.6`` of ``cls-attention:mask``).
 
     Args:
         name: a method name.
@@ -47,7 +47,7 @@ def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
         {'sliding_window_shapes': 32, 'strides': 4}
     """
     spec, settings = resolve(name)
-    return {**settings, **spec.default_settings(model.input_size)}
+    return {**spec.default_settings(model.input_size), **settings}
 
 
 def _to_image_size(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -220,6 +220,7 @@ from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients  # noq
 from ssl_widgets.attr import (  # noqa: E402
     JOINT_METHOD_NAMES,
     VIT_METHOD_NAMES,
+    AttentionGradientRelevance,
     AttentionRollout,
     ClassTokenAttention,
     JointGradient,
@@ -247,6 +248,7 @@ REGISTRY = {
     "smoothgrad": (PairSmoothGrad, {}),
     "smoothgrad:guided": (PairSmoothGrad, {"guided": True}),
     "integrated-gradients": (PairIntegratedGradients, {}),
+    "attention-relevance": (AttentionGradientRelevance, {}),
     "interaction-cam:mean+gi": (InteractionCAM, {"pooling": "mean", "gradient_interaction": True}),
     "pixel-invariance": (PixelInvariance, {}),
     "joint-gradient": (JointGradient, {}),

@@ -16,6 +16,7 @@ from ssl_widgets.attr import (
     METHOD_NAMES,
     PAIR_METHOD_NAMES,
     VIT_METHOD_NAMES,
+    AttentionGradientRelevance,
     AttentionRollout,
     AveragedTransforms,
     ClassTokenAttention,
@@ -74,6 +75,7 @@ TABLE = {
     "smoothgrad": (PairSmoothGrad, {}, "pair", None, True, ALL_METRICS, ("cnn", "vit"), None),
     "smoothgrad:guided": (PairSmoothGrad, {"guided": True}, "pair", None, True, ALL_METRICS, ("cnn", "vit"), None),
     "integrated-gradients": (PairIntegratedGradients, {}, "pair", None, False, ALL_METRICS, ("cnn", "vit"), None),
+    "attention-relevance": (AttentionGradientRelevance, {}, "pair", None, False, ALL_METRICS, ("vit",), None),
     "pixel-invariance": (PixelInvariance, {}, "single", None, True, ("CI", "CD", "CAD", "CIC"), ("cnn", "vit"),
                          None),
     "joint-gradient": (JointGradient, {}, "joint", None, False, ALL_METRICS, ("cnn", "vit"), None),
@@ -92,7 +94,7 @@ def test_the_lists_hold_every_listed_name_once_in_order():
     assert sorted(METHOD_NAMES + VIT_METHOD_NAMES) == sorted(listed)
     assert PAIR_METHOD_NAMES[:4] == ("conditional-occlusion", "context-agnostic-occlusion", "pairwise-occlusion",
                                      "grad-cam")
-    assert PAIR_METHOD_NAMES[-1] == "integrated-gradients"  # a new method goes at the end of its kind
+    assert PAIR_METHOD_NAMES[-1] == "attention-relevance"  # a new method goes at the end of its kind
 
 
 @pytest.mark.parametrize("name", list(TABLE))
@@ -280,7 +282,8 @@ def test_a_new_method_gets_an_explorer_tab_from_its_record():
 
     explorer = Explorer(threaded=False, display_size=64, method="grad-cam")
     tabs = {c.names[0]: (i, c) for i, c in enumerate(explorer.method_controls) if isinstance(c, SpecControls)}
-    assert set(tabs) == {"integrated-gradients", "attention-rollout"}  # the methods without a hand-made tab
+    # the methods without a hand-made tab
+    assert set(tabs) == {"integrated-gradients", "attention-rollout", "attention-relevance"}
     index, controls = tabs["integrated-gradients"]
     assert explorer.method_tabs.get_title(index) == "Integrated gradients"
     assert (controls.controls["n_steps"].min, controls.controls["n_steps"].max) == (4, 200)

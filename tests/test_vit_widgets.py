@@ -75,6 +75,32 @@ def test_attention_tab_lists_blocks_and_heads_and_shows_the_class_token_attentio
     assert not torch.allclose(mean[0][0], expected[0][0])
 
 
+def cyan_pixels(png: bytes) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return int((np.array(Image.open(io.BytesIO(png)).convert("RGB")) == (0, 255, 255)).all(-1).sum())
+
+
+def test_attention_tab_threshold_shows_dinos_mask_with_its_outline(vit_explorer):
+    e = vit_explorer
+    index, controls = tab(e, "Attention")
+    e.method_tabs.selected_index = index
+    controls.block.value, controls.head.value, controls.threshold.value = -1, "mean", 0.0
+    assert cyan_pixels(e.view1.value) == 0 and dict(e.request_key()[-1])["threshold"] is None
+    controls.threshold.value = 0.6
+    x1, x2 = e.current_pair()
+    expected = explain_pair(e._model(), "cls-attention", x1, x2, block=-1, head=None, threshold=0.6)
+    assert e.last_error is None
+    torch.testing.assert_close(e.maps[0], expected[0][0])
+    torch.testing.assert_close(e.maps[1], expected[1][0])
+    assert cyan_pixels(e.view1.value) > 0 and cyan_pixels(e.view2.value) > 0  # the mask's outline
+    controls.threshold.value = 0.0
+    assert cyan_pixels(e.view1.value) == 0
+
+
 def test_pca_tab_draws_rgb_maps_of_both_images_at_the_chosen_layer(vit_explorer):
     e = vit_explorer
     index, _ = tab(e, "Feature PCA")

@@ -1,4 +1,5 @@
 """Explanation methods for pairwise similarity, Captum style: ``Method(model).attribute(...)``."""
+from .attention_relevance import AttentionGradientRelevance
 from .attention_rollout import AttentionRollout
 from .averaged_transforms import AveragedTransforms
 from .cls_attention import ClassTokenAttention
@@ -20,6 +21,7 @@ from .view_store import ViewEmbeddingStore, reusing_view_embeddings
 from .registry import JOINT_METHOD_NAMES, METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
 
 __all__ = [
+    "AttentionGradientRelevance",
     "AttentionRollout",
     "AveragedTransforms",
     "ClassTokenAttention",

@@ -17,10 +17,10 @@ from torch import nn
 from ..core import module_hooks
 from ..models.wrapper import SSLModel
 from .base import PairMethod
-from .spec import MethodSpec
+from .spec import MethodSpec, Setting
 from .engine import PairAttribution, check_model, cosine, preserved_model_state
 
-__all__ = ["ClassTokenAttention", "attention_blocks", "recorded_attention"]
+__all__ = ["ClassTokenAttention", "attention_blocks", "mass_mask", "recorded_attention"]
 
 
 def attention_blocks(model: SSLModel, method: str) -> list[tuple[str, nn.Module]]:
@@ -54,14 +54,28 @@ def resolve_block(blocks: list[tuple[str, nn.Module]], block: int | str) -> int:
     raise ValueError(f"unknown block {block!r}; attention blocks are {names[:2]} ... {names[-1:]}")
 
 
+def resolve_block_range(blocks: list[tuple[str, nn.Module]], start_block: int | str,
+                        end_block: int | str) -> tuple[int, int]:
+    """Indices ``(first, last)`` of an inclusive block range (see :func:`resolve_block`); a clear error when
+    ``start_block`` comes after ``end_block``."""
+    first, last = resolve_block(blocks, start_block), resolve_block(blocks, end_block)
+    if first > last:
+        raise ValueError(f"start_block {start_block!r} (block {first}) comes after end_block {end_block!r} "
+                         f"(block {last})")
+    return first, last
+
+
 @contextlib.contextmanager
-def recorded_attention(modules: list[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+def recorded_attention(modules: list[nn.Module], keep_graph: bool = False) -> Iterator[list[list[torch.Tensor]]]:
     """Record each module's attention weights during the block: ``records[i]`` lists the
     ``(B, heads, N, N)`` tensors of module ``i``, one per forward. Fused attention is off for the
-    block; the flags are restored and the hooks removed on exit, also on error."""
+    block; the flags are restored and the hooks removed on exit, also on error.
+
+    ``keep_graph=True`` records the tensors the block multiplies with its values (not detached), so that
+    ``torch.autograd.grad`` can differentiate with respect to them (gradient-weighted attention)."""
     records: list[list[torch.Tensor]] = [[] for _ in modules]
     fused = [m.fused_attn for m in modules]
-    hooks = [(module.attn_drop, lambda _m, _i, out, i=i: records[i].append(out.detach()))
+    hooks = [(module.attn_drop, lambda _m, _i, out, i=i: records[i].append(out if keep_graph else out.detach()))
              for i, module in enumerate(modules)]
     try:
         for module in modules:
@@ -83,6 +97,42 @@ def pair_attentions(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, modules
     return first, second, cosine(z1, z2)
 
 
+def mass_mask(attention: torch.Tensor, threshold: float) -> torch.Tensor:
+    """DINO's attention mask: the patches holding the top ``threshold`` fraction of the attention mass.
+
+    As facebookresearch/dino's ``visualize_attention.py``: the values are sorted in ascending order,
+    their cumulative sum is divided by the total, and a patch is kept where that cumulative fraction
+    exceeds ``1 - threshold``. Ties are ordered by position (a stable sort; DINO's script leaves the
+    order of equal values to torch's default sort): of equal values, the later patch counts as the
+    larger one and is kept first. Sums are taken in float64.
+
+    Args:
+        attention: ``(..., P)`` non-negative weights over the patches.
+        threshold: the fraction of the mass kept, in (0, 1].
+
+    Returns:
+        A bool tensor like ``attention``.
+
+    Examples:
+        >>> mass_mask(torch.tensor([0.1, 0.6, 0.3]), 0.6)
+        tensor([False,  True, False])
+        >>> mass_mask(torch.tensor([0.25, 0.25, 0.25, 0.25]), 0.5)  # ties: the later patches first
+        tensor([False, False,  True,  True])
+    """
+    values, order = torch.sort(attention.double(), dim=-1, stable=True)
+    fraction = values.cumsum(-1) / values.sum(-1, keepdim=True)
+    kept = fraction > 1 - threshold
+    return torch.empty_like(kept).scatter_(-1, order, kept)
+
+
+def check_threshold(threshold: float | None) -> None:
+    """``None`` or a number in (0, 1]; a clear error otherwise."""
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be None or a fraction of the attention mass in (0, 1], got {threshold!r}")
+
+
 def token_map(model: SSLModel, row: torch.Tensor, image_size) -> torch.Tensor:
     """A ``(B, N)`` row over all tokens -> ``(B, h, w)`` over the patch grid (prefix tokens dropped)."""
     h, w = model.grid_size(image_size)
@@ -96,6 +146,11 @@ class ClassTokenAttention(PairMethod, Attribution):
     is chosen). Register tokens and the class token itself are left out of the map (their weights
     are part of the softmax, so a map sums to less than 1). These are DINO's famous maps; they
     explain where the model looks in each image, not the similarity itself.
+
+    With ``threshold=t`` the maps are DINO's masks instead (``visualize_attention.py --threshold``):
+    1 on the smallest set of patches holding a fraction ``t`` of the map's attention mass (the patch
+    weights normalised to sum to 1), 0 elsewhere -- of one head, or of the head mean when
+    ``head=None`` (see :func:`mass_mask`). DINO's figures use ``t = 0.6``.
 
     Args:
         model: a ViT :class:`SSLModel` with timm-style attention (e.g. from ``SSLModel.from_timm``).
@@ -116,17 +171,21 @@ class ClassTokenAttention(PairMethod, Attribution):
         super().__init__(model)
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], block: int | str = -1,
-                  head: int | None = None) -> PairAttribution:
-        """Class-token attention maps of both images.
+                  head: int | None = None, threshold: float | None = None) -> PairAttribution:
+        """Class-token attention maps (or DINO's masks) of both images.
 
         Args:
             inputs: ``(x1, x2)``, each ``(B,3,H,W)`` with sides multiple of the patch size.
             block: attention block: index (``-1`` = last) or name (``"blocks.11"``).
             head: one head's map, or ``None`` for the mean over heads.
+            threshold: ``None`` (the attention itself) or the fraction of the attention mass, in (0, 1],
+                that DINO's mask keeps.
 
         Returns:
-            :class:`PairAttribution` with maps ``(B, H/p, W/p)``.
+            :class:`PairAttribution` with maps ``(B, H/p, W/p)``: the attention weights, or with a
+            ``threshold`` the masks as float 0/1 (``meta["threshold"]`` says which).
         """
+        check_threshold(threshold)
         x1, x2 = self._inputs(inputs, convert=False)
         index = resolve_block(self.blocks, block)
         name, module = self.blocks[index]
@@ -136,10 +195,19 @@ class ClassTokenAttention(PairMethod, Attribution):
         maps = []
         for attn, x in ((a1, x1), (a2, x2)):
             row = attn[:, :, 0] if head is None else attn[:, head:head + 1, 0]
-            maps.append(token_map(self.model, row.mean(1), x.shape[2:]))
-        return self._result(maps, sims, block=name.rsplit(".attn", 1)[0], head="mean" if head is None else head)
+            attention = token_map(self.model, row.mean(1), x.shape[2:])
+            if threshold is not None:
+                flat = mass_mask(attention.flatten(1), threshold)
+                attention = flat.reshape(attention.shape).to(attention.dtype)
+            maps.append(attention)
+        return self._result(maps, sims, block=name.rsplit(".attn", 1)[0], head="mean" if head is None else head,
+                            **({} if threshold is None else {"threshold": threshold}))
 
 
 #: the method record (see :mod:`ssl_widgets.attr.spec`)
 SPEC = MethodSpec("cls-attention", ClassTokenAttention, kind="view", summary="the class token's attention (DINO's "
-                  "maps)", architectures=("vit",), vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam", order=400)
+                  "maps; cls-attention:mask = DINO's mask of 60% of the mass)", architectures=("vit",),
+                  vit_only_reason="it reads a Vision Transformer's attention weights; use grad-cam or interaction-cam",
+                  options={"mask": ("threshold", 0.6)},
+                  settings=(Setting("threshold", None, 0.0, 1.0, "attention mass kept by DINO's mask (None: no mask)"),),
+                  order=400)

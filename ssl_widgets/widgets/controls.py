@@ -173,9 +173,12 @@ class AttentionControls(MethodControls):
     def children(self):
         self.block = W.Dropdown(options=[("last", -1)], value=-1, description="block")
         self.head = W.Dropdown(options=[("mean of heads", "mean")], value="mean", description="head")
+        self.threshold = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="mask mass",
+                                       tooltip="DINO's mask: the smallest set of patches holding this fraction of "
+                                               "the attention (0 = off; DINO's figures use 0.6)", **_SLOW)
         self.help = W.HTML("Where the class token looks in each image (DINO's attention maps); Vision "
-                           "Transformers only.")
-        return [self.block, self.head, self.help]
+                           "Transformers only. Mask mass &gt; 0 shows DINO's mask with its outline.")
+        return [self.block, self.head, self.threshold, self.help]
 
     def bind(self, context) -> None:
         """Fill the block and head choices from the explorer's model (again on a model change)."""
@@ -196,7 +199,8 @@ class AttentionControls(MethodControls):
 
     def request(self):
         head = None if self.head.value == "mean" else int(self.head.value)
-        return "cls-attention", {"block": int(self.block.value), "head": head}
+        threshold = round(float(self.threshold.value), 4) or None
+        return "cls-attention", {"block": int(self.block.value), "head": head, "threshold": threshold}
 
 
 class PCAControls(MethodControls):

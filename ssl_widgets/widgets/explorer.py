@@ -81,6 +81,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.similarity: float | None = None
         self._box: tuple[int, tuple[int, int, int, int]] | None = None
+        self._contour = False  # the maps are masks (cls-attention's threshold): their outline is drawn
         first = model.name if isinstance(model, SSLModel) else (model or OFFLINE_MODELS[0])
         image1, image2 = (images, None) if not isinstance(images, (tuple, list)) else tuple(images)
         self.inputs = PairInputs([first] + [n for n in OFFLINE_MODELS if n != first], image1, image2)
@@ -253,6 +254,7 @@ class Explorer(JointClickMixin, W.VBox):
         apply to the model)."""
         self.maps = (None, None)
         self._box = None
+        self._contour = False
         self.status.value = status
         self.cancel_button.disabled = True
         self._show_similarity(x1, x2)
@@ -271,6 +273,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.status.value = f"{result.meta.get('method', '')}{note}{result_note(result)}"
         self.last_error = None
         self._box = None
+        self._contour = "threshold" in result.meta
         self._draw(x1, x2)
         if self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (feature PCA) have no curves
             self.curves.update(x1, x2, self.maps[0])
@@ -289,7 +292,7 @@ class Explorer(JointClickMixin, W.VBox):
         for view, bar, x, heat, box in ((self.view1, self.colour_bar1, x1, self.maps[0], boxes[0]),
                                         (self.view2, self.colour_bar2, x2, self.maps[1], boxes[1])):
             view.value, bar.value = render_view(x, heat, colormap=self.colormap.value, alpha=self.opacity.value,
-                                                display_size=self.display_size, box=box)
+                                                display_size=self.display_size, box=box, contour=self._contour)
 
     def wait(self, timeout: float | None = 120) -> None:
         """Block until the worker thread (if any) has finished (for scripts and tests)."""

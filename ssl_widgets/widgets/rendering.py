@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-__all__ = ["overlay_png", "resize_map", "colour_bar_html", "map_scale", "render_view", "result_note", "COLORMAPS", "EXPLORER_STYLE"]
+__all__ = ["mask_outline", "overlay_png", "resize_map", "colour_bar_html", "map_scale", "render_view", "result_note", "COLORMAPS", "EXPLORER_STYLE"]
 
 #: the panel's own styles: tab labels in full (the tabs wrap to a second row instead of cutting labels), images
 #: that keep their size and place (fixed-width columns, wrapped text, every tab's panel as tall as the tallest
@@ -72,9 +72,25 @@ def resize_map(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
+def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """The pixels of a bool mask within ``width`` pixels of its edge (4-neighbourhood).
+
+    Examples:
+        >>> int(mask_outline(np.ones((4, 4), bool), width=1).sum())  # nothing outside: no edge
+        0
+        >>> int(mask_outline(np.pad(np.ones((3, 3), bool), 1), width=1).sum())  # the ring of a 3x3 square
+        8
+    """
+    inner = mask.copy()
+    for _ in range(width):
+        padded = np.pad(inner, 1, mode="edge")
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
 def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha: float = 0.5, cmap: str = "jet",
                 display_size: int = 256, box: tuple[int, int, int, int] | None = None,
-                vmin: float | None = None, vmax: float | None = None) -> bytes:
+                vmin: float | None = None, vmax: float | None = None, contour: bool = False) -> bytes:
     """PNG bytes of ``image`` (``(3,H,W)`` or ``(1,3,H,W)`` in [0,1]) blended with a colour-mapped ``heat``.
 
     Args:
@@ -85,6 +101,7 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha:
         cmap: a matplotlib colour map name.
         display_size: side of the output (nearest-neighbour free, bilinear up-scaling).
         box: ``(y0, x0, y1, x1)`` in image pixels, drawn as a white rectangle (the clicked patch).
+        contour: ``heat`` is a 0/1 mask (DINO's attention mask): the outline of ``heat > 0.5`` is drawn in cyan.
     """
     from matplotlib import colormaps
 
@@ -105,6 +122,10 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha:
     out = Image.fromarray((rgb * 255).round().astype(np.uint8))
     scale = display_size / max(h, w)
     out = out.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    if contour and heat is not None and heat.dim() == 2:
+        pixels = np.array(out)
+        pixels[mask_outline(resize_map(heat, pixels.shape[:2]).numpy() > 0.5)] = (0, 255, 255)
+        out = Image.fromarray(pixels)
     if box is not None:
         y0, x0, y1, x1 = (v * scale for v in box)
         ImageDraw.Draw(out).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255), width=2)
@@ -114,11 +135,11 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor | None = None, *, alpha:
 
 
 def render_view(image: torch.Tensor, heat: torch.Tensor | None, *, colormap: str, alpha: float, display_size: int,
-                box: tuple[int, int, int, int] | None = None) -> tuple[bytes, str]:
+                box: tuple[int, int, int, int] | None = None, contour: bool = False) -> tuple[bytes, str]:
     """One of the explorer's images: the PNG of ``image`` under ``heat`` and the HTML of its colour bar.
 
     A heat map gets ``colormap`` (``"auto"``: as the static figures) and a bar with its value range; an RGB map
-    (feature PCA) says what its colours are; no map, no bar.
+    (feature PCA) says what its colours are; no map, no bar. ``contour``: the map is a mask whose outline is drawn.
 
     Examples:
         >>> png, bar = render_view(torch.rand(3, 8, 8), torch.rand(2, 2) - 0.5, colormap="auto", alpha=0.5,
@@ -132,7 +153,8 @@ def render_view(image: torch.Tensor, heat: torch.Tensor | None, *, colormap: str
         note = "<span style='font-size:11px'>colours: principal components 1-3 as red, green, blue</span>"
         return overlay_png(image, heat, alpha=alpha, display_size=display_size, box=box), note
     cmap, low, high = map_scale(heat, colormap)
-    png = overlay_png(image, heat, alpha=alpha, cmap=cmap, vmin=low, vmax=high, display_size=display_size, box=box)
+    png = overlay_png(image, heat, alpha=alpha, cmap=cmap, vmin=low, vmax=high, display_size=display_size, box=box,
+                      contour=contour)
     return png, colour_bar_html(cmap, low, high, width=display_size)
 
 
