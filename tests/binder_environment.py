@@ -4,7 +4,9 @@ repo2docker (mybinder.org) runs ``pip install -r binder/requirements.txt`` in a 
 ``binder/postBuild`` from the repository root. :func:`prepare` does the same in a venv: the first call
 builds it (~3-7 min, ~6.5 GB: pip takes the CUDA torch wheel here), later calls reuse it while ``binder/*``,
 ``pyproject.toml`` and the Python version are unchanged, and every call runs ``binder/postBuild`` again in the
-clone at hand (so the editable install points at this clone, not the one that built the cache).
+clone at hand (so the editable install points at this clone, not the one that built the cache) unless it
+already ran there at the same commit with the same uncommitted changes (``.ci/run``'s build step runs it
+just before the tests: its output is kept in the environment and reused).
 
 Cache: ``$SSL_WIDGETS_BINDER_CACHE`` (default ``~/.cache/ssl_widgets``) holds ``binder-env-<hash>``; a new
 build first removes the older ones that no process is using.
@@ -139,7 +141,7 @@ def post_build(env: Path, root: Path = ROOT) -> tuple[str, dict[str, str]]:
 
 @contextlib.contextmanager
 def prepare(root: Path = ROOT) -> Iterator[tuple[Path, str, dict[str, str]]]:
-    """The Binder environment of ``root``, built or reused, with ``binder/postBuild`` just run in ``root``.
+    """The Binder environment of ``root``, built or reused, with ``binder/postBuild`` run in ``root`` (now, or at this commit before).
 
     Yields ``(venv, postBuild's output, what postBuild added)`` (see :func:`post_build`) while holding the
     environment's lock, so that no other clone re-points its editable install meanwhile.
@@ -151,8 +153,32 @@ def prepare(root: Path = ROOT) -> Iterator[tuple[Path, str, dict[str, str]]]:
             _remove_older(env)  # first, so that the disk has room for the new one (deleting takes minutes here)
             _build_requirements(env, root)
             print(f"built {env} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        output, added = post_build(env, root)
+        marker = env / f"postbuild-{_clone_state(root)}.json"
+        if marker.is_file():  # postBuild already ran in this clone at this commit (e.g. .ci/run's build step)
+            done = json.loads(marker.read_text())
+            output, added = done["output"], done["added"]
+        else:
+            output, added = post_build(env, root)
+            for old in env.glob("postbuild-*.json"):
+                old.unlink()
+            if "-" not in marker.stem.removeprefix("postbuild-"):
+                marker.write_text(json.dumps({"root": str(root), "output": output, "added": added}))
         yield env, output, added
+
+
+def _clone_state(root: Path) -> str:
+    """A digest of the clone's path, commit and uncommitted changes (``unknown-...`` outside git: never
+    reused), so that postBuild runs again when any of them changes."""
+    try:
+        state = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                               check=True, timeout=60).stdout
+        state += subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+        state += subprocess.run(["git", "-C", str(root), "diff", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"unknown-{os.getpid()}"
+    return hashlib.sha256(f"{root}\n{state}".encode()).hexdigest()[:16]
 
 
 # run by the environment's own python: its nbclient starts the kernel "python3", which jupyter_client runs with

@@ -3,7 +3,8 @@ quickstart and the CNN-vs-ViT notebook.
 
 The first run builds the environment (3-7 min, ~6.5 GB, cached in ``~/.cache/ssl_widgets``; see
 ``tests/binder_environment.py``, which ``.ci/run`` calls before the test run); later runs reuse it while
-``binder/*`` and ``pyproject.toml`` are unchanged, and always run ``binder/postBuild`` in this clone again.
+``binder/*`` and ``pyproject.toml`` are unchanged, and run ``binder/postBuild`` in this clone again unless it ran
+there at this commit already (.ci/run's build step).
 """
 import math
 import re
