@@ -34,9 +34,8 @@ from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
-from .cli import _duration
 from .settings import EvaluationSettings, SettingsMismatch, check_settings, files_fingerprint, weights_fingerprint
-from .table import format_table, plot_curves, summarize
+from .table import duration_text, format_table, plot_curves, summarize
 
 __all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "method_names",
            "record_settings"]
@@ -257,7 +256,7 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
             left[name] -= 1
             if all(spent[m][1] for m in cfg.methods if left[m]):
                 seconds = sum(spent[m][0] / spent[m][1] * left[m] for m in cfg.methods if left[m])
-                bar.set_postfix_str(f"about {_duration(seconds)} left", refresh=False)
+                bar.set_postfix_str(f"about {duration_text(seconds)} left", refresh=False)
             bar.update(1)
     bar.close()
     if distributed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .architectures import mlp_head, resnet50_trunk, tiny_resnet18_trunk
-from .checkpoint_file import read_checkpoint, refuse_non_finite
+from .checkpoint_file import load_strict, read_checkpoint, refuse_non_finite
 from .converters import (
     CheckpointError,
     convert_barlow_twins,
@@ -24,8 +24,10 @@ from .converters import (
     convert_torchvision_resnet,
 )
 from .dino import build_dino_r50, dino_vit_builder
+from .hf import load_pretrained
 from ..core import PAPER_INPUT_SIZE
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .wrapper import SSLModel
 
 __all__ = ["ModelSpec", "available_models", "build_tiny_model", "load_model", "model_info", "save_tiny_checkpoint"]
 
@@ -59,36 +61,6 @@ class ModelSpec:
 
 # -- builders ------------------------------------------------------------------------------------
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], model_name: str, part: str) -> None:
-    """``load_state_dict(strict=True)`` whose errors name the model, the part and the keys."""
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"the {part} of {model_name!r}: expected a state dict, found {type(state).__name__}")
-    if odd := [f"{k!r} ({type(v).__name__})" for k, v in state.items()
-               if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
-        raise CheckpointError(f"checkpoint does not match the {part} of {model_name!r}: entries that are not "
-                              f"named tensors: {odd[:3]}")
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if mismatched:
-            details.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
-        raise CheckpointError(
-            f"checkpoint does not match the {part} of {model_name!r}: " + "; ".join(details)
-        )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-
-
 def _simclr_v2_builder(width: int) -> Callable[[Any], SSLModel]:
     def build(checkpoint: Any) -> SSLModel:
         name = f"simclr-v2-r50-{width}x"
@@ -96,8 +68,8 @@ def _simclr_v2_builder(width: int) -> Callable[[Any], SSLModel]:
         trunk = resnet50_trunk(width)
         dim = trunk.out_channels
         head = mlp_head([dim, dim, dim, 128], last_bn=True)
-        _load_strict(trunk, trunk_sd, name, "trunk")
-        _load_strict(head, head_sd, name, "head")
+        load_strict(trunk, trunk_sd, name, "trunk")
+        load_strict(head, head_sd, name, "head")
         return SSLModel(trunk, head, name=name, input_size=PAPER_INPUT_SIZE)
 
     return build
@@ -107,8 +79,8 @@ def _build_barlow_twins(checkpoint: Any, projector_width: int = 8192) -> SSLMode
     # projector_width exists for tests only (a small checkpoint in the same layout); the published one is 8192
     trunk_sd, head_sd = convert_barlow_twins(checkpoint)
     trunk, head = resnet50_trunk(zero_init_residual=True), mlp_head([2048] + [projector_width] * 3)
-    _load_strict(trunk, trunk_sd, "barlow-twins-r50", "trunk")
-    _load_strict(head, head_sd, "barlow-twins-r50", "projector")
+    load_strict(trunk, trunk_sd, "barlow-twins-r50", "trunk")
+    load_strict(head, head_sd, "barlow-twins-r50", "projector")
     return SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="barlow-twins-r50", input_size=PAPER_INPUT_SIZE)
 
 
@@ -118,8 +90,8 @@ def _build_simsiam(checkpoint: Any) -> SSLModel:
     projector = mlp_head([2048, 2048, 2048, 2048], last_bn=True, last_bn_affine=False, last_bias=True)
     predictor = mlp_head([2048, 512, 2048], last_bias=True)
     head = nn.Sequential(projector, predictor)
-    _load_strict(trunk, trunk_sd, "simsiam-r50", "trunk")
-    _load_strict(head, head_sd, "simsiam-r50", "projector+predictor")
+    load_strict(trunk, trunk_sd, "simsiam-r50", "trunk")
+    load_strict(head, head_sd, "simsiam-r50", "projector+predictor")
     model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="simsiam-r50", input_size=PAPER_INPUT_SIZE)
     model.cam_head = predictor  # the paper's CAM path: predictor(GAP(A)), skipping the projector
     return model
@@ -128,7 +100,7 @@ def _build_simsiam(checkpoint: Any) -> SSLModel:
 def _build_supervised(checkpoint: Any) -> SSLModel:
     trunk_sd, _ = convert_torchvision_resnet(checkpoint)
     trunk = resnet50_trunk()
-    _load_strict(trunk, trunk_sd, "resnet50-supervised", "trunk")
+    load_strict(trunk, trunk_sd, "resnet50-supervised", "trunk")
     return SSLModel(trunk, None, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet50-supervised", input_size=PAPER_INPUT_SIZE)
 
 
@@ -224,8 +196,8 @@ def _tiny_builder(name: str) -> Callable[[Any], SSLModel]:
                 f"(the file that `python -m ssl_widgets.train --out FILE` writes)"
             )
         model = build_tiny_model(checkpoint["arch"], name=name)
-        _load_strict(model.trunk, checkpoint["trunk"], name, "trunk")
-        _load_strict(model.head, checkpoint["head"], name, "head")
+        load_strict(model.trunk, checkpoint["trunk"], name, "trunk")
+        load_strict(model.head, checkpoint["head"], name, "head")
         model.meta = dict(checkpoint.get("meta", {}))
         return model
 
@@ -476,13 +448,11 @@ def load_model(name: str, *, weights: str | os.PathLike | None = None,
         112
     """
     if isinstance(name, str) and name.startswith("hf:"):
-        from .hf import load_hf
-
         if weights is not None:
             raise ValueError(f"{name!r}: a Hugging Face model brings its own weights; give a local folder as "
                              f"hf:FOLDER instead of weights=")
         with torch.random.fork_rng(devices=[]):
-            model = load_hf(name[3:])
+            model = SSLModel.from_transformers(load_pretrained(name[3:]), name=name[3:])
         if check_finite:
             refuse_non_finite(model, Path(name[3:]))
         return model.to(device) if device is not None else model

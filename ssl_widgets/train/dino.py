@@ -33,7 +33,7 @@ from ..data.augment import BARLOW_VIEW1, BARLOW_VIEW2, AugmentConfig, augment_ba
 from ..models.tiny_vit import DINOHead, build_tiny_vit_backbone, dino_head_state_dict
 from ..models.wrapper import IMAGENET_MEAN, IMAGENET_STD
 from ..models.zoo import TINY_FORMAT
-from .common import HeldoutMonitor, cosine, load_tensors_only, run_epochs
+from .common import HeldoutMonitor, cosine, load_dataset, load_tensors_only, run_epochs
 from .losses import dino_loss, distillation_nce, update_center
 
 __all__ = ["train_dino", "vit_arch"]
@@ -234,8 +234,6 @@ class _DINORunner:
 def train_dino(cfg: Any, resume: bool = True, show_progress: bool = True,
                max_epochs_this_run: int | None = None) -> dict[str, Any]:
     """Train the tiny ViT with DINO; see :func:`ssl_widgets.train.train` for files, resume and early stopping."""
-    from .loop import load_dataset
-
     started = time.time()
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
