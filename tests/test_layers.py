@@ -155,3 +155,14 @@ def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _import_cycles(graph) == [["a", "b", "c"]]
     assert _module_graph()["ssl_widgets.models.locks"] >= {"ssl_widgets.models.wrapper"}  # imported in a function
+
+
+def test_no_two_classes_share_a_name():
+    """One name, one class: two different ``DINOHead`` classes made readers guess which one a model holds."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: files for name, files in where.items() if len(files) > 1}
+    assert not shared, f"classes defined twice under one name: {shared}"

@@ -46,7 +46,7 @@ from .wrapper import SSLModel
 
 __all__ = [
     "VIT_ARCHS",
-    "DINOHead",
+    "CheckpointDINOHead",
     "build_dino_r50",
     "build_dino_vit",
     "dino_head_from_state",
@@ -65,11 +65,15 @@ VIT_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-class DINOHead(nn.Module):
-    """DINO's projection head: ``last_layer(normalize(mlp(x)))`` (the logits before the softmax).
+class CheckpointDINOHead(nn.Module):
+    """A DINO head rebuilt from a checkpoint's ``head.*`` keys: ``last_layer(normalize(mlp(x)))`` (the
+    logits before the softmax), its layers as the file has them and the weight norm folded into a plain
+    ``Linear``. Its attribute names are DINO's, so its state dict keys are the checkpoint's
+    (``mlp.0.weight``... ``last_layer.weight``). DINO's trainable head is
+    :class:`~ssl_widgets.models.tiny_vit.DINOHead`.
 
     Examples:
-        >>> head = DINOHead(nn.Sequential(nn.Linear(8, 4)), nn.Linear(4, 16, bias=False))
+        >>> head = CheckpointDINOHead(nn.Sequential(nn.Linear(8, 4)), nn.Linear(4, 16, bias=False))
         >>> head(torch.rand(2, 8)).shape
         torch.Size([2, 16])
     """
@@ -111,8 +115,8 @@ def _head_tensor(state: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
     return value
 
 
-def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> DINOHead:
-    """Build a :class:`DINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
+def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> CheckpointDINOHead:
+    """Build a :class:`CheckpointDINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
     keys (prefix removed), check that its widths chain, and load it.
 
     Args:
@@ -170,7 +174,7 @@ def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) ->
         last.weight.copy_(weight)
         if last.bias is not None:
             last.bias.copy_(_head_tensor(state, "last_layer.bias", 1))
-    return DINOHead(mlp, last).eval()
+    return CheckpointDINOHead(mlp, last).eval()
 
 
 def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
