@@ -126,11 +126,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     check_applicable(args.method, model)
     transform, second = _second_view(args, spec.view_transform or "aug")
     x1, x2 = make_pair(args.image, transform, model.input_size, seed=args.seed, image2=args.image2)
-    overrides = {}
-    if args.window:
-        overrides["sliding_window_shapes"] = args.window
-    if args.stride:
-        overrides["strides"] = args.stride
+    aliases = [f"sliding_window_shapes={args.window}"] * bool(args.window) + [f"strides={args.stride}"] * bool(args.stride)
+    overrides = spec.parse_settings(aliases + (args.set or []), model.input_size)  # typed and checked by the record
     generator = torch.Generator().manual_seed(args.seed)
     if spec.kind == "joint":
         return _write_joint_figure(args, spec, model, x1, x2, generator, second)
@@ -249,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="explanation.png", help="figure file to write (default: explanation.png)")
     _view_arguments(p, "aug; combine for averaged transforms")
     p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the trunk output)")
-    p.add_argument("--window", type=positive_int, default=None, help="occlusion window (default 64 px scaled to the model size)")
-    p.add_argument("--stride", type=positive_int, default=None, help="occlusion stride (default 8 px scaled)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a setting of the method's record, typed and range-checked by it (repeatable), e.g. "
+                        "--set strides=4; an unknown key lists the method's settings")
+    p.add_argument("--window", type=positive_int, default=None, help="occlusion window: --set sliding_window_shapes=N")
+    p.add_argument("--stride", type=positive_int, default=None, help="occlusion stride: --set strides=N")
     p.add_argument("--grid", type=positive_int, default=7, help="patch grid of the joint methods (default 7x7)")
     p.add_argument("--top", type=positive_int, default=12, help="pairs drawn by the joint methods' top-matches figure")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the view transform and random methods (default 0)")

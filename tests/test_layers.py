@@ -97,3 +97,72 @@ def test_importing_metrics_and_analysis_loads_no_method_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _all_modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a cycle of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        index[name] = low[name] = len(index)
+        stack.append(name)
+        for target in graph[name]:
+            if target not in index:
+                visit(target)
+                low[name] = min(low[name], low[target])
+            elif target in stack:
+                low[name] = min(low[name], index[target])
+        if low[name] == index[name]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == name:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every ``ssl_widgets`` module -> the modules it imports, at the top or inside a function. A module's
+    own parent packages are left out: Python runs them first, so ``attr/cam`` reading ``attr`` is no cycle."""
+    modules = _all_modules()
+    return {name: {t for t in _imports(name) if not name.startswith(t + ".") and t in modules} for name in modules}
+
+
+def test_no_import_cycles_even_through_imports_inside_functions():
+    cycles = _import_cycles(_module_graph())
+    assert not cycles, f"import cycles (an import inside a function only hides them): {cycles}"
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _import_cycles(graph) == [["a", "b", "c"]]
+    assert _module_graph()["ssl_widgets.models.locks"] >= {"ssl_widgets.models.wrapper"}  # imported in a function
+
+
+def test_no_two_classes_share_a_name():
+    """One name, one class: two different ``DINOHead`` classes made readers guess which one a model holds."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: files for name, files in where.items() if len(files) > 1}
+    assert not shared, f"classes defined twice under one name: {shared}"

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from ssl_widgets.models import CheckpointError, load_model, zoo
+from ssl_widgets.models import CheckpointError, builders, download, load_model, registry, zoo
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -140,8 +140,8 @@ def barlow_state(trunk_sd, projector_sd, width):
 def small_barlow(monkeypatch):
     """The zoo's Barlow Twins entry with a BARLOW_WIDTH-wide projector (same code, same key layout)."""
     spec = zoo.model_info("barlow-twins-r50")
-    build = functools.partial(zoo._build_barlow_twins, projector_width=BARLOW_WIDTH)
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, build=build))
+    build = functools.partial(builders.build_barlow_twins, projector_width=BARLOW_WIDTH)
+    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, build=build))
     return spec
 
 
@@ -158,18 +158,18 @@ def barlow_file(tmp_path_factory):
 def test_barlow_twins_published_8192_layout_is_accepted(monkeypatch):
     """The real 8192-8192-8192 layout, on the meta device (no memory): every key name and shape must load."""
     # the wrapper is skipped (it reads its mean/std values); the strict key and shape check is the zoo's own
-    monkeypatch.setattr(zoo, "SSLModel", lambda trunk, head, **kwargs: types.SimpleNamespace(trunk=trunk, head=head))
+    monkeypatch.setattr(builders, "SSLModel", lambda trunk, head, **kwargs: types.SimpleNamespace(trunk=trunk, head=head))
     with torch.device("meta"):
         trunk = torchvision_trunk_meta()
         projector = head_mlp([2048, 8192, 8192, 8192])
         checkpoint = {"epoch": 1000, "model": barlow_state(trunk.state_dict(), projector.state_dict(), 8192)}
-        model = zoo._build_barlow_twins(checkpoint)  # strict: any missing, extra or misshaped key raises
+        model = builders.build_barlow_twins(checkpoint)  # strict: any missing, extra or misshaped key raises
     head = dict(model.head.state_dict())
     assert {k: tuple(v.shape) for k, v in head.items()} == {k: tuple(v.shape) for k, v in projector.state_dict().items()}
     assert tuple(head["6.weight"].shape) == (8192, 8192)
     checkpoint["model"]["module.projector.6.weight"] = torch.empty(8192, 4096, device="meta")
     with pytest.raises(CheckpointError, match="projector of 'barlow-twins-r50'.*shape"), torch.device("meta"):
-        zoo._build_barlow_twins(checkpoint)
+        builders.build_barlow_twins(checkpoint)
 
 
 def torchvision_trunk_meta():
@@ -235,8 +235,8 @@ def test_supervised_resnet_through_torch_home(torch_home, x224, monkeypatch):
     # the real file's sha256 starts with 0676ba61; this random one does not
     with pytest.raises(CheckpointError, match="checksum mismatch.*resnet50-supervised"):
         load_model("resnet50-supervised")
-    real_hash = zoo._sha256(placed)
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, sha256=real_hash[:8]))
+    real_hash = download._sha256(placed)
+    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, sha256=real_hash[:8]))
     model = load_model("resnet50-supervised")
     with torch.no_grad():
         net.fc = nn.Identity()
@@ -247,7 +247,7 @@ def test_failed_download_names_url_and_path(torch_home, monkeypatch):
     def refuse(url, dst, *args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(zoo, "_download", refuse)
+    monkeypatch.setattr(download, "_download", refuse)
     spec = zoo.model_info("simsiam-r50")
     expected_path = torch_home / "hub" / "checkpoints" / spec.file_name
     with pytest.raises(FileNotFoundError) as info:

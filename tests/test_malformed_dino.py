@@ -93,3 +93,20 @@ def test_a_missing_extra_or_reshaped_backbone_key_is_refused_by_name(tmp_path, v
         load_model(name, weights=path)
     torch.save(state, path)
     assert torch.isfinite(load_model(name, weights=path)(images(28 if "v2" in name else 32))).all()
+
+
+def test_the_trained_head_reloads_from_its_checkpoint_keys():
+    """``tiny_vit.DINOHead`` (DINO's trainable head) written in DINO's layout reloads as the checkpoint head
+    with the same outputs and the checkpoint's key names (the weight norm folded into ``last_layer.weight``)."""
+    from ssl_widgets.models.dino import CheckpointDINOHead, dino_head_from_state
+    from ssl_widgets.models.tiny_vit import DINOHead, dino_head_state_dict
+
+    torch.manual_seed(0)
+    trained = DINOHead(8, 5, hidden_dim=16, bottleneck_dim=4).eval()
+    state = dino_head_state_dict(trained, half=False)
+    rebuilt = dino_head_from_state(state, in_dim=8)
+    assert isinstance(rebuilt, CheckpointDINOHead)
+    folded = {k for k in state if not k.startswith("last_layer.")} | {"last_layer.weight"}
+    assert set(rebuilt.state_dict()) == folded
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(rebuilt(x), trained(x), atol=1e-5, rtol=1e-5)  # float32 reassociation only

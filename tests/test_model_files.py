@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_widgets.models import CheckpointError, load_model, zoo
+from ssl_widgets.models import CheckpointError, download, load_model, registry, tiny, zoo
 from ssl_widgets.models.zoo import build_tiny_model, save_tiny_checkpoint
 
 ARCH = {"width": 4, "head_dims": [16, 8], "input_size": 32}
@@ -75,8 +75,8 @@ def published(torch_home, monkeypatch, tmp_path):
     source = tmp_path / "source.pt"
     save_tiny_checkpoint(tiny_model(), ARCH, source)
     spec = dataclasses.replace(zoo.model_info("tiny-simclr"), name="tiny-cached", url=None,
-                               file_name="tiny-cached.pt", build=zoo._tiny_builder("tiny-cached"))
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, spec)
+                               file_name="tiny-cached.pt", build=tiny.tiny_builder("tiny-cached"))
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
     return spec, source.read_bytes(), torch_home / "hub" / "checkpoints" / spec.file_name
 
 
@@ -108,7 +108,7 @@ def check_loaded(outcomes: list, placed: Path, payload: bytes) -> None:
             reference = expected[key].half().float() if expected[key].is_floating_point() else expected[key]
             torch.testing.assert_close(value, reference, rtol=0, atol=0)
     assert placed.read_bytes() == payload
-    assert placed.with_name(placed.name + ".sha256").read_text().strip() == zoo._sha256(placed)
+    assert placed.with_name(placed.name + ".sha256").read_text().strip() == download._sha256(placed)
     assert not list(placed.parent.glob("*.partial"))
 
 
@@ -116,7 +116,7 @@ def two_loads_from(published, monkeypatch, **server_options):
     """Two loads of the published model at once from a local server; both must end with the placed file."""
     spec, payload, placed = published
     server = WeightServer(payload, clients=2, placed=placed, **server_options)
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, url=server.url))
+    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, url=server.url))
     try:
         outcomes = load_in_threads(spec.name, 2)
     finally:
@@ -136,20 +136,20 @@ def test_a_failed_download_loads_the_file_another_process_completed(published, m
 def test_temporary_file_is_per_call_and_renamed_into_place(published, monkeypatch, tmp_path):
     spec, payload, placed = published
     names = []
-    real_replace = zoo.os.replace
+    real_replace = download.os.replace
 
     def recording_replace(source, target):
         names.append((Path(source).name, Path(target).name))
         return real_replace(source, target)
 
-    monkeypatch.setattr(zoo.os, "replace", recording_replace)
+    monkeypatch.setattr(download.os, "replace", recording_replace)
     served = tmp_path / "served.pt"
     served.write_bytes(payload)
-    zoo._download(served.as_uri(), placed, timeout=5)
-    zoo._download(served.as_uri(), placed, timeout=5)
+    download._download(served.as_uri(), placed, timeout=5)
+    download._download(served.as_uri(), placed, timeout=5)
     assert [target for _, target in names] == [placed.name, placed.name]
     first, second = (source for source, _ in names)
-    assert first != second and first.startswith(f"{placed.name}.{zoo.os.getpid()}.") and first.endswith(".partial")
+    assert first != second and first.startswith(f"{placed.name}.{download.os.getpid()}.") and first.endswith(".partial")
     assert placed.read_bytes() == payload
 
 

@@ -31,7 +31,7 @@ from ssl_widgets.attr import _pipeline
 from ssl_widgets.evaluate import EvaluationConfig, evaluate
 from ssl_widgets.evaluate.driver import SettingsMismatch, UnreadableImage
 from ssl_widgets.metrics import average_drop_increase, insertion_deletion
-from ssl_widgets.models import CheckpointError, load_model, zoo
+from ssl_widgets.models import CheckpointError, download, load_model, registry, tiny, zoo
 from ssl_widgets.models.zoo import build_tiny_model, save_tiny_checkpoint
 
 HERE = Path(__file__).parent
@@ -190,8 +190,8 @@ def _tiny_file(path, seed=0):
 def cached_spec(torch_home, monkeypatch):
     """A published-style zoo entry (no known hash) whose file lives in the test's torch.hub cache."""
     spec = dataclasses.replace(zoo.model_info("tiny-simclr"), name="tiny-cached", url="http://127.0.0.1:9/x.pt",
-                               file_name="tiny-cached.pt", build=zoo._tiny_builder("tiny-cached"))
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, spec)
+                               file_name="tiny-cached.pt", build=tiny.tiny_builder("tiny-cached"))
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
     return spec, torch_home / "hub" / "checkpoints" / spec.file_name
 
 
@@ -206,7 +206,7 @@ def test_pin_only_a_file_that_loaded_and_name_the_pin_to_delete(cached_spec, tmp
     assert not pin.exists()  # the broken file was not pinned
     placed.write_bytes(good.read_bytes())
     load_model(spec.name)
-    assert pin.read_text().strip() == zoo._sha256(placed)
+    assert pin.read_text().strip() == download._sha256(placed)
     _tiny_file(placed, seed=1)  # another (valid) file in its place
     with pytest.raises(CheckpointError) as info:
         load_model(spec.name)
@@ -232,7 +232,7 @@ def test_download_times_out_with_the_url_and_the_place_for_the_file(cached_spec,
 
     threading.Thread(target=accept_and_say_nothing, daemon=True).start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}/tiny-cached.pt"
-    monkeypatch.setitem(zoo._REGISTRY, spec.name, dataclasses.replace(spec, url=url))
+    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, url=url))
     monkeypatch.setenv("SSL_WIDGETS_DOWNLOAD_TIMEOUT", "1")
     outcome = []
 

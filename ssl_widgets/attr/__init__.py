@@ -55,3 +55,9 @@ __all__ = [
     "reusing_view_embeddings",
     "upsample",
 ]
+
+# every method record's class, also those of methods added as one module with a SPEC (e.g. PairIntegratedGradients)
+from .spec import all_specs as _all_specs  # noqa: E402 - after the explicit exports above
+
+globals().update({_spec.cls.__name__: _spec.cls for _spec in _all_specs()})
+__all__ += sorted({_spec.cls.__name__ for _spec in _all_specs()} - set(__all__))

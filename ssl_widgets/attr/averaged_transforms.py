@@ -95,4 +95,4 @@ SPEC = MethodSpec("averaged-transforms", AveragedTransforms, summary="gradients 
                   variants=("averaged-transforms", "averaged-transforms:guided", "averaged-transforms:noise",
                             "averaged-transforms:guided+noise"),
                   options={"guided": ("guided", True), "noise": ("noise", True)}, seeded=True,
-                  view_transform="combine", order=60)
+                  view_transform="combine", order=60, quick={"steps": 3})

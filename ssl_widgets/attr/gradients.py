@@ -142,5 +142,5 @@ SPEC = (
                order=70),
     MethodSpec("smoothgrad", PairSmoothGrad, summary="input x gradient averaged over noisy copies",
                variants=("smoothgrad", "smoothgrad:guided"), options={"guided": ("guided", True)}, slow=True,
-               seeded=True, order=80),
+               seeded=True, order=80, quick={"n_samples": 2}),
 )

@@ -88,4 +88,5 @@ class PairIntegratedGradients(PairMethod, GradientAttribution):
 #: the method record (see :mod:`ssl_widgets.attr.spec`)
 SPEC = MethodSpec("integrated-gradients", PairIntegratedGradients, summary="integrated gradients of each image "
                   "towards the other (Captum), from the neutral fill",
-                  settings=(Setting("n_steps", 50, 4, 200, "points of the path integral"),), slow=True, order=90)
+                  settings=(Setting("n_steps", 50, 4, 200, "points of the path integral"),), slow=True, order=90,
+                  quick={"n_steps": 4})

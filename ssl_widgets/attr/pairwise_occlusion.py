@@ -117,5 +117,5 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
 
 #: the method record (see :mod:`ssl_widgets.attr.spec`)
 SPEC = MethodSpec("pairwise-occlusion", PairwiseOcclusion, summary="random rectangles erased from both images",
-                  slow=True, seeded=True, metrics=tuple(m for m in ALL_METRICS if m != "MS"), order=30,
+                  slow=True, seeded=True, metrics=tuple(m for m in ALL_METRICS if m != "MS"), order=30, quick={"n_samples": 4},
                   sign_note="red: erasing this region lowers the similarity; blue: erasing it raises the similarity")

@@ -69,6 +69,52 @@ class Setting:
             return self.default
         return max(self.floor, round(self.default * input_size / reference_size))
 
+    def range_for(self, input_size: int, reference_size: int) -> tuple[float | None, float | None]:
+        """The range offered for a model of ``input_size`` pixels (a ``scaled`` setting's upper end scales).
+
+        Examples:
+            >>> Setting("strides", 8, 1, 64, scaled=True).range_for(112, 224)
+            (1, 32)
+        """
+        if not self.scaled or self.high is None:
+            return self.low, self.high
+        high = max(self.floor, round(self.high * input_size / reference_size))
+        return self.low, high if self.low is None else max(self.low, high)
+
+    def parse(self, text: str, input_size: int, reference_size: int) -> Any:
+        """``text`` (e.g. from the command line) as this setting's value: typed like its default and in
+        its range at ``input_size``.
+
+        Raises:
+            ValueError: not of the default's type or out of range (the message names the setting).
+
+        Examples:
+            >>> Setting("strides", 8, 1, 64, scaled=True).parse("4", 112, 224)
+            4
+            >>> Setting("strides", 8, 1, 64, scaled=True).parse("40", 112, 224)
+            Traceback (most recent call last):
+            ...
+            ValueError: setting 'strides': 40 is out of its range [1, 32] at 112 px
+        """
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1", "yes")
+            elif kind in (int, float, str):
+                value = kind(text)
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"setting {self.name!r}: expected {'true or false' if kind is bool else kind.__name__}, "
+                             f"got {text!r}") from None
+        low, high = self.range_for(input_size, reference_size)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                (low is not None and value < low) or (high is not None and value > high)):
+            raise ValueError(f"setting {self.name!r}: {value} is out of its range [{low}, {high}] at {input_size} px")
+        return value
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -96,6 +142,8 @@ class MethodSpec:
         view_transform: the second view's transform the method needs (``"combine"``: a photometric
             transform of the same geometry, for Averaged Transforms); ``None``: the front end's default.
         order: position in the method lists (smaller first).
+        quick: settings for a quick run (the generic API tests run every record with them on 32 px
+            images); the front-end defaults otherwise.
 
     Examples:
         >>> spec = spec_for("interaction-cam:max+gi")
@@ -122,6 +170,7 @@ class MethodSpec:
     sign_note: str | None = None
     view_transform: str | None = None
     order: int = 1000
+    quick: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -150,6 +199,31 @@ class MethodSpec:
             {'sliding_window_shapes': 32, 'strides': 4}
         """
         return {s.name: s.value_for(input_size, self.reference_size) for s in self.settings}
+
+    def parse_settings(self, assignments: list[str], input_size: int) -> dict[str, Any]:
+        """``KEY=VALUE`` texts (the CLI's ``--set``) as ``attribute`` settings, each typed and checked by its
+        :class:`Setting` at ``input_size``.
+
+        Raises:
+            ValueError: no ``=``, or a key that is not one of the record's settings (the message lists them),
+                or a bad value.
+
+        Examples:
+            >>> spec_for("conditional-occlusion").parse_settings(["strides=2"], 112)
+            {'strides': 2}
+        """
+        by_name = {s.name: s for s in self.settings}
+        settings: dict[str, Any] = {}
+        for assignment in assignments:
+            key, equals, text = assignment.partition("=")
+            key = key.strip()
+            if not equals:
+                raise ValueError(f"--set {assignment!r}: expected KEY=VALUE")
+            if key not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise ValueError(f"--set {assignment!r}: {self.name} has no setting {key!r}; its settings: {known}")
+            settings[key] = by_name[key].parse(text.strip(), input_size, self.reference_size)
+        return settings
 
 
 def _collect(module: Any) -> list[MethodSpec]:

@@ -81,14 +81,6 @@ def _estimate(out: str, methods: list[str], pairs: int, overhead: float = 0.0) -
     return total
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def run_from_args(args) -> int:
     """Run the evaluation of parsed ``args``: warn when pairs cycle, time one pair, print an estimate, run."""
     import os
@@ -100,6 +92,7 @@ def run_from_args(args) -> int:
     from ..data import list_images
     from ..threads import set_threads
     from .driver import EvaluationConfig, evaluate
+    from .table import duration_text
 
     set_threads(args.threads)  # the load-aware default of every command (2 threads on a busy machine: ~10x slower)
     if getattr(args, "task", "pairs") == "correspondence":
@@ -136,7 +129,7 @@ def run_from_args(args) -> int:
         estimate = _estimate(args.out, cfg.methods, cfg.pairs, overhead=overhead)
         if estimate is not None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
-            print(f"estimated time for the remaining pairs: about {_duration(estimate / world)}"
+            print(f"estimated time for the remaining pairs: about {duration_text(estimate / world)}"
                   + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     summary = evaluate(cfg)
     if summary:

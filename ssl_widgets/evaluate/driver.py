@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..attr.applicability import check_applicable
 from ..attr.spec import listed_names, resolve
@@ -34,9 +36,8 @@ from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
 from ..models import load_model
-from .cli import _duration
 from .settings import EvaluationSettings, SettingsMismatch, check_settings, files_fingerprint, weights_fingerprint
-from .table import format_table, plot_curves, summarize
+from .table import duration_text, format_table, plot_curves, summarize
 
 __all__ = ["EvaluationConfig", "SettingsMismatch", "UnreadableImage", "build_pairs", "evaluate", "method_names",
            "record_settings"]
@@ -184,44 +185,58 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
-    """Run every method and metric on the configured pairs; returns the summary (rank 0)."""
+def _start_distributed() -> tuple[int, int, torch.device]:
+    """World size and rank (one process group under ``torchrun``), and this process's device."""
     world, rank, local = _dist_info()
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return world, rank, torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    for name in cfg.methods:
-        resolve(name)  # fail fast on an unknown name
-    model = load_model(cfg.model, weights=cfg.weights, device=device)
-    check_applicable(list(cfg.methods), model)  # e.g. a ':guided' variant on a ViT, before any work
-    out = Path(cfg.out)
-    partial_dir = out / "partial"
-    partial_dir.mkdir(parents=True, exist_ok=True)
-    files = list_images(cfg.data)
-    run_settings = record_settings(cfg, model, files)
-    settings = run_settings.as_record()
+
+def _pending(cfg: EvaluationConfig, out: Path, files: list[Path], run_settings: EvaluationSettings, world: int,
+             rank: int) -> tuple[list[tuple[int, Path]], list[tuple[int, Path, str]]]:
+    """Resume and shard: every pair of the run, and this rank's (pair, image, method) records not yet done.
+
+    Records of earlier runs (merged or in the rank shards) count as done when their settings match this
+    run's (else :class:`SettingsMismatch`); skipped pairs are retried.
+    """
     existing = _read_jsonl(out / "results.jsonl")
-    for shard in partial_dir.glob("rank*.jsonl"):
+    for shard in (out / "partial").glob("rank*.jsonl"):
         existing += _read_jsonl(shard)
     check_settings(existing, run_settings, out)
-    done = {(r["pair"], r["method"]) for r in existing if "skipped" not in r}  # skipped pairs are retried
+    done = {(r["pair"], r["method"]) for r in existing if "skipped" not in r}
     pairs = _pairs_of(files, cfg.pairs, cfg.seed)
     mine = [(i, p) for i, p in pairs if i % world == rank]
-    todo = [(i, p, m) for i, p in mine for m in cfg.methods if (i, m) not in done]
-    step = cfg.step or PAPER_INSERTION_STEP  # the paper's step (224 steps at 224 px, 56 at the default models' 112 px)
-    from tqdm.auto import tqdm
+    return pairs, [(i, p, m) for i, p in mine for m in cfg.methods if (i, m) not in done]
 
-    bar = tqdm(total=len(todo), disable=not cfg.show_progress or rank != 0, desc=f"evaluate {cfg.model}")
+
+def _run_record(cfg: EvaluationConfig, model: nn.Module, device: torch.device, index: int, path: Path, name: str,
+                step: int) -> dict[str, Any]:
+    """Explain pair ``index`` (image ``path``) with method ``name`` and score it: one results.jsonl record
+    (without its ``settings``)."""
+    started = time.perf_counter()
+    # averaged transforms explain a photometric pair (same geometry), as in the paper
+    transform = resolve(name)[0].view_transform or cfg.transform  # Averaged Transforms: "combine"
+    x1, x2 = _pair_tensors(path, index, cfg.seed, model.input_size, transform)
+    x1, x2 = x1.to(device), x2.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed * SEED_MULTIPLIER + index)
+    result = explain_pair(model, name, x1, x2, generator=generator)
+    metrics, curves = _metrics_for(model, name, x1, x2, result, step, cfg.sensitivity_samples,
+                                   cfg.seed * SEED_MULTIPLIER + index)
+    return {"pair": index, "image": path.name, "method": name, "similarity": float(result.similarity[0]),
+            "metrics": metrics, "curves": curves, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _run_shard(cfg: EvaluationConfig, model: nn.Module, device: torch.device, todo: list[tuple[int, Path, str]],
+               shard: Path, settings: dict[str, Any], step: int, show: bool) -> None:
+    """Append this rank's records to ``shard`` one by one (an interrupted run resumes from them), with the
+    bad-image policy (``cfg.strict`` raises :class:`UnreadableImage`, else a ``skipped`` record) and a
+    progress bar whose time left is each method's mean record time so far."""
+    bar = tqdm(total=len(todo), disable=not show, desc=f"evaluate {cfg.model}")
     unreadable: dict[Path, str | None] = {}
-    # the time left on the progress bar, refined as records come: each method's mean record time so far
     spent: dict[str, list[float]] = {m: [0.0, 0] for m in cfg.methods}  # seconds, records
     left = {m: sum(name == m for _, _, name in todo) for m in cfg.methods}
-    with open(partial_dir / f"rank{rank}.jsonl", "a") as shard_file:
+    with open(shard, "a") as shard_file:
         for index, path, name in todo:
             if path not in unreadable:
                 unreadable[path] = _unreadable(path)
@@ -229,74 +244,77 @@ def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
                     if cfg.strict:
                         raise UnreadableImage(f"unreadable image in --data: {unreadable[path]} (without --strict it "
                                               f"is skipped and counted in the table's caption)")
-                    warnings.warn(f"skipping unreadable image: {unreadable[path]}", stacklevel=2)
+                    warnings.warn(f"skipping unreadable image: {unreadable[path]}", stacklevel=3)
             if unreadable[path] is not None:
-                skip = {"pair": index, "image": path.name, "method": name, "skipped": unreadable[path],
-                        "settings": settings}
-                shard_file.write(json.dumps(skip) + "\n")
-                shard_file.flush()
-                left[name] -= 1
-                bar.update(1)
-                continue
-            started = time.perf_counter()
-            # averaged transforms explain a photometric pair (same geometry), as in the paper
-            transform = resolve(name)[0].view_transform or cfg.transform  # Averaged Transforms: "combine"
-            x1, x2 = _pair_tensors(path, index, cfg.seed, model.input_size, transform)
-            x1, x2 = x1.to(device), x2.to(device)
-            generator = torch.Generator().manual_seed(cfg.seed * SEED_MULTIPLIER + index)
-            result = explain_pair(model, name, x1, x2, generator=generator)
-            metrics, curves = _metrics_for(model, name, x1, x2, result, step, cfg.sensitivity_samples,
-                                           cfg.seed * SEED_MULTIPLIER + index)
-            record = {"pair": index, "image": path.name, "method": name, "similarity": float(result.similarity[0]),
-                      "metrics": metrics, "curves": curves, "seconds": round(time.perf_counter() - started, 3),
-                      "settings": settings}
-            shard_file.write(json.dumps(record) + "\n")
+                record = {"pair": index, "image": path.name, "method": name, "skipped": unreadable[path]}
+            else:
+                record = _run_record(cfg, model, device, index, path, name, step)
+                spent[name][0] += record["seconds"]
+                spent[name][1] += 1
+            shard_file.write(json.dumps(record | {"settings": settings}) + "\n")
             shard_file.flush()
-            spent[name][0] += record["seconds"]
-            spent[name][1] += 1
             left[name] -= 1
             if all(spent[m][1] for m in cfg.methods if left[m]):
                 seconds = sum(spent[m][0] / spent[m][1] * left[m] for m in cfg.methods if left[m])
-                bar.set_postfix_str(f"about {_duration(seconds)} left", refresh=False)
+                bar.set_postfix_str(f"about {duration_text(seconds)} left", refresh=False)
             bar.update(1)
     bar.close()
-    if distributed:
-        import torch.distributed as dist
 
+
+def _merge_and_report(cfg: EvaluationConfig, out: Path, pairs: list[tuple[int, Path]], step: int) -> dict[str, Any]:
+    """Merge results.jsonl and the rank shards (in pair order, shards removed), write table.md (skipped
+    pairs in its caption) and curves.png; returns the summary."""
+    partial_dir = out / "partial"
+    records = {(r["pair"], r["method"]): r for r in _read_jsonl(out / "results.jsonl")}
+    skipped: dict[str, str] = {}
+    for shard in sorted(partial_dir.glob("rank*.jsonl")):
+        for r in _read_jsonl(shard):
+            if "skipped" in r:
+                skipped[r["image"]] = r["skipped"]
+            else:
+                records[(r["pair"], r["method"])] = r
+    wanted = {(i, m) for i, _ in pairs for m in cfg.methods}
+    ordered = [records[k] for k in sorted(records) if k in wanted]
+    with open(out / "results.jsonl", "w") as handle:
+        for record in ordered:
+            handle.write(json.dumps(record) + "\n")
+    for shard in partial_dir.glob("rank*.jsonl"):
+        shard.unlink()
+    summary = summarize(ordered, cfg.methods)
+    title = (f"**{cfg.model}** on `{Path(cfg.data).name}`: {cfg.pairs} pairs (centre crop + `{cfg.transform}` "
+             f"view, seed {cfg.seed}; `combine` view for averaged transforms), {step}-pixel steps; conditional "
+             f"metrics average both directions")
+    skipped_pairs = sorted({i for i, p in pairs if p.name in skipped and not any((i, m) in records
+                                                                              for m in cfg.methods)})
+    caption = ""
+    if skipped_pairs:
+        names = sorted({p.name for i, p in pairs if i in skipped_pairs})
+        caption = (f"{len(skipped_pairs)} of {cfg.pairs} pairs skipped: {len(names)} unreadable image"
+                   f"{'s' if len(names) > 1 else ''} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+    (out / "table.md").write_text(format_table(summary, title, caption))
+    plot_curves(ordered, cfg.methods, out / "curves.png")
+    return summary
+
+
+def evaluate(cfg: EvaluationConfig) -> dict[str, Any]:
+    """Run every method and metric on the configured pairs; returns the summary (rank 0)."""
+    world, rank, device = _start_distributed()
+    for name in cfg.methods:
+        resolve(name)  # fail fast on an unknown name
+    model = load_model(cfg.model, weights=cfg.weights, device=device)
+    check_applicable(list(cfg.methods), model)  # e.g. a ':guided' variant on a ViT, before any work
+    out = Path(cfg.out)
+    (out / "partial").mkdir(parents=True, exist_ok=True)
+    files = list_images(cfg.data)
+    run_settings = record_settings(cfg, model, files)
+    pairs, todo = _pending(cfg, out, files, run_settings, world, rank)
+    step = cfg.step or PAPER_INSERTION_STEP  # the paper's step (224 steps at 224 px, 56 at the default models' 112 px)
+    _run_shard(cfg, model, device, todo, out / "partial" / f"rank{rank}.jsonl", run_settings.as_record(), step,
+               show=cfg.show_progress and rank == 0)
+    if world > 1:
         dist.barrier()
-    summary: dict[str, Any] = {}
-    if rank == 0:
-        records = {(r["pair"], r["method"]): r for r in _read_jsonl(out / "results.jsonl")}
-        skipped: dict[str, str] = {}
-        for shard in sorted(partial_dir.glob("rank*.jsonl")):
-            for r in _read_jsonl(shard):
-                if "skipped" in r:
-                    skipped[r["image"]] = r["skipped"]
-                else:
-                    records[(r["pair"], r["method"])] = r
-        wanted = {(i, m) for i, _ in pairs for m in cfg.methods}
-        ordered = [records[k] for k in sorted(records) if k in wanted]
-        with open(out / "results.jsonl", "w") as handle:
-            for record in ordered:
-                handle.write(json.dumps(record) + "\n")
-        for shard in partial_dir.glob("rank*.jsonl"):
-            shard.unlink()
-        summary = summarize(ordered, cfg.methods)
-        title = (f"**{cfg.model}** on `{Path(cfg.data).name}`: {cfg.pairs} pairs (centre crop + `{cfg.transform}` "
-                 f"view, seed {cfg.seed}; `combine` view for averaged transforms), {step}-pixel steps; conditional "
-                 f"metrics average both directions")
-        skipped_pairs = sorted({i for i, p in pairs if p.name in skipped and not any((i, m) in records
-                                                                                  for m in cfg.methods)})
-        caption = ""
-        if skipped_pairs:
-            names = sorted({p.name for i, p in pairs if i in skipped_pairs})
-            caption = (f"{len(skipped_pairs)} of {cfg.pairs} pairs skipped: {len(names)} unreadable image"
-                       f"{'s' if len(names) > 1 else ''} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
-        (out / "table.md").write_text(format_table(summary, title, caption))
-        plot_curves(ordered, cfg.methods, out / "curves.png")
-    if distributed:
-        import torch.distributed as dist
-
+    summary = _merge_and_report(cfg, out, pairs, step) if rank == 0 else {}
+    if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from collections.abc import Iterable
 
-__all__ = ["COLUMNS", "summarize", "format_table", "plot_curves", "curves_title"]
+__all__ = ["COLUMNS", "summarize", "format_table", "plot_curves", "curves_title", "duration_text"]
 
 #: (column, result key, direction arrow)
 COLUMNS = [("SI", "SI", "↑"), ("SD", "SD", "↓"), ("CI", "CI", "↑"), ("CD", "CD", "↓"), ("SAD", "SAD", "↓"),
@@ -96,3 +96,12 @@ def plot_curves(records: Iterable[dict], methods: list[str], path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return fig
+
+
+def duration_text(seconds: float) -> str:
+    """A duration for a progress line: seconds below 90 s, minutes below 90 min, else hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

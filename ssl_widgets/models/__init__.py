@@ -1,7 +1,6 @@
 """Self-supervised models: the :class:`SSLModel` wrapper, the zoo and its loaders."""
 from .converters import CheckpointError
-from .hf import from_transformers
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel, from_transformers
 from .zoo import available_models, build_tiny_model, load_model, model_info
 
 __all__ = [

@@ -1,10 +1,13 @@
-"""One-line wrapping of timm and torchvision networks as :class:`~ssl_widgets.models.SSLModel`.
+"""What :meth:`SSLModel.from_timm <ssl_widgets.models.SSLModel.from_timm>` and ``from_torchvision`` wrap.
 
-* :func:`from_timm`: any timm model, instance or name (random weights or a local state dict).
+The functions here return the :class:`~ssl_widgets.models.SSLModel` constructor's arguments (trunk,
+head, pooling, normalisation...), so that this module does not import the wrapper it feeds.
+
+* :func:`timm_parts`: any timm model, instance or name (random weights or a local state dict).
   Vision Transformers become token trunks (class token or mean-of-patches pooling, register tokens
   counted as prefix tokens) whose position embeddings are interpolated for other input sizes
   (timm's ``dynamic_img_size``); other timm models are wrapped through ``forward_features``.
-* :func:`from_torchvision`: a torchvision ResNet (any depth) or VisionTransformer, instance or name.
+* :func:`torchvision_parts`: a torchvision ResNet (any depth) or VisionTransformer, instance or name.
 
 Nothing here downloads: names build random weights; pass ``weights=PATH`` for a local file.
 """
@@ -21,9 +24,9 @@ from .architectures import ResNetTrunk
 from .checkpoint_file import read_checkpoint, refuse_non_finite
 from .converters import CheckpointError
 from ..core import PAPER_INPUT_SIZE
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TorchvisionViTTrunk", "from_timm", "from_torchvision", "make_dynamic"]
+__all__ = ["TorchvisionViTTrunk", "make_dynamic", "timm_parts", "torchvision_parts"]
 
 
 def make_dynamic(vit: nn.Module) -> nn.Module:
@@ -59,11 +62,11 @@ def _load_weights(module: nn.Module, weights: str | os.PathLike | dict | None) -
     refuse_non_finite(module, weights if not isinstance(weights, dict) else "the given state dict")
 
 
-def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Module | None = None,
-              weights: str | os.PathLike | dict | None = None, mean: Sequence[float] | None = None,
-              std: Sequence[float] | None = None, input_size: int | None = None, name: str | None = None,
-              **create_kwargs: Any) -> SSLModel:
-    """Wrap a timm model as an :class:`SSLModel` in one line.
+def timm_parts(model: nn.Module | str, *, pooling: str | None = None, head: nn.Module | None = None,
+               weights: str | os.PathLike | dict | None = None, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, input_size: int | None = None, name: str | None = None,
+               **create_kwargs: Any) -> dict[str, Any]:
+    """The :class:`~ssl_widgets.models.SSLModel` arguments that wrap a timm model.
 
     Args:
         model: a timm model instance, or a timm model name (built with random weights; nothing is
@@ -78,17 +81,13 @@ def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Mo
         create_kwargs: extra ``timm.create_model`` arguments when ``model`` is a name (e.g. ``depth=2``).
 
     Returns:
-        The wrapped model in eval mode. A ViT keeps timm's layer names (``blocks.11``,
+        The keyword arguments of ``SSLModel(...)``: a ViT keeps timm's layer names (``blocks.11``,
         ``blocks.11.attn``, ``norm``) and accepts any input size that is a multiple of its patch size.
 
     Examples:
-        >>> model = from_timm("vit_tiny_patch16_224", depth=2)
-        >>> model.pooling, model.patch_size, model.default_cam_layer
-        ('cls', 16, 'blocks.1.norm1')
-        >>> model(torch.rand(1, 3, 64, 96)).shape
-        torch.Size([1, 192])
-        >>> from_timm("resnet18")(torch.rand(1, 3, 64, 64)).shape
-        torch.Size([1, 512])
+        >>> parts = timm_parts("vit_tiny_patch16_224", depth=2)
+        >>> parts["pooling"], parts["patch_size"], parts["num_prefix_tokens"]
+        ('cls', 16, 1)
     """
     import timm
 
@@ -117,14 +116,15 @@ def from_timm(model: nn.Module | str, *, pooling: str | None = None, head: nn.Mo
             raise ValueError(f"{arch} has no class token; use pooling='mean'")
         size = input_size or int(net.patch_embed.img_size[0])
         patch = int(net.patch_embed.patch_size[0])
-        return SSLModel(net, head, input_size=size, pooling=pooling, num_prefix_tokens=net.num_prefix_tokens,
-                        patch_size=patch, trunk_method="forward_features", **common).eval()
+        return {"trunk": net, "head": head, "input_size": size, "pooling": pooling,
+                "num_prefix_tokens": net.num_prefix_tokens, "patch_size": patch, "trunk_method": "forward_features",
+                **common}
     if pooling not in (None, "avg"):
         raise ValueError(f"{arch} is not a Vision Transformer; only pooling='avg' applies")
     if not callable(getattr(net, "forward_features", None)):
         raise TypeError(f"{type(net).__name__} has no forward_features; wrap it with SSLModel(trunk, head) directly")
     size = input_size or int(cfg.get("input_size", (3, PAPER_INPUT_SIZE, PAPER_INPUT_SIZE))[-1])
-    return SSLModel(net, head, input_size=size, trunk_method="forward_features", **common).eval()
+    return {"trunk": net, "head": head, "input_size": size, "trunk_method": "forward_features", **common}
 
 
 class TorchvisionViTTrunk(nn.Module):
@@ -165,10 +165,10 @@ def _resnet_trunk(net: nn.Module) -> ResNetTrunk:
     return trunk
 
 
-def from_torchvision(model: nn.Module | str, *, head: nn.Module | None = None,
-                     weights: str | os.PathLike | dict | None = None, mean: Sequence[float] | None = IMAGENET_MEAN,
-                     std: Sequence[float] | None = IMAGENET_STD, name: str | None = None) -> SSLModel:
-    """Wrap a torchvision ResNet or VisionTransformer (instance, or a name built with random weights).
+def torchvision_parts(model: nn.Module | str, *, head: nn.Module | None = None,
+                      weights: str | os.PathLike | dict | None = None, mean: Sequence[float] | None = IMAGENET_MEAN,
+                      std: Sequence[float] | None = IMAGENET_STD, name: str | None = None) -> dict[str, Any]:
+    """The :class:`~ssl_widgets.models.SSLModel` arguments that wrap a torchvision ResNet or VisionTransformer.
 
     Args:
         model: e.g. ``torchvision.models.resnet50()`` or ``"vit_b_16"``.
@@ -178,12 +178,12 @@ def from_torchvision(model: nn.Module | str, *, head: nn.Module | None = None,
         name: display name.
 
     Returns:
-        An :class:`SSLModel`: a ResNet keeps torchvision's layer names (``layer4``...) and the
-        incremental occlusion engine; a ViT pools its class token.
+        The keyword arguments of ``SSLModel(...)``: a ResNet trunk keeps torchvision's layer names
+        (``layer4``...); a ViT pools its class token.
 
     Examples:
-        >>> from_torchvision("resnet18")(torch.rand(1, 3, 64, 64)).shape
-        torch.Size([1, 512])
+        >>> type(torchvision_parts("resnet18")["trunk"]).__name__
+        'ResNetTrunk'
     """
     import torchvision
 
@@ -196,9 +196,9 @@ def from_torchvision(model: nn.Module | str, *, head: nn.Module | None = None,
         raise TypeError(f"model must be a torchvision model or its name, got {type(model).__name__}")
     _load_weights(net, weights)
     if isinstance(net, torchvision.models.ResNet):
-        return SSLModel(_resnet_trunk(net), head, mean=mean, std=std, name=name or arch, input_size=PAPER_INPUT_SIZE).eval()
+        return {"trunk": _resnet_trunk(net), "head": head, "mean": mean, "std": std, "name": name or arch,
+                "input_size": PAPER_INPUT_SIZE}
     if isinstance(net, torchvision.models.VisionTransformer):
-        return SSLModel(TorchvisionViTTrunk(net), head, mean=mean, std=std, name=name or arch,
-                        input_size=net.image_size, pooling="cls", num_prefix_tokens=1,
-                        patch_size=net.patch_size).eval()
+        return {"trunk": TorchvisionViTTrunk(net), "head": head, "mean": mean, "std": std, "name": name or arch,
+                "input_size": net.image_size, "pooling": "cls", "num_prefix_tokens": 1, "patch_size": net.patch_size}
     raise TypeError(f"{type(net).__name__} is not supported: from_torchvision wraps ResNets and VisionTransformers")

@@ -13,14 +13,16 @@ import argparse
 import contextlib
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .converters import CheckpointError
 
-__all__ = ["ALLOWED_GLOBALS", "read_checkpoint", "refuse_non_finite"]
+__all__ = ["ALLOWED_GLOBALS", "load_strict", "read_checkpoint", "refuse_non_finite"]
 
 #: Classes a checkpoint may contain beside tensors and plain containers (see the module doc).
 ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -104,3 +106,33 @@ def refuse_non_finite(model: torch.nn.Module, path: str | os.PathLike) -> None:
                     f"{tensor.numel()} (e.g. written by a diverged training run); every explanation of this model "
                     f"would be NaN (load_model(..., check_finite=False) loads them anyway)"
                 )
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], model_name: str, part: str) -> None:
+    """``load_state_dict(strict=True)`` whose errors name the model, the part and the keys."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"the {part} of {model_name!r}: expected a state dict, found {type(state).__name__}")
+    if odd := [f"{k!r} ({type(v).__name__})" for k, v in state.items()
+               if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
+        raise CheckpointError(f"checkpoint does not match the {part} of {model_name!r}: entries that are not "
+                              f"named tensors: {odd[:3]}")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if mismatched:
+            details.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
+        raise CheckpointError(
+            f"checkpoint does not match the {part} of {model_name!r}: " + "; ".join(details)
+        )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

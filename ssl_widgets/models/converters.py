@@ -19,6 +19,8 @@ __all__ = [
     "convert_barlow_twins",
     "convert_simsiam",
     "convert_torchvision_resnet",
+    "dinov2_to_timm_layout",
+    "shape_of",
     "strip_prefix",
 ]
 
@@ -128,3 +130,26 @@ def convert_torchvision_resnet(checkpoint: Any) -> tuple[StateDict, StateDict]:
         found = sorted(checkpoint)[:6] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise CheckpointError(f"torchvision ResNet weights: expected a state dict with 'conv1.weight', found {found}")
     return {k: v for k, v in checkpoint.items() if not k.startswith("fc.")}, {}
+
+
+def dinov2_to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv2 names -> timm's: drop ``mask_token``; with registers, timm's ``no_embed_class`` layout
+    (the class token's position embedding folded into the class token, ``register_tokens`` ->
+    ``reg_token``), which computes exactly DINOv2's forward. Also used for transformers' DINOv2 models
+    (:mod:`~ssl_widgets.models.hf`) once their names are DINOv2's."""
+    state = {k: v for k, v in state.items() if k != "mask_token"}
+    if "register_tokens" in state:
+        pos, cls = state.get("pos_embed"), state.get("cls_token")
+        if not (isinstance(pos, torch.Tensor) and isinstance(cls, torch.Tensor) and pos.dim() == 3
+                and cls.dim() == 3 and pos.shape[2] == cls.shape[2] and pos.shape[1] > 1):
+            raise CheckpointError(f"DINOv2 with registers: expected 'cls_token' (1, 1, C) and 'pos_embed' (1, 1 + N, C), "
+                                  f"found {shape_of(cls)} and {shape_of(pos)}")
+        state["reg_token"] = state.pop("register_tokens")
+        state["cls_token"] = cls + pos[:, :1]
+        state["pos_embed"] = pos[:, 1:]
+    return state
+
+
+def shape_of(value: Any) -> str:
+    """A checkpoint entry for an error message: its shape if a tensor, else its type's name."""
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__

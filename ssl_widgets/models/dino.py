@@ -37,14 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architectures import resnet50_trunk
-from .converters import CheckpointError, convert_torchvision_resnet, strip_prefix
+from .checkpoint_file import load_strict
+from .converters import CheckpointError, convert_torchvision_resnet, dinov2_to_timm_layout, shape_of, strip_prefix
 from .position_rules import DINO_RULE, REGISTERS_RULE, ReferenceViT
 from ..core import PAPER_INPUT_SIZE
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .wrapper import SSLModel
 
 __all__ = [
     "VIT_ARCHS",
-    "DINOHead",
+    "CheckpointDINOHead",
     "build_dino_r50",
     "build_dino_vit",
     "dino_head_from_state",
@@ -63,11 +65,15 @@ VIT_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-class DINOHead(nn.Module):
-    """DINO's projection head: ``last_layer(normalize(mlp(x)))`` (the logits before the softmax).
+class CheckpointDINOHead(nn.Module):
+    """A DINO head rebuilt from a checkpoint's ``head.*`` keys: ``last_layer(normalize(mlp(x)))`` (the
+    logits before the softmax), its layers as the file has them and the weight norm folded into a plain
+    ``Linear``. Its attribute names are DINO's, so its state dict keys are the checkpoint's
+    (``mlp.0.weight``... ``last_layer.weight``). DINO's trainable head is
+    :class:`~ssl_widgets.models.tiny_vit.DINOHead`.
 
     Examples:
-        >>> head = DINOHead(nn.Sequential(nn.Linear(8, 4)), nn.Linear(4, 16, bias=False))
+        >>> head = CheckpointDINOHead(nn.Sequential(nn.Linear(8, 4)), nn.Linear(4, 16, bias=False))
         >>> head(torch.rand(2, 8)).shape
         torch.Size([2, 16])
     """
@@ -78,10 +84,6 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
-
-
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _last_layer_weight(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -95,7 +97,7 @@ def _last_layer_weight(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
             if not (isinstance(g, torch.Tensor) and isinstance(v, torch.Tensor) and v.dim() == 2
                     and g.numel() == v.shape[0]):
                 raise CheckpointError(f"DINO head: '{g_key}' and '{v_key}' should be a gain per row and a 2-d "
-                                      f"weight, found {_shape(g)} and {_shape(v)}")
+                                      f"weight, found {shape_of(g)} and {shape_of(v)}")
             g, v = g.float().reshape(-1, 1), v.float()
             return g * v / v.norm(dim=1, keepdim=True)
     if "last_layer.weight" in state:
@@ -113,8 +115,8 @@ def _head_tensor(state: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
     return value
 
 
-def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> DINOHead:
-    """Build a :class:`DINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
+def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> CheckpointDINOHead:
+    """Build a :class:`CheckpointDINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
     keys (prefix removed), check that its widths chain, and load it.
 
     Args:
@@ -172,7 +174,7 @@ def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) ->
         last.weight.copy_(weight)
         if last.bias is not None:
             last.bias.copy_(_head_tensor(state, "last_layer.bias", 1))
-    return DINOHead(mlp, last).eval()
+    return CheckpointDINOHead(mlp, last).eval()
 
 
 def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -237,42 +239,16 @@ def split_dino_checkpoint(checkpoint: Any, model_name: str, backbone_key: str) -
     )
 
 
-def _strict() -> Callable:
-    from .zoo import (
-        _load_strict,  # the zoo's strict loader names the model, the part and the keys
-    )
-
-    return _load_strict
-
-
 def build_dino_r50(checkpoint: Any) -> SSLModel:
     """DINO ResNet-50: the teacher with its DINO head (full checkpoint) or the pooled backbone."""
     backbone, head_state = split_dino_checkpoint(checkpoint, "dino-r50", "conv1.weight")
     trunk_sd, _ = convert_torchvision_resnet(backbone)
     trunk = resnet50_trunk()
-    _strict()(trunk, trunk_sd, "dino-r50", "trunk")
+    load_strict(trunk, trunk_sd, "dino-r50", "trunk")
     head = dino_head_from_state(head_state, in_dim=trunk.out_channels) if head_state is not None else None
     model = SSLModel(trunk, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="dino-r50", input_size=PAPER_INPUT_SIZE)
     model.meta = {"head": "teacher DINO head" if head is not None else "none (backbone file)"}
     return model
-
-
-def dinov2_to_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DINOv2 names -> timm's: drop ``mask_token``; with registers, timm's ``no_embed_class`` layout
-    (the class token's position embedding folded into the class token, ``register_tokens`` ->
-    ``reg_token``), which computes exactly DINOv2's forward. Also used for transformers' DINOv2 models
-    (:mod:`~ssl_widgets.models.hf`) once their names are DINOv2's."""
-    state = {k: v for k, v in state.items() if k != "mask_token"}
-    if "register_tokens" in state:
-        pos, cls = state.get("pos_embed"), state.get("cls_token")
-        if not (isinstance(pos, torch.Tensor) and isinstance(cls, torch.Tensor) and pos.dim() == 3
-                and cls.dim() == 3 and pos.shape[2] == cls.shape[2] and pos.shape[1] > 1):
-            raise CheckpointError(f"DINOv2 with registers: expected 'cls_token' (1, 1, C) and 'pos_embed' (1, 1 + N, C), "
-                                  f"found {_shape(cls)} and {_shape(pos)}")
-        state["reg_token"] = state.pop("register_tokens")
-        state["cls_token"] = cls + pos[:, :1]
-        state["pos_embed"] = pos[:, 1:]
-    return state
 
 
 def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
@@ -291,7 +267,7 @@ def build_dino_vit(name: str, checkpoint: Any) -> SSLModel:
     backbone = {k: v for k, v in backbone.items() if not str(k).startswith("head.")}  # DINO's Identity head
     rule = REGISTERS_RULE if "reg_tokens" in arch else DINO_RULE
     vit = ReferenceViT(position_rule=rule, num_classes=0, global_pool="token", **arch)
-    _strict()(vit, backbone, name, "backbone")
+    load_strict(vit, backbone, name, "backbone")
     head = dino_head_from_state(head_state, in_dim=vit.embed_dim) if head_state is not None else None
     model = SSLModel(vit, head, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, input_size=PAPER_INPUT_SIZE, pooling="cls",
                      num_prefix_tokens=vit.num_prefix_tokens, patch_size=arch["patch_size"],

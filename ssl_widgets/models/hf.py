@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` vision models as :class:`~ssl_widgets.models.SSLModel`.
+"""Hugging Face ``transformers`` vision models as :class:`~ssl_widgets.models.SSLModel` (what
+:meth:`SSLModel.from_transformers <ssl_widgets.models.SSLModel.from_transformers>` wraps).
 
 ``Dinov2Model``, ``Dinov2WithRegistersModel`` and ``ViTModel`` (DINO's weights, e.g.
 ``facebook/dino-vits16``) become timm-layout Vision Transformers on the same weights
@@ -13,7 +14,7 @@ rule for other input sizes: bicubic to the grid size, with antialias for the reg
 from the hub of Hugging Face and the same weights from torch.hub give the same embedding at every size.
 
 ``transformers`` is an optional dependency: ``pip install "ssl-widgets[hf]"``. Nothing here downloads
-unless asked: :func:`load_hf` takes a hub name (downloaded into Hugging Face's cache by
+unless asked: :func:`load_pretrained` takes a hub name (downloaded into Hugging Face's cache by
 ``transformers``, or read from it offline) or a local folder.
 """
 from __future__ import annotations
@@ -27,12 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .converters import CheckpointError
-from .dino import dinov2_to_timm_layout
+from .converters import CheckpointError, dinov2_to_timm_layout
 from .position_rules import HF_RULE, REGISTERS_RULE, PositionRule, ReferenceViT
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, SSLModel
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SUPPORTED", "from_transformers", "load_hf"]
+__all__ = ["SUPPORTED", "load_pretrained", "transformers_parts"]
 
 #: transformers classes understood here -> the attribute of a task model (``*ForImageClassification``) holding one.
 SUPPORTED = {"Dinov2Model": "dinov2", "Dinov2WithRegistersModel": "dinov2_with_registers", "ViTModel": "vit"}
@@ -117,34 +117,12 @@ def convert_state(state: Mapping[str, torch.Tensor], config: Any, dinov2: bool,
     return dinov2_to_timm_layout(out)  # with registers: the zoo's DINOv2 layout, class position folded in
 
 
-def from_transformers(model: nn.Module, *, position_rule: PositionRule | None = None,
-                      mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
-                      input_size: int = 224, name: str | None = None) -> SSLModel:
-    """Wrap a transformers ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``ViTModel`` (DINO weights).
-
-    Args:
-        model: the transformers model (or a task model built on one, e.g. ``Dinov2ForImageClassification``;
-            its classifier is dropped).
-        position_rule: how position embeddings are resampled for other sizes; default: the transformers
-            model's own (:data:`~ssl_widgets.models.position_rules.HF_RULE`, or ``REGISTERS_RULE`` for the
-            register models). ``DINO_RULE`` gives facebookresearch/dino(v2)'s numerics.
-        mean: input normalisation mean (the model cards' image processors use ImageNet's).
-        std: input normalisation standard deviation (ImageNet's, likewise).
-        input_size: the side images are shown at (the image processors crop 224).
-        name: display name (default: the config's ``_name_or_path`` or the class name).
-
-    Returns:
-        An :class:`SSLModel` pooling the class token, with timm's layer names (``blocks.N``,
-        ``blocks.N.attn``, ``norm``) and ``meta`` naming the source and the position rule.
-
-    Examples:
-        >>> from transformers import Dinov2Config, Dinov2Model
-        >>> config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-        ...                       patch_size=8)
-        >>> model = from_transformers(Dinov2Model(config).eval(), input_size=32)
-        >>> model(torch.rand(1, 3, 32, 48)).shape, model.num_prefix_tokens
-        (torch.Size([1, 16]), 1)
-    """
+def transformers_parts(model: nn.Module, *, position_rule: PositionRule | None = None,
+                       mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
+                       input_size: int = 224, name: str | None = None) -> dict[str, Any]:
+    """The :class:`~ssl_widgets.models.SSLModel` arguments (and ``meta``) that wrap a transformers
+    ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``ViTModel``; the arguments are
+    :func:`ssl_widgets.models.from_transformers`'s."""
     base = _base_model(model)
     config, kind = base.config, type(base).__name__
     dinov2 = kind.startswith("Dinov2")
@@ -168,18 +146,18 @@ def from_transformers(model: nn.Module, *, position_rule: PositionRule | None = 
     state = convert_state(base.state_dict(), config, dinov2, registers)
     vit.load_state_dict(state, strict=True)
     label = name or getattr(config, "_name_or_path", "") or kind
-    wrapped = SSLModel(vit.eval(), None, mean=mean, std=std, name=label, input_size=input_size, pooling="cls",
-                       num_prefix_tokens=vit.num_prefix_tokens, patch_size=int(patch), trunk_method="forward_features")
-    wrapped.meta = {"source": f"transformers {kind}", "position embeddings": rule.name}
-    return wrapped.eval()
+    return {"trunk": vit.eval(), "head": None, "mean": mean, "std": std, "name": label, "input_size": input_size,
+            "pooling": "cls", "num_prefix_tokens": vit.num_prefix_tokens, "patch_size": int(patch),
+            "trunk_method": "forward_features",
+            "meta": {"source": f"transformers {kind}", "position embeddings": rule.name}}
 
 
-def load_hf(name_or_path: str | os.PathLike, **kwargs: Any) -> SSLModel:
-    """Load a transformers model by hub name (``facebook/dinov2-small``) or local folder and wrap it.
+def load_pretrained(name_or_path: str | os.PathLike) -> nn.Module:
+    """Load a transformers model by hub name (``facebook/dinov2-small``) or local folder, in eval mode
+    (``load_model("hf:NAME")`` wraps it with :func:`ssl_widgets.models.from_transformers`).
 
     Args:
         name_or_path: a Hugging Face hub name or a folder written by ``save_pretrained``.
-        **kwargs: :func:`from_transformers` arguments.
 
     Raises:
         ModuleNotFoundError: transformers is not installed (the message says how to install it).
@@ -200,4 +178,4 @@ def load_hf(name_or_path: str | os.PathLike, **kwargs: Any) -> SSLModel:
             f"machine with network access (huggingface-cli download {source}, which fills {folder}), or save it "
             f"there with model.save_pretrained(FOLDER) and pass hf:FOLDER."
         ) from error
-    return from_transformers(hf_model.eval(), name=kwargs.pop("name", source), **kwargs)
+    return hf_model.eval()

@@ -83,7 +83,8 @@ class _WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head: MLP (3 layers, GELU) -> bottleneck -> L2 norm -> weight-normalised linear.
+    """DINO's published (trainable) head, as facebookresearch/dino's ``DINOHead``: MLP (3 layers, GELU) ->
+    bottleneck -> L2 norm -> weight-normalised linear.
 
     Args:
         in_dim: backbone feature size.

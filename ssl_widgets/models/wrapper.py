@@ -10,11 +10,13 @@ from torch import nn
 
 from .._validation import check_images
 from ..core import PAPER_INPUT_SIZE, cosine
+from .adapters import timm_parts, torchvision_parts
+from .hf import transformers_parts
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .position_rules import PositionRule
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSLModel"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSLModel", "from_transformers"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 POOLINGS = ("avg", "cls", "mean")
@@ -257,27 +259,59 @@ class SSLModel(nn.Module):
 
     @classmethod
     def from_timm(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
-        """Wrap a timm model (an instance, or a name built with random weights): see
-        :func:`ssl_widgets.models.adapters.from_timm`."""
-        from .adapters import from_timm
+        """Wrap a timm model (an instance, or a name built with random weights) in one line.
 
-        return from_timm(model, **kwargs)
+        Args:
+            model: a timm model instance, or a timm model name (built with random weights; nothing is
+                downloaded, pass ``weights`` for a local file).
+            **kwargs: ``pooling`` (``"cls"``/``"mean"`` for a ViT, default from its ``global_pool``),
+                ``head``, ``weights`` (a state dict or its path), ``mean``, ``std``, ``input_size``,
+                ``name``, and ``timm.create_model`` arguments (e.g. ``depth=2``): see
+                :func:`ssl_widgets.models.adapters.timm_parts`.
+
+        Returns:
+            The wrapped model in eval mode. A ViT keeps timm's layer names (``blocks.11``,
+            ``blocks.11.attn``, ``norm``) and accepts any input size that is a multiple of its patch size.
+
+        Examples:
+            >>> model = SSLModel.from_timm("vit_tiny_patch16_224", depth=2)
+            >>> model.pooling, model.patch_size, model.default_cam_layer
+            ('cls', 16, 'blocks.1.norm1')
+            >>> model(torch.rand(1, 3, 64, 96)).shape
+            torch.Size([1, 192])
+            >>> SSLModel.from_timm("resnet18")(torch.rand(1, 3, 64, 64)).shape
+            torch.Size([1, 512])
+        """
+        return cls(**timm_parts(model, **kwargs)).eval()
 
     @classmethod
     def from_torchvision(cls, model: nn.Module | str, **kwargs: Any) -> SSLModel:
-        """Wrap a torchvision ResNet or ViT (an instance or a name): see
-        :func:`ssl_widgets.models.adapters.from_torchvision`."""
-        from .adapters import from_torchvision
+        """Wrap a torchvision ResNet or VisionTransformer (an instance, or a name built with random weights).
 
-        return from_torchvision(model, **kwargs)
+        Args:
+            model: e.g. ``torchvision.models.resnet50()`` or ``"vit_b_16"``.
+            **kwargs: ``head``, ``weights``, ``mean``, ``std``, ``name``: see
+                :func:`ssl_widgets.models.adapters.torchvision_parts`.
+
+        Returns:
+            The wrapped model in eval mode: a ResNet keeps torchvision's layer names (``layer4``...) and
+            the incremental occlusion engine; a ViT pools its class token.
+
+        Examples:
+            >>> SSLModel.from_torchvision("resnet18")(torch.rand(1, 3, 64, 64)).shape
+            torch.Size([1, 512])
+        """
+        return cls(**torchvision_parts(model, **kwargs)).eval()
 
     @classmethod
     def from_transformers(cls, model: nn.Module, **kwargs: Any) -> SSLModel:
         """Wrap a Hugging Face ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``ViTModel``: see
-        :func:`ssl_widgets.models.hf.from_transformers`."""
-        from .hf import from_transformers
-
-        return from_transformers(model, **kwargs)
+        :func:`ssl_widgets.models.from_transformers`."""
+        parts = transformers_parts(model, **kwargs)
+        meta = parts.pop("meta")
+        wrapped = cls(**parts)
+        wrapped.meta = meta
+        return wrapped.eval()
 
     def get_layer(self, name: str) -> nn.Module:
         """The trunk sub-module at dot path ``name``; a clear ``ValueError`` if there is none."""
@@ -290,3 +324,35 @@ class SSLModel(nn.Module):
     def extra_repr(self) -> str:
         extra = f", pooling={self.pooling!r}, patch_size={self.patch_size}" if self.is_token_model else ""
         return f"name={self.name!r}, input_size={self.input_size}, normalized={self.normalized}{extra}"
+
+
+def from_transformers(model: nn.Module, *, position_rule: PositionRule | None = None,
+                      mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
+                      input_size: int = 224, name: str | None = None) -> SSLModel:
+    """Wrap a transformers ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``ViTModel`` (DINO weights).
+
+    Args:
+        model: the transformers model (or a task model built on one, e.g. ``Dinov2ForImageClassification``;
+            its classifier is dropped).
+        position_rule: how position embeddings are resampled for other sizes; default: the transformers
+            model's own (:data:`~ssl_widgets.models.position_rules.HF_RULE`, or ``REGISTERS_RULE`` for the
+            register models). ``DINO_RULE`` gives facebookresearch/dino(v2)'s numerics.
+        mean: input normalisation mean (the model cards' image processors use ImageNet's).
+        std: input normalisation standard deviation (ImageNet's, likewise).
+        input_size: the side images are shown at (the image processors crop 224).
+        name: display name (default: the config's ``_name_or_path`` or the class name).
+
+    Returns:
+        An :class:`SSLModel` pooling the class token, with timm's layer names (``blocks.N``,
+        ``blocks.N.attn``, ``norm``) and ``meta`` naming the source and the position rule.
+
+    Examples:
+        >>> from transformers import Dinov2Config, Dinov2Model
+        >>> config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+        ...                       patch_size=8)
+        >>> model = from_transformers(Dinov2Model(config).eval(), input_size=32)
+        >>> model(torch.rand(1, 3, 32, 48)).shape, model.num_prefix_tokens
+        (torch.Size([1, 16]), 1)
+    """
+    return SSLModel.from_transformers(model, position_rule=position_rule, mean=mean, std=std,
+                                      input_size=input_size, name=name)

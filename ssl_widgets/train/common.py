@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..data.folder import list_images, load_square, split_holdout
 from .retrieval import heldout_views, top1_from_embeddings
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "cosine",
     "first_non_finite",
+    "load_dataset",
     "load_tensors_only",
     "load_training_state",
     "save_training_state",
@@ -277,3 +279,13 @@ def run_epochs(cfg: Any, runner: Any, monitor: HeldoutMonitor | None, *, started
         torch.save(packed, out)
     write_json(json_path, result)
     return result
+
+
+def load_dataset(cfg: Any) -> tuple[torch.Tensor, list, list]:
+    """The training images of ``cfg`` (a ``TrainConfig``: ``data``, ``holdout_every``, ``source_size``) as one ``(N,3,source,source)`` tensor, plus the train and held-out file lists."""
+    files = list_images(cfg.data)
+    train_files, held = split_holdout(files, cfg.holdout_every)
+    if len(train_files) < 2:
+        raise ValueError(f"need at least 2 training images under {cfg.data}, found {len(train_files)}")
+    images = torch.stack([load_square(f, cfg.source_size) for f in train_files])
+    return images, train_files, held

@@ -32,8 +32,10 @@ import torch
 from ..data.augment import BARLOW_VIEW1, BARLOW_VIEW2, AugmentConfig, augment_batch
 from ..models.tiny_vit import DINOHead, build_tiny_vit_backbone, dino_head_state_dict
 from ..models.wrapper import IMAGENET_MEAN, IMAGENET_STD
-from ..models.zoo import TINY_FORMAT
-from .common import HeldoutMonitor, cosine, load_tensors_only, run_epochs
+from ..models.download import shipped_weights
+from ..models.registry import available_models, model_info
+from ..models.tiny import TINY_FORMAT
+from .common import HeldoutMonitor, cosine, load_dataset, load_tensors_only, run_epochs
 from .losses import dino_loss, distillation_nce, update_center
 
 __all__ = ["train_dino", "vit_arch"]
@@ -89,9 +91,7 @@ class _DINORunner:
 
     def _init_from(self, path: str) -> None:
         """Student backbone and head from a shipped tiny-ViT file (its teacher), e.g. to continue a run."""
-        from ..models.zoo import _REGISTRY, _shipped_weights
-
-        source = _shipped_weights(_REGISTRY[path]) if path in _REGISTRY else path
+        source = shipped_weights(model_info(path)) if path in available_models() else path
         packed = load_tensors_only(source, f"refusing --init-from {path}", "Give a tiny ViT weight file written by "
                                    "python -m ssl_widgets.train --method dino.")
         if not isinstance(packed, dict) or "trunk" not in packed or "dino_head" not in packed:
@@ -234,8 +234,6 @@ class _DINORunner:
 def train_dino(cfg: Any, resume: bool = True, show_progress: bool = True,
                max_epochs_this_run: int | None = None) -> dict[str, Any]:
     """Train the tiny ViT with DINO; see :func:`ssl_widgets.train.train` for files, resume and early stopping."""
-    from .loop import load_dataset
-
     started = time.time()
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)

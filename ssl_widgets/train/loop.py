@@ -15,9 +15,9 @@ from ..data.augment import (
     AugmentConfig,
     augment_batch,
 )
-from ..data.folder import list_images, load_square, split_holdout
 from ..models.zoo import build_tiny_model, save_tiny_checkpoint
-from .common import HeldoutMonitor, run_epochs
+from .common import HeldoutMonitor, load_dataset, run_epochs
+from .dino import train_dino
 from .losses import barlow_twins_loss, nt_xent, simsiam_loss
 
 __all__ = ["LARS", "TrainConfig", "train"]
@@ -162,16 +162,6 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-group["lr"])
 
 
-def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, list, list]:
-    """The training images as one ``(N,3,source,source)`` tensor, plus the train and held-out file lists."""
-    files = list_images(cfg.data)
-    train_files, held = split_holdout(files, cfg.holdout_every)
-    if len(train_files) < 2:
-        raise ValueError(f"need at least 2 training images under {cfg.data}, found {len(train_files)}")
-    images = torch.stack([load_square(f, cfg.source_size) for f in train_files])
-    return images, train_files, held
-
-
 def _views(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfig]:
     if cfg.method in ("simclr", "simsiam"):
         pair = (SIMCLR_AUGMENT, SIMCLR_AUGMENT)
@@ -307,8 +297,6 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True,
     """
     started = time.time()
     if cfg.method == "dino":
-        from .dino import train_dino
-
         return train_dino(cfg, resume=resume, show_progress=show_progress, max_epochs_this_run=max_epochs_this_run)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)

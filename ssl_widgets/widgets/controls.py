@@ -6,14 +6,21 @@ from typing import Any
 import ipywidgets as W
 
 from ..attr.cls_attention import attention_blocks
-from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW
-from ..attr.spec import MethodSpec, Setting, all_specs
+from ..attr.spec import MethodSpec, Setting, all_specs, spec_for
 from .base import MethodControls
 from .synthesis_panels import FeatureVisualizationControls, ModelDifferenceControls
 
 __all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", "SpecControls", "build_method_controls"]
 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
+
+
+def _setting_slider(spec: MethodSpec, name: str, input_size: int, description: str) -> W.IntSlider:
+    """A slider of the record's setting ``name``: its default and range at ``input_size`` (as the CLI's)."""
+    setting = next(s for s in spec.settings if s.name == name)
+    low, high = setting.range_for(input_size, spec.reference_size)
+    return W.IntSlider(value=setting.value_for(input_size, spec.reference_size), min=int(low), max=int(high),
+                       description=description, **_SLOW)
 
 
 class OcclusionControls(MethodControls):
@@ -29,10 +36,8 @@ class OcclusionControls(MethodControls):
         self.variant = W.ToggleButtons(options=[("conditional", "conditional-occlusion"),
                                                 ("context-agnostic", "context-agnostic-occlusion")],
                                        value="conditional-occlusion", description="variant")
-        self.patch = W.IntSlider(value=max(4, round(PAPER_OCCLUSION_WINDOW * size / PAPER_INPUT_SIZE)), min=4, max=size, step=2,
-                                 description="patch size", **_SLOW)
-        self.stride = W.IntSlider(value=max(2, round(PAPER_OCCLUSION_STRIDE * size / PAPER_INPUT_SIZE)), min=1, max=max(2, size // 2),
-                                  description="stride", **_SLOW)
+        self.patch = _setting_slider(spec_for("conditional-occlusion"), "sliding_window_shapes", size, "patch size")
+        self.stride = _setting_slider(spec_for("conditional-occlusion"), "strides", size, "stride")
         self.fill = W.Dropdown(options=[("neutral (0 in model input)", "neutral"), ("black", "black"),
                                         ("grey", "grey")], value="neutral", description="fill")
         return [self.variant, self.patch, self.stride, self.fill]
@@ -250,7 +255,7 @@ class SpecControls(MethodControls):
     def children(self) -> list[W.Widget]:
         self.controls = {}
         for setting in self.spec.settings:
-            widget = _setting_widget(setting, setting.value_for(self.input_size, self.spec.reference_size))
+            widget = _setting_widget(setting, self.input_size, self.spec.reference_size)
             if widget is not None:
                 self.controls[setting.name] = widget
         return list(self.controls.values())
@@ -259,14 +264,16 @@ class SpecControls(MethodControls):
         return self.spec.name, {name: widget.value for name, widget in self.controls.items()}
 
 
-def _setting_widget(setting: Setting, value: Any) -> W.ValueWidget | None:
+def _setting_widget(setting: Setting, input_size: int, reference_size: int) -> W.ValueWidget | None:
     """A check box for a bool, a slider for a number in its range; ``None`` for other values (the method's
     own default is then used)."""
+    value = setting.value_for(input_size, reference_size)
     options = dict(description=setting.name, tooltip=setting.help, **_SLOW)
     if isinstance(value, bool):
         return W.Checkbox(value=value, description=setting.name, tooltip=setting.help)
-    low = setting.low if setting.low is not None else min(value, 0)
-    high = setting.high if setting.high is not None else max(4 * value, 1)
+    low, high = setting.range_for(input_size, reference_size)
+    low = low if low is not None else min(value, 0)
+    high = high if high is not None else max(4 * value, 1)
     if isinstance(value, int):
         return W.IntSlider(value=value, min=int(low), max=int(high), **options)
     if isinstance(value, float):
