@@ -1,6 +1,7 @@
 """One call from a method name to image-size maps: shared by the CLI and the widgets."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ def _to_image_size(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor, layer: str | None = None,
-                 generator: torch.Generator | None = None, **overrides: Any) -> PairAttribution:
+                 generator: torch.Generator | None = None, evaluator: Any = None, **overrides: Any) -> PairAttribution:
     """Run the named method on a pair and bring both maps to image size.
 
     Args:
@@ -69,6 +70,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         x1, x2: the pair. For ``pixel-invariance`` only ``x1`` is explained (map 2 is zeros).
         layer: layer of the CAM methods.
         generator: seeds the random methods.
+        evaluator: a :class:`~ssl_widgets.attr.CopyEvaluator` for the methods whose constructor takes one
+            (the occlusion methods); the others ignore it.
         overrides: ``attribute`` keyword arguments replacing the defaults.
 
     Returns:
@@ -78,6 +81,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
     spec = resolve(name)[0]
     settings = {**default_settings(name, model), **overrides}
     method = spec.build(model, layer)
+    if evaluator is not None and "evaluator" in inspect.signature(spec.cls).parameters:
+        method = spec.cls(model, evaluator=evaluator)
     if spec.layer == "setting" and layer is not None:
         settings.setdefault("layer", layer)
     if spec.seeded:

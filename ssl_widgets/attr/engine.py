@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,6 @@ from .._validation import check_images
 from ..core import cosine
 from ..models.state import check_model, eval_similarity, model_lock, preserved_model_state
 from ..models.wrapper import SSLModel
-from ._thread_local import lent_to_thread
 
 __all__ = [
     "Cancelled",
@@ -306,8 +305,12 @@ def progress_listener(callback) -> Iterator[None]:
     The callback may raise :class:`Cancelled` to stop the method; the model state is restored as
     on any error. Used by the widgets for their progress bars and Cancel buttons.
     """
-    with lent_to_thread(_LISTENER, "callback", callback):
+    outer = getattr(_LISTENER, "callback", None)
+    _LISTENER.callback = callback
+    try:
         yield
+    finally:
+        _LISTENER.callback = outer
 
 
 class _ReportingBar:
@@ -328,11 +331,15 @@ class _ReportingBar:
         return self.bar.__exit__(*exc)
 
 
-def progress(total: int, show: bool, desc: str):
-    """A tqdm.auto progress bar (a no-op bar when ``show`` is false), also reported to the
-    thread's :func:`progress_listener` if one is set."""
+def progress(total: int, show: bool, desc: str, on_progress: Callable[[int, int], None] | None = None):
+    """A tqdm.auto progress bar (a no-op bar when ``show`` is false), also reported to ``on_progress(done,
+    total)`` when given (it may raise :class:`Cancelled`), else to the thread's :func:`progress_listener`."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, disable=not show, desc=desc, leave=False)
+    if on_progress is not None:
+        if not callable(on_progress):
+            raise TypeError(f"on_progress must be callable (done, total), got {type(on_progress).__name__}")
+        return _ReportingBar(bar, lambda _desc, done, total: on_progress(done, total), desc, total)
     callback = getattr(_LISTENER, "callback", None)
     return _ReportingBar(bar, callback, desc, total) if callback is not None else bar

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ._regions import (
+from .regions import (
     Region,
     _arg,
     _conv_window,
@@ -82,6 +82,12 @@ class GraphIncremental:
             raise ValueError(f"the trunk must take one input, its graph has {len(placeholders)}")
         self.input = placeholders[0]
         self.plan: dict[fx.Node, str] = {}
+
+    @property
+    def fallback_nodes(self) -> list[str]:
+        """After :meth:`prepare`, the graph nodes recomputed in full (unsupported operations and everything
+        after them that cannot return to a local region)."""
+        return [n.name for n, kind in self.plan.items() if kind == "fallback"]
 
     # -- running one node normally -----------------------------------------------------------
     def _call(self, node: fx.Node, env: dict) -> Any:
