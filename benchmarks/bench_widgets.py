@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ssl_widgets.attr.occlusion_preview import preview_stride  # noqa: E402
+from ssl_widgets.attr._occlusion_engine import preview_stride  # noqa: E402
 from ssl_widgets.widgets import Explorer  # noqa: E402
 
 

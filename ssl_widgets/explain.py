@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,7 +61,8 @@ def _to_image_size(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor, layer: str | None = None,
-                 generator: torch.Generator | None = None, evaluator: Any = None, **overrides: Any) -> PairAttribution:
+                 generator: torch.Generator | None = None, evaluator: Any = None,
+                 on_progress: Callable[[int, int], None] | None = None, **overrides: Any) -> PairAttribution:
     """Run the named method on a pair and bring both maps to image size.
 
     Args:
@@ -72,6 +74,7 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         generator: seeds the random methods.
         evaluator: a :class:`~ssl_widgets.attr.CopyEvaluator` for the methods whose constructor takes one
             (the occlusion methods); the others ignore it.
+        on_progress: ``(done, total)`` progress (and cancel, by raising) of the methods that report it.
         overrides: ``attribute`` keyword arguments replacing the defaults.
 
     Returns:
@@ -87,6 +90,8 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         settings.setdefault("layer", layer)
     if spec.seeded:
         settings.setdefault("generator", generator)
+    if on_progress is not None and "on_progress" in inspect.signature(method.attribute).parameters:
+        settings["on_progress"] = on_progress
     if spec.kind == "single":
         heat = method.attribute(x1, **settings)
         map1 = upsample(heat, tuple(x1.shape[2:]))

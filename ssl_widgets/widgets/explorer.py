@@ -243,7 +243,7 @@ class Explorer(JointClickMixin, W.VBox):
                 extra["on_partial"] = show_preview
         layer = self.context.layer if name.startswith(LAYER_METHODS) else None
         result = explain_pair(model, name, x1, x2, layer=layer, generator=torch.Generator().manual_seed(int(seed)),
-                              **settings, **extra)
+                              on_progress=job.on_progress, **settings, **extra)
         self._cache[key] = result
         while len(self._cache) > 32:
             self._cache.popitem(last=False)
