@@ -71,7 +71,7 @@ def main() -> int:
     first_resampled, resampled, faults = [], [], []
     for _ in range(args.repeats):
         explorer._cache.clear()  # nothing cached: a new request, as after a change of a setting
-        explorer._views.clear()
+        explorer.context.models.views.clear()
         before = minor_faults()
         first_frame, refined = timed(explorer, explorer.refresh)
         faults.append(minor_faults() - before)

@@ -9,7 +9,6 @@ Tabs and plots see the explorer only through its public :class:`~ssl_widgets.wid
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
 from ..attr.spec import all_specs
-from ..attr import CopyEvaluator, ViewEmbeddingStore
 from ..explain import explain_pair
 from ..models import SSLModel
 from ..threads import set_threads
@@ -76,10 +74,6 @@ class Explorer(JointClickMixin, W.VBox):
         self.threads = set_threads(threads)
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
-        # occlusion: one evaluator per model, sharing the store of each image's copy embeddings (reused when
-        # only the other view changes)
-        self._views = ViewEmbeddingStore()
-        self._evaluators: weakref.WeakKeyDictionary[SSLModel, CopyEvaluator] = weakref.WeakKeyDictionary()
         self.maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.similarity: float | None = None
         self._box: tuple[int, tuple[int, int, int, int]] | None = None
@@ -232,7 +226,7 @@ class Explorer(JointClickMixin, W.VBox):
         model = self._model()
         extra: dict[str, Any] = {}
         if isinstance(controls, OcclusionControls):
-            extra["evaluator"] = self._evaluator(model)  # reuses an unchanged image's copies
+            extra["evaluator"] = self.context.models.evaluator(model)  # reuses an unchanged image's copies
             if settings.get("strides") < settings.get("sliding_window_shapes") // 2:
                 # a coarse frame first, from the refined call's own first windows (evaluated once)
 
@@ -248,13 +242,6 @@ class Explorer(JointClickMixin, W.VBox):
         while len(self._cache) > 32:
             self._cache.popitem(last=False)
         return result
-
-    def _evaluator(self, model: SSLModel) -> CopyEvaluator:
-        """The occlusion evaluator of ``model`` (one per model, all sharing the explorer's store)."""
-        evaluator = self._evaluators.get(model)
-        if evaluator is None:
-            evaluator = self._evaluators[model] = CopyEvaluator(model, store=self._views)
-        return evaluator
 
     # -- drawing ----------------------------------------------------------------------------------
     def _show_plain(self, status: str, x1, x2) -> None:
