@@ -58,7 +58,7 @@ class GraphIncremental:
     is evaluated), then :meth:`run` with the local content of each copy's box.
 
     Args:
-        gm: the traced trunk in eval mode (a private copy; see :func:`~ssl_widgets.attr._fold.private_trunk`).
+        gm: the traced trunk in eval mode (a private copy; see :func:`~ssl_widgets.attr._occlusion_engine.fold.private_trunk`).
 
     Examples:
         >>> net = fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
