@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ssl_widgets.attr.occlusion_preview import preview_stride  # noqa: E402
+from ssl_widgets.attr._occlusion_engine import preview_stride  # noqa: E402
 from ssl_widgets.widgets import Explorer  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> int:
     first_resampled, resampled, faults = [], [], []
     for _ in range(args.repeats):
         explorer._cache.clear()  # nothing cached: a new request, as after a change of a setting
-        explorer._views.clear()
+        explorer.context.models.views.clear()
         before = minor_faults()
         first_frame, refined = timed(explorer, explorer.refresh)
         faults.append(minor_faults() - before)

@@ -30,7 +30,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from bench_joint import median_seconds  # noqa: E402
 
 from ssl_widgets.attr import ConditionalOcclusion, PairAttribution  # noqa: E402
-from ssl_widgets.attr import _winograd  # noqa: E402
+from ssl_widgets.attr._occlusion_engine import winograd as _winograd  # noqa: E402
 from ssl_widgets.data import make_pair  # noqa: E402
 from ssl_widgets.models import SSLModel, load_model  # noqa: E402
 

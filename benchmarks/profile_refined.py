@@ -9,7 +9,7 @@ operation's own CPU time, with the convolutions split by weight shape (the Winog
     python benchmarks/profile_refined.py --threads 1
     python benchmarks/profile_refined.py --threads 2
 
-With two or more threads the batches run in two worker threads (``ssl_widgets.attr._pipeline``); the
+With two or more threads the batches run in two worker threads (``ssl_widgets.attr._occlusion_engine.workers``); the
 operations' times are then summed over both workers, and can add up to more than the wall time.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20, help="operations listed (largest first)")
     args = parser.parse_args()
     _, refined_call = refined_request(args)
-    # the batches run in worker threads (ssl_widgets.attr._pipeline): record every thread's operations
+    # the batches run in worker threads (ssl_widgets.attr._occlusion_engine.workers): record every thread's operations
     with profile(record_shapes=True, experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
         start = time.perf_counter()
         refined_call()

@@ -1,6 +1,8 @@
 """One call from a method name to image-size maps: shared by the CLI and the widgets."""
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,7 +61,8 @@ def _to_image_size(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor, layer: str | None = None,
-                 generator: torch.Generator | None = None, **overrides: Any) -> PairAttribution:
+                 generator: torch.Generator | None = None, evaluator: Any = None,
+                 on_progress: Callable[[int, int], None] | None = None, **overrides: Any) -> PairAttribution:
     """Run the named method on a pair and bring both maps to image size.
 
     Args:
@@ -69,6 +72,9 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
         x1, x2: the pair. For ``pixel-invariance`` only ``x1`` is explained (map 2 is zeros).
         layer: layer of the CAM methods.
         generator: seeds the random methods.
+        evaluator: a :class:`~ssl_widgets.attr.CopyEvaluator` for the methods whose constructor takes one
+            (the occlusion methods); the others ignore it.
+        on_progress: ``(done, total)`` progress (and cancel, by raising) of the methods that report it.
         overrides: ``attribute`` keyword arguments replacing the defaults.
 
     Returns:
@@ -78,10 +84,14 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
     spec = resolve(name)[0]
     settings = {**default_settings(name, model), **overrides}
     method = spec.build(model, layer)
+    if evaluator is not None and "evaluator" in inspect.signature(spec.cls).parameters:
+        method = spec.cls(model, evaluator=evaluator)
     if spec.layer == "setting" and layer is not None:
         settings.setdefault("layer", layer)
     if spec.seeded:
         settings.setdefault("generator", generator)
+    if on_progress is not None and "on_progress" in inspect.signature(method.attribute).parameters:
+        settings["on_progress"] = on_progress
     if spec.kind == "single":
         heat = method.attribute(x1, **settings)
         map1 = upsample(heat, tuple(x1.shape[2:]))

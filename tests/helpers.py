@@ -115,3 +115,11 @@ def run_processes(commands, env, timeout=300):
                 process.kill()
                 process.communicate()
     return done
+
+
+def run_on_boxes(engine, images, boxes, cache):
+    """The incremental engine's trunk output for full ``images`` equal to the prepared base outside ``boxes``."""
+    from ssl_widgets.attr._occlusion_engine.regions import box_crops
+
+    local, y0, x0 = box_crops(images, boxes)
+    return engine.run(cache, local, y0, x0, torch.zeros_like(y0))

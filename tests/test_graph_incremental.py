@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import arange_image, randomize_bn
+from helpers import arange_image, randomize_bn, run_on_boxes
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion
-from ssl_widgets.attr._fold import fold_batchnorm, private_trunk
-from ssl_widgets.attr.incremental import IncrementalTrunk, WindowEvaluator
+from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, CopyEvaluator
+from ssl_widgets.attr._occlusion_engine.fold import fold_batchnorm, private_trunk
+from ssl_widgets.attr._occlusion_engine.evaluator import incremental_engine
 from ssl_widgets.models import SSLModel
 from ssl_widgets.models.architectures import ResNetTrunk
 
@@ -34,14 +34,14 @@ def perturbed_batch(base, n=6, seed=0):
 
 def assert_exact(trunk, size=32, fallback=False):
     trunk = trunk.eval()
-    engine = IncrementalTrunk.from_trunk(trunk)
+    engine = incremental_engine(trunk)
     assert engine is not None
     base = arange_image(1, size, size)
     cache = engine.prepare(base)
     images, boxes = perturbed_batch(base)
     with torch.no_grad():
         expected = trunk(images)
-        got = engine(images, boxes, cache)
+        got = run_on_boxes(engine, images, boxes, cache)
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, atol=1e-5 * scale, rtol=1e-5)
     assert bool(engine.fallback_nodes) == fallback, engine.fallback_nodes
@@ -87,7 +87,7 @@ def test_regions_that_cover_the_whole_map_are_padded_with_each_windows_own_value
         nn.Conv2d(4, 4, 3, stride=2, padding=1),  # 9 is odd: the last output reads one padded column
         nn.MaxPool2d(2, stride=2, padding=1), nn.Conv2d(4, 2, 3, padding=1))
     trunk[0].bias.data.fill_(-0.6)
-    engine = IncrementalTrunk.from_trunk(trunk.eval())
+    engine = incremental_engine(trunk.eval())
     base = arange_image(1, 9, 9)
     cache = engine.prepare(base)
     images = base.repeat(3, 1, 1, 1)
@@ -95,7 +95,7 @@ def test_regions_that_cover_the_whole_map_are_padded_with_each_windows_own_value
     for k, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
         images[k, :, y0:y1, x0:x1] = -arange_image(1, y1 - y0, x1 - x0, offset=k)[0]
     with torch.no_grad():
-        expected, got = trunk(images), engine(images, boxes, cache)
+        expected, got = trunk(images), run_on_boxes(engine, images, boxes, cache)
         assert float(trunk[:2](images).amin()) < 0  # the max pool sees negative values at the border
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
@@ -218,19 +218,24 @@ def test_window_evaluator_mixes_bases_in_one_batch():
     model = SSLModel(randomize_bn(ResNetTrunk(BasicBlock, [1, 1, 1, 1], width=4)), None, input_size=32).eval()
     bases = torch.stack([arange_image(1, 32, 32)[0], arange_image(1, 32, 32, offset=3)[0]])
     for incremental in (True, False):
-        ev = WindowEvaluator(model, incremental=incremental)
-        assert ev.incremental == incremental
-        state, z = ev.prepare(bases)
-        torch.testing.assert_close(z, model.forward_normalized(bases), atol=1e-5, rtol=1e-5)
-        local = torch.rand(3, 3, 7, 9)
-        y0, x0, bid = torch.tensor([0, 25, 10]), torch.tensor([23, 0, 11]), torch.tensor([1, 0, 1])
-        expected = bases[bid].clone()
-        for k in range(3):
-            expected[k, :, y0[k]:y0[k] + 7, x0[k]:x0[k] + 9] = local[k]
-        torch.testing.assert_close(ev.embed(state, local, y0, x0, bid), model.forward_normalized(expected),
-                                   atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="precision"):
-        WindowEvaluator(model, precision="half")
+        for evaluator, switch in ((CopyEvaluator(model, incremental=incremental), True), (CopyEvaluator(model), incremental)):
+            with evaluator.session(incremental=switch) as ev:  # the evaluator's or the call's switch
+                assert ev.incremental == incremental
+                state, z = ev.prepare(bases)
+                torch.testing.assert_close(z, model.forward_normalized(bases), atol=1e-5, rtol=1e-5)
+                local = torch.rand(3, 3, 7, 9)
+                y0, x0, bid = torch.tensor([0, 25, 10]), torch.tensor([23, 0, 11]), torch.tensor([1, 0, 1])
+                expected = bases[bid].clone()
+                for k in range(3):
+                    expected[k, :, y0[k]:y0[k] + 7, x0[k]:x0[k] + 9] = local[k]
+                torch.testing.assert_close(ev.embed(state, local, y0, x0, bid), model.forward_normalized(expected),
+                                           atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="precision"), CopyEvaluator(model).session(precision="half"):
+        pass
+    with pytest.raises(ValueError, match="workers"):
+        CopyEvaluator(model, workers=0)
+    with pytest.raises(TypeError, match="store"):
+        CopyEvaluator(model, store={})
 
 
 def test_fast_precision_is_close_and_reported():
@@ -260,7 +265,7 @@ def test_occlusion_on_images_of_different_sizes():
 def test_gather_and_paste_match_a_plain_loop(layout):
     """Crops of several bases and pastes into a batch, for every memory layout the engine meets
     (channels-last copies rows of channel values whole; the others index element by element)."""
-    from ssl_widgets.attr._regions import gather, paste
+    from ssl_widgets.attr._occlusion_engine.regions import gather, paste
 
     src = torch.arange(2 * 5 * 9 * 8, dtype=torch.float32).view(2, 5, 9, 8)
     dims = (2, 3)

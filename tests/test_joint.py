@@ -8,7 +8,7 @@ from helpers import arange_image, cos, mean_color_model, seeded_init, small_resn
 from torch import nn
 
 from ssl_widgets.attr import JointAttribution, JointGradient, JointOcclusion, get_method
-from ssl_widgets.attr.engine import Cancelled, progress_listener
+from ssl_widgets.attr.engine import Cancelled
 from ssl_widgets.attr.joint import patch_boxes, patch_index
 from ssl_widgets.models import SSLModel
 
@@ -234,15 +234,15 @@ def test_state_restored_after_success_and_cancel(cls):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     calls = []
 
-    def cancel(desc, done, total):
-        calls.append((desc, done, total))
+    def cancel(done, total):
+        calls.append((done, total))
         if done >= 1:
             raise Cancelled()
 
-    with progress_listener(cancel), pytest.raises(Cancelled):
-        cls(model).attribute((x1, x2), grid=2, **({"batch_size": 1} if cls is JointGradient
-                                                  else {"perturbations_per_eval": 1}))
-    assert calls[0][0] == cls.method_name and calls[0][1] == 0 and calls[-1][1] == 1
+    with pytest.raises(Cancelled):
+        cls(model).attribute((x1, x2), grid=2, on_progress=cancel, **({"batch_size": 1} if cls is JointGradient
+                                                                       else {"perturbations_per_eval": 1}))
+    assert calls[0][0] == 0 and calls[-1][0] == 1
     assert model.training and {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(not m._forward_hooks for m in model.modules())
 

@@ -1,7 +1,7 @@
 """Conditional, context-agnostic and pairwise occlusion, and the incremental engine."""
 import pytest
 import torch
-from helpers import arange_image, cos, mean_color_model, small_resnet
+from helpers import arange_image, cos, mean_color_model, run_on_boxes, small_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ssl_widgets.attr import (
@@ -10,7 +10,7 @@ from ssl_widgets.attr import (
     PairwiseOcclusion,
     upsample,
 )
-from ssl_widgets.attr.incremental import IncrementalTrunk
+from ssl_widgets.attr._occlusion_engine.evaluator import incremental_engine
 from ssl_widgets.data.augment import random_erasing_boxes
 from ssl_widgets.models import SSLModel
 
@@ -132,7 +132,7 @@ def test_context_agnostic_matches_slow_loop():
 def test_incremental_engine_equals_full_forward(block, maxpool, size):
     model = small_resnet(block=block, maxpool=maxpool)
     trunk = model.trunk
-    engine = IncrementalTrunk.from_trunk(trunk)
+    engine = incremental_engine(trunk)
     assert engine is not None
     base = arange_image(1, size, size)
     cache = engine.prepare(base)
@@ -145,7 +145,7 @@ def test_incremental_engine_equals_full_forward(block, maxpool, size):
         images[k, :, y:y + h, x:x + w] = torch.rand(3, h, w, generator=g)
         boxes.append([y, x, y + h, x + w])
     with torch.no_grad():
-        torch.testing.assert_close(engine(images, torch.tensor(boxes), cache), trunk(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run_on_boxes(engine, images, torch.tensor(boxes), cache), trunk(images), atol=1e-5, rtol=1e-5)
     assert engine.fallback_nodes == []
 
 
@@ -162,7 +162,7 @@ def test_untraceable_trunk_gets_exact_full_forward_passes():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = SSLModel(_Untraceable(), None, input_size=16).eval()
-    assert IncrementalTrunk.from_trunk(model.trunk) is None
+    assert incremental_engine(model.trunk) is None
     x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=4)
     result = ConditionalOcclusion(model).attribute((x1, x2), 6, 5, grid=True)
     assert result.meta["incremental"] is False

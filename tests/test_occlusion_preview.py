@@ -1,14 +1,14 @@
-"""A coarse first occlusion frame from inside the refined call (ssl_widgets.attr.occlusion_preview)."""
+"""A coarse first occlusion frame from inside the refined call (``on_partial=``, ssl_widgets.attr._occlusion_engine.preview)."""
 import threading
 
 import pytest
 import torch
 from helpers import arange_image
 
-from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, ViewEmbeddingStore, reusing_view_embeddings
-from ssl_widgets.attr.engine import Cancelled, progress_listener
-from ssl_widgets.attr.incremental import WindowEvaluator
-from ssl_widgets.attr.occlusion_preview import active_preview, coarse_indices, preview_stride, previewing_occlusion
+from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, CopyEvaluator, ViewEmbeddingStore
+from ssl_widgets.attr._occlusion_engine import coarse_indices, preview_stride
+from ssl_widgets.attr._occlusion_engine.evaluator import Session
+from ssl_widgets.attr.engine import Cancelled
 from ssl_widgets.attr.occlusion import window_grid
 from ssl_widgets.widgets import Explorer
 
@@ -16,7 +16,7 @@ from ssl_widgets.widgets import Explorer
 def embedded(monkeypatch):
     """The number of perturbed copies embedded so far (a one-item list), counted in every thread."""
     count, lock = [0], threading.Lock()
-    embed = WindowEvaluator.embed
+    embed = Session.embed
 
     def counting(self, state, local, *args):
         out = embed(self, state, local, *args)
@@ -24,7 +24,7 @@ def embedded(monkeypatch):
             count[0] += local.shape[0]
         return out
 
-    monkeypatch.setattr(WindowEvaluator, "embed", counting)
+    monkeypatch.setattr(Session, "embed", counting)
     return count
 
 
@@ -49,8 +49,8 @@ def test_the_preview_equals_a_coarse_call_and_comes_before_the_other_windows(tin
     try:
         x1, x2 = pair()
         frames, record = recorder(embedded)
-        with previewing_occlusion(8, record):
-            refined = cls(tiny_model).attribute((x1, x2), 12, 4, grid=True, perturbations_per_eval=8)
+        refined = cls(tiny_model).attribute((x1, x2), 12, 4, grid=True, perturbations_per_eval=8, on_partial=record,
+                                            partial_strides=8)
         total = embedded[0]
         coarse = cls(tiny_model).attribute((x1, x2), 12, 8, grid=True)
         plain = cls(tiny_model).attribute((x1, x2), 12, 4, grid=True, perturbations_per_eval=8)
@@ -73,8 +73,8 @@ def test_the_preview_equals_a_coarse_call_and_comes_before_the_other_windows(tin
 def test_image_size_maps_for_the_preview_as_for_the_call(tiny_model):
     x1, x2 = pair()
     frames, record = recorder()
-    with previewing_occlusion(preview_stride(12, [32], multiple_of=4), record):
-        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4)
+    ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, on_partial=record)  # the default: preview_stride
+    assert preview_stride(12, [32], multiple_of=4) == 8
     coarse = ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4 * 2)
     assert [tuple(m.shape) for m in frames[0][0]] == [(1, 32, 32), (1, 32, 32)]
     torch.testing.assert_close(frames[0][0][0], coarse[0], atol=1e-5, rtol=0)
@@ -84,8 +84,8 @@ def test_image_size_maps_for_the_preview_as_for_the_call(tiny_model):
 def test_a_grid_not_among_the_windows_or_several_pairs_get_a_separate_coarse_call(tiny_model, embedded, coarse, batch):
     x1, x2 = (torch.cat([x, x.flip(-1)])[:batch] for x in pair())
     frames, record = recorder(embedded)
-    with previewing_occlusion(coarse, record):
-        refined = ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, grid=True)
+    refined = ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, grid=True, on_partial=record,
+                                                         partial_strides=coarse)
     n_coarse = ((32 - 12) // coarse + 1) ** 2
     assert len(frames) == 1 and frames[0][2] == 2 * batch * n_coarse  # before any refined copy
     assert embedded[0] == 2 * batch * (n_coarse + 36)
@@ -99,13 +99,13 @@ def test_a_reused_view_still_gives_the_preview(tiny_model, embedded):
     x1, x2 = pair()
     x3 = arange_image(1, 32, 32, offset=9.0)
     frames, record = recorder(embedded)
-    with reusing_view_embeddings(ViewEmbeddingStore()), previewing_occlusion(8, record):
-        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, grid=True)
-        embedded[0] = 0
-        ConditionalOcclusion(tiny_model).attribute((x1, x3), 12, 4, grid=True)  # view 1's copies are reused
-        assert embedded[0] == 36
-        ConditionalOcclusion(tiny_model).attribute((x1, x3), 12, 4, grid=True)  # both reused: nothing evaluated
-        assert embedded[0] == 36
+    occlusion = ConditionalOcclusion(tiny_model, evaluator=CopyEvaluator(tiny_model, store=ViewEmbeddingStore()))
+    occlusion.attribute((x1, x2), 12, 4, grid=True, on_partial=record, partial_strides=8)
+    embedded[0] = 0
+    occlusion.attribute((x1, x3), 12, 4, grid=True, on_partial=record, partial_strides=8)  # view 1's copies reused
+    assert embedded[0] == 36
+    occlusion.attribute((x1, x3), 12, 4, grid=True, on_partial=record, partial_strides=8)  # both reused: none
+    assert embedded[0] == 36
     fresh = ConditionalOcclusion(tiny_model).attribute((x1, x3), 12, 8, grid=True)
     assert len(frames) == 3 and frames[1][2] == 9  # view 2's coarse copies first
     for frame in (frames[1][0], frames[2][0]):
@@ -116,8 +116,8 @@ def test_a_reused_view_still_gives_the_preview(tiny_model, embedded):
 def test_progress_reaches_its_total_with_the_preview(tiny_model, two_threads):
     x1, x2 = pair()
     reports = []
-    with progress_listener(lambda _, *at: reports.append(at)), previewing_occlusion(8, lambda frame: None):
-        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, perturbations_per_eval=10)
+    ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, perturbations_per_eval=10,
+                                               on_progress=lambda *at: reports.append(at), on_partial=lambda frame: None)
     assert reports[-1] == (-(-72 // 10),) * 2
     assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:]))
 
@@ -129,21 +129,19 @@ def test_a_preview_callback_that_raises_ends_the_call_and_restores_the_model(tin
     def cancel(frame):
         raise Cancelled("stop")
 
-    with pytest.raises(Cancelled), previewing_occlusion(8, cancel):
-        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, perturbations_per_eval=8)
+    with pytest.raises(Cancelled):
+        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, perturbations_per_eval=8, on_partial=cancel,
+                                                   partial_strides=8)
     assert all(m.training for m in tiny_model.modules())
     assert [t for t in threading.enumerate() if t.name.startswith("ssl_widgets-batch")] == []
 
 
-def test_the_request_belongs_to_the_block_and_thread():
-    seen = []
-    with previewing_occlusion(8, print) as request:
-        assert active_preview() is request and request.strides == 8
-        thread = threading.Thread(target=lambda: seen.append(active_preview()))
-        thread.start()
-        thread.join()
-    assert seen == [None] and active_preview() is None
-
+def test_bad_partial_arguments_are_named(tiny_model):
+    x1, x2 = pair()
+    with pytest.raises(TypeError, match="on_partial"):
+        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, on_partial="not callable")
+    with pytest.raises(ValueError, match="partial_strides"):
+        ConditionalOcclusion(tiny_model).attribute((x1, x2), 12, 4, on_partial=print, partial_strides=0)
 
 def test_preview_strides_and_coarse_positions():
     assert preview_stride(28, [112, 112], multiple_of=4) == 28

@@ -1,4 +1,5 @@
-"""Batches of perturbed copies in two CPU worker threads (ssl_widgets.attr._pipeline)."""
+"""Batches of perturbed copies in two CPU worker threads (ssl_widgets.attr._occlusion_engine.workers)."""
+import sys
 import threading
 import time
 
@@ -6,10 +7,12 @@ import pytest
 import torch
 from helpers import arange_image, small_resnet
 
-from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, _pipeline
-from ssl_widgets.attr._pipeline import pipeline_workers, run_in_workers
-from ssl_widgets.attr.engine import Cancelled, progress_listener
-from ssl_widgets.attr.incremental import WindowEvaluator
+from ssl_widgets.attr import ConditionalOcclusion, ContextAgnosticOcclusion, CopyEvaluator
+from ssl_widgets.attr._occlusion_engine import winograd as _winograd
+from ssl_widgets.attr._occlusion_engine import workers as _pipeline
+from ssl_widgets.attr._occlusion_engine.evaluator import Session
+from ssl_widgets.attr._occlusion_engine.workers import pipeline_workers, run_in_workers, supported
+from ssl_widgets.attr.engine import Cancelled
 
 
 def batch_threads() -> list[threading.Thread]:
@@ -42,6 +45,24 @@ def test_each_worker_limits_only_its_own_threads(two_threads):
     thread.start()
     thread.join()
     assert fresh == [2]  # a thread started afterwards gets the process setting
+
+
+def test_native_thread_control_is_supported_on_linux_and_takes_effect(two_threads):
+    """The workers' ctypes control of OpenMP must not silently do nothing where CI runs (Linux wheels)."""
+    if sys.platform != "linux" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        assert pipeline_workers("cpu") == (2 if supported() else 1)  # elsewhere: workers only where it works
+        return
+    assert supported(), "omp_set_num_threads not reachable: the worker threads would each use every core"
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_limited_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [1] and torch.get_num_threads() == 2  # took effect in the worker thread only
+
+
+def _limited_threads() -> int:
+    with _pipeline._threads_here(1):
+        return torch.get_num_threads()
 
 
 def test_workers_only_on_cpu_with_threads_to_share(two_threads, monkeypatch):
@@ -94,14 +115,14 @@ def test_cancel_from_progress_stops_the_workers():
     assert batch_threads() == []
 
 
-def test_occlusion_maps_equal_with_and_without_workers(two_threads, monkeypatch):
+def test_occlusion_maps_equal_with_and_without_workers(two_threads):
     model = small_resnet()
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
     results = {}
     for workers in (1, 2):
-        monkeypatch.setattr(_pipeline, "WORKERS", workers)
         for cls in (ConditionalOcclusion, ContextAgnosticOcclusion):
-            results[workers, cls] = cls(model).attribute((x1, x2), 12, 4, perturbations_per_eval=16)
+            evaluator = CopyEvaluator(model, workers=workers)
+            results[workers, cls] = cls(model, evaluator=evaluator).attribute((x1, x2), 12, 4, perturbations_per_eval=16)
     for cls in (ConditionalOcclusion, ContextAgnosticOcclusion):
         for view in (0, 1):
             torch.testing.assert_close(results[2, cls][view], results[1, cls][view], atol=1e-6, rtol=1e-5)
@@ -114,7 +135,7 @@ def test_at_most_perturbations_per_eval_copies_in_flight(two_threads, monkeypatc
     batches, and one copy at a time when the batch is 1), and they do overlap."""
     model = small_resnet()
     lock, now, most, overlapped = threading.Lock(), [0], [0], [0]
-    embed = WindowEvaluator.embed
+    embed = Session.embed
 
     def tracking(self, state, local, *args):
         with lock:
@@ -128,11 +149,11 @@ def test_at_most_perturbations_per_eval_copies_in_flight(two_threads, monkeypatc
             with lock:
                 now[0] -= local.shape[0]
 
-    monkeypatch.setattr(WindowEvaluator, "embed", tracking)
+    monkeypatch.setattr(Session, "embed", tracking)
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
     progress = []
-    with progress_listener(lambda desc, done, total: progress.append((done, total))):
-        ConditionalOcclusion(model).attribute((x1, x2), 12, 4, perturbations_per_eval=per_eval)
+    ConditionalOcclusion(model).attribute((x1, x2), 12, 4, perturbations_per_eval=per_eval,
+                                          on_progress=lambda done, total: progress.append((done, total)))
     assert most[0] <= per_eval
     assert overlapped[0] == int(per_eval > 1)
     batches = -(-2 * 36 // per_eval)  # 6 x 6 windows per image
@@ -144,14 +165,14 @@ def test_cancelled_occlusion_leaves_no_worker_and_restores_the_model(two_threads
     flags = [p.requires_grad for p in model.parameters()]
     calls = []
 
-    def listener(desc, done, total):
+    def listener(done, total):
         calls.append(done)
         if done == 2:
             raise Cancelled()
 
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
-    with progress_listener(listener), pytest.raises(Cancelled):
-        ConditionalOcclusion(model).attribute((x1, x2), 12, 2, perturbations_per_eval=8)
+    with pytest.raises(Cancelled):
+        ConditionalOcclusion(model).attribute((x1, x2), 12, 2, perturbations_per_eval=8, on_progress=listener)
     assert calls[-1] == 2
     assert batch_threads() == []
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
@@ -159,17 +180,15 @@ def test_cancelled_occlusion_leaves_no_worker_and_restores_the_model(two_threads
 
 def test_workers_run_without_autograd_and_with_a_buffer_workspace(two_threads, monkeypatch):
     """Grad mode and the Winograd buffers are per thread: each worker sets both up for its batches."""
-    from ssl_widgets.attr import _winograd
-
     seen = []
-    embed = WindowEvaluator.embed
+    embed = Session.embed
 
     def recording(self, state, local, *args):
         seen.append((threading.current_thread().name, torch.is_grad_enabled(),
                      getattr(_winograd._LOCAL, "buffers", None) is not None))
         return embed(self, state, local, *args)
 
-    monkeypatch.setattr(WindowEvaluator, "embed", recording)
+    monkeypatch.setattr(Session, "embed", recording)
     x1, x2 = arange_image(1, 32, 32), arange_image(1, 32, 32, offset=3)
     ConditionalOcclusion(small_resnet()).attribute((x1, x2), 12, 4, perturbations_per_eval=10)
     assert seen and all(name.startswith("ssl_widgets-batch") for name, _, _ in seen)

@@ -9,8 +9,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ssl_widgets.attr import ConditionalOcclusion
-from ssl_widgets.attr._fold import private_trunk
-from ssl_widgets.attr.occlusion import preview_stride
+from ssl_widgets.attr._occlusion_engine.fold import private_trunk
+from ssl_widgets.attr._occlusion_engine import preview_stride
 from ssl_widgets.models import SSLModel
 from ssl_widgets.models.architectures import ResNetTrunk
 

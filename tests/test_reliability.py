@@ -27,7 +27,7 @@ from ssl_widgets.attr import (
     PairwiseOcclusion,
     PixelInvariance,
 )
-from ssl_widgets.attr import _pipeline
+from ssl_widgets.attr import CopyEvaluator
 from ssl_widgets.evaluate import EvaluationConfig, evaluate
 from ssl_widgets.evaluate.driver import SettingsMismatch, UnreadableImage
 from ssl_widgets.metrics import average_drop_increase, insertion_deletion
@@ -159,16 +159,16 @@ def test_pairwise_occlusion_memory_does_not_grow_with_n_samples():
     assert many <= few + 64 * 1024, (few, many)
 
 
-def test_window_map_memory_does_not_grow_with_the_number_of_windows(monkeypatch):
+def test_window_map_memory_does_not_grow_with_the_number_of_windows():
     # the profiler records the calling thread's memory events only: batches in this thread (the bound on the
     # copies the CPU worker threads hold at once is tested in test_pipeline.py)
-    monkeypatch.setattr(_pipeline, "WORKERS", 1)
     model = small_resnet()
+    evaluator = CopyEvaluator(model, workers=1)
     g = torch.Generator().manual_seed(1)
     x1, x2 = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
 
     def run(stride):
-        return lambda: ConditionalOcclusion(model).attribute((x1, x2), sliding_window_shapes=32, strides=stride,
+        return lambda: ConditionalOcclusion(model, evaluator=evaluator).attribute((x1, x2), sliding_window_shapes=32, strides=stride,
                                                              perturbations_per_eval=16, incremental=False)
 
     coarse, fine = peak_allocated(run(8)), peak_allocated(run(1))  # 25 vs 1089 windows per image

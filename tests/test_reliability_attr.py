@@ -27,11 +27,10 @@ from ssl_widgets.attr import (
     PairwiseOcclusion,
     PixelInvariance,
     SimilarityForward,
+    CopyEvaluator,
     ViewEmbeddingStore,
-    previewing_occlusion,
-    reusing_view_embeddings,
 )
-from ssl_widgets.attr import _fold
+from ssl_widgets.attr._occlusion_engine import fold as _fold
 from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients
 from ssl_widgets.models import SSLModel
 from ssl_widgets.models.state import preserved_model_state
@@ -202,12 +201,12 @@ def test_view_store_does_not_reuse_embeddings_after_a_data_update():
     x1, x2 = pair()
     x3 = arange_image(1, 32, 32, offset=9.0)
     store = ViewEmbeddingStore()
-    with reusing_view_embeddings(store):
-        ConditionalOcclusion(model).attribute((x1, x2), 16, 8)
-        with torch.no_grad():  # an EMA-style update of the head: no version counter moves, the trunk copy stays
-            for p in model.head.parameters():
-                p.data.mul_(0.9).add_(0.05)
-        after = ConditionalOcclusion(model).attribute((x1, x3), 16, 8)
+    occlusion = ConditionalOcclusion(model, evaluator=CopyEvaluator(model, store=store))
+    occlusion.attribute((x1, x2), 16, 8)
+    with torch.no_grad():  # an EMA-style update of the head: no version counter moves, the trunk copy stays
+        for p in model.head.parameters():
+            p.data.mul_(0.9).add_(0.05)
+    after = occlusion.attribute((x1, x3), 16, 8)
     assert store.hits == 0
     fresh = ConditionalOcclusion(model).attribute((x1, x3), 16, 8)
     for k in range(2):  # measured: 0 (the same evaluation); the reused map was 0.1 off
@@ -307,8 +306,11 @@ def test_numeric_settings_are_checked_and_the_error_names_the_argument():
          ValueError, "baselines"),
         (lambda: PairwiseOcclusion(model).attribute((x1, x2), n_samples=2, ratio=(1, inf)), ValueError, "ratio"),
         (lambda: PairwiseOcclusion(model).attribute((x1, x2), n_samples=2, scale=(nan, 0.3)), ValueError, "scale"),
-        (lambda: previewing_occlusion(0, print).__enter__(), ValueError, "strides"),
-        (lambda: previewing_occlusion(-8, print).__enter__(), ValueError, "strides"),
+        (lambda: ConditionalOcclusion(model).attribute((x1, x2), 16, 8, on_partial=print, partial_strides=0),
+         ValueError, "partial_strides"),
+        (lambda: ConditionalOcclusion(model).attribute((x1, x2), 16, 8, on_partial=print, partial_strides=-8),
+         ValueError, "partial_strides"),
+        (lambda: CopyEvaluator(model, workers="many"), ValueError, "workers"),
         (lambda: ViewEmbeddingStore(None), TypeError, "max_entries"),
     ]
     for call, error, name in cases:

@@ -184,8 +184,8 @@ def test_joint_click_can_be_cancelled(monkeypatch):
     e.wait()
     started = threading.Event()
 
-    def slow(*_args, **_kwargs):
-        with progress(500, False, "slow") as bar:
+    def slow(*_args, on_progress=None, **_kwargs):
+        with progress(500, False, "slow", on_progress) as bar:  # the job's on_progress cancels it
             for _ in range(500):
                 started.set()
                 time.sleep(0.01)

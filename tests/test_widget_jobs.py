@@ -10,10 +10,10 @@ from ssl_widgets.widgets.jobs import JobRunner
 
 
 def counting_work(total, seen, runner, started=None, step=None):
-    """A job that reports ``total`` steps through the engine's progress bar and records the bar's state."""
+    """A job that reports ``total`` steps to its ``on_progress`` and records the bar's state."""
 
     def work(job):
-        with progress(total, False, "test") as bar:
+        with progress(total, False, "test", job.on_progress) as bar:  # the job's explicit on_progress
             for _ in range(total):
                 if started is not None:
                     started.set()

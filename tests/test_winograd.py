@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_widgets.attr import ConditionalOcclusion
-from ssl_widgets.attr import _winograd as wg
+from ssl_widgets.attr._occlusion_engine import winograd as wg
 from ssl_widgets.models import load_model
 
 #: Winograd in float32 against the direct convolution, as a fraction of the output's largest magnitude, on

@@ -12,12 +12,11 @@ from .gradients import PairInputXGradient, PairSmoothGrad
 from .joint import JointAttribution
 from .joint_gradient import JointGradient
 from .joint_occlusion import JointOcclusion
+from ._occlusion_engine import CopyEvaluator, ViewEmbeddingStore
 from .maps import normalize_map, upsample
 from .occlusion import ConditionalOcclusion, ContextAgnosticOcclusion
-from .occlusion_preview import previewing_occlusion
 from .pairwise_occlusion import PairwiseOcclusion
 from .pixel_invariance import PixelInvariance
-from .view_store import ViewEmbeddingStore, reusing_view_embeddings
 from .registry import JOINT_METHOD_NAMES, METHOD_NAMES, PAIR_METHOD_NAMES, VIT_METHOD_NAMES, get_method
 
 __all__ = [
@@ -29,6 +28,7 @@ __all__ = [
     "VIT_METHOD_NAMES",
     "ConditionalOcclusion",
     "ContextAgnosticOcclusion",
+    "CopyEvaluator",
     "FeatureVisualization",
     "ModelDifference",
     "InteractionCAM",
@@ -51,8 +51,6 @@ __all__ = [
     "guided_relus",
     "normalize_map",
     "preserved_model_state",
-    "previewing_occlusion",
-    "reusing_view_embeddings",
     "upsample",
 ]
 

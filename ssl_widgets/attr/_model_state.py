@@ -1,8 +1,8 @@
 """The one rule for "has the model changed?", used by every cache built from a user's model.
 
-The caches (occlusion's private trunk copy in :mod:`~ssl_widgets.attr._fold`, the view store's copy
-embeddings in :mod:`~ssl_widgets.attr.view_store`, and through the copy the Winograd weight transforms of
-:mod:`~ssl_widgets.attr._winograd`) are valid only while the model computes exactly as it did when they
+The caches (occlusion's private trunk copy in :mod:`~ssl_widgets.attr._occlusion_engine.fold`, the view store's copy
+embeddings in :mod:`~ssl_widgets.attr._occlusion_engine.store`, and through the copy the Winograd weight transforms of
+:mod:`~ssl_widgets.attr._occlusion_engine.winograd`) are valid only while the model computes exactly as it did when they
 were filled. The Winograd transforms are keyed by the private copy's own weights, which only this
 package holds and never writes: a changed model gives a new copy with new weights, and
 :func:`private_tensor_version` is their guard. :func:`state_token` is an

@@ -10,7 +10,7 @@ signature and computation and calls:
 * :meth:`ModelMethod._preserved` -- eval mode and frozen parameters for the block, the model's mode,
   ``requires_grad`` flags and hooks restored on every exit path (errors and
   :class:`~ssl_widgets.attr.engine.Cancelled` included);
-* :meth:`ModelMethod._progress` -- a progress bar that a widget's progress listener sees and may cancel;
+* :meth:`ModelMethod._progress` -- a progress bar, also reported to the call's ``on_progress`` (which may cancel);
 * :meth:`PairMethod._result` -- the :class:`~ssl_widgets.attr.engine.PairAttribution` with
   ``meta = {"method": method_name, **settings}``.
 
@@ -55,9 +55,10 @@ class ModelMethod:
         """:func:`~ssl_widgets.attr.engine.preserved_model_state` with frozen parameters."""
         return preserved_model_state(self.model, requires_grad=False)
 
-    def _progress(self, total: int, show: bool, desc: str | None = None):
-        """A progress bar named after the method (see :func:`~ssl_widgets.attr.engine.progress`)."""
-        return progress(total, show, desc or self.method_name)
+    def _progress(self, total: int, show: bool, desc: str | None = None, on_progress=None):
+        """A progress bar named after the method, reported to ``on_progress(done, total)`` when given (see
+        :func:`~ssl_widgets.attr.engine.progress`)."""
+        return progress(total, show, desc or self.method_name, on_progress)
 
 
 class PairMethod(ModelMethod):

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +26,6 @@ from .._validation import check_images
 from ..core import cosine
 from ..models.state import check_model, eval_similarity, model_lock, preserved_model_state
 from ..models.wrapper import SSLModel
-from ._thread_local import lent_to_thread
 
 __all__ = [
     "Cancelled",
@@ -42,7 +40,6 @@ __all__ = [
     "model_lock",
     "preserved_model_state",
     "progress",
-    "progress_listener",
     "resolve_fill",
 ]
 
@@ -293,46 +290,35 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 
 class Cancelled(Exception):
-    """Raised inside a method when a progress listener asks it to stop (e.g. a widget's Cancel button)."""
-
-
-_LISTENER = threading.local()
-
-
-@contextlib.contextmanager
-def progress_listener(callback) -> Iterator[None]:
-    """Report the progress of every method run in this thread to ``callback(desc, done, total)``.
-
-    The callback may raise :class:`Cancelled` to stop the method; the model state is restored as
-    on any error. Used by the widgets for their progress bars and Cancel buttons.
-    """
-    with lent_to_thread(_LISTENER, "callback", callback):
-        yield
+    """Raised by a call's ``on_progress`` callback to stop it (e.g. a widget's Cancel button)."""
 
 
 class _ReportingBar:
-    def __init__(self, bar, callback, desc: str, total: int) -> None:
-        self.bar, self.callback, self.desc, self.total, self.done = bar, callback, desc, total, 0
+    def __init__(self, bar, callback, total: int) -> None:
+        self.bar, self.callback, self.total, self.done = bar, callback, total, 0
 
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
         self.done += n
-        self.callback(self.desc, self.done, self.total)
+        self.callback(self.done, self.total)
 
     def __enter__(self):
         self.bar.__enter__()
-        self.callback(self.desc, 0, self.total)
+        self.callback(0, self.total)
         return self
 
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)
 
 
-def progress(total: int, show: bool, desc: str):
-    """A tqdm.auto progress bar (a no-op bar when ``show`` is false), also reported to the
-    thread's :func:`progress_listener` if one is set."""
+def progress(total: int, show: bool, desc: str, on_progress: Callable[[int, int], None] | None = None):
+    """A tqdm.auto progress bar (a no-op bar when ``show`` is false), also reported to ``on_progress(done,
+    total)`` when given (the call's explicit argument; it may raise :class:`Cancelled` to stop the call)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, disable=not show, desc=desc, leave=False)
-    callback = getattr(_LISTENER, "callback", None)
-    return _ReportingBar(bar, callback, desc, total) if callback is not None else bar
+    if on_progress is None:
+        return bar
+    if not callable(on_progress):
+        raise TypeError(f"on_progress must be callable (done, total), got {type(on_progress).__name__}")
+    return _ReportingBar(bar, on_progress, total)

@@ -60,7 +60,8 @@ class FeatureVisualization(LayerAttribution):
                   lr: float = 0.01, generator: torch.Generator | None = None, show_progress: bool = False,
                   octave_scale: float = 1.4, init_scale: float = 1e-2, reg_l2: bool = True, tv_weight: float = 1e-3,
                   l2_weight: float = 1e-3, parametrization: str = "pixel",
-                  callback: Callable[[int, torch.Tensor], None] | None = None, callback_every: int = 10) -> torch.Tensor:
+                  callback: Callable[[int, torch.Tensor], None] | None = None, callback_every: int = 10,
+                  on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Synthesise images whose layer activation matches ``target``'s.
 
         Args:
@@ -78,6 +79,8 @@ class FeatureVisualization(LayerAttribution):
             l2_weight: weight of the L2 penalty (1e-3 in the paper).
             parametrization: ``"pixel"`` (paper) or ``"fourier"``.
             callback: called as ``callback(step, image)`` every ``callback_every`` steps (widgets).
+            on_progress: called ``(done, total)`` after each step; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             ``(B,3,H,W)`` images in ``[0, 1]``.
@@ -98,9 +101,9 @@ class FeatureVisualization(LayerAttribution):
         with preserved_model_state(self.model, requires_grad=False):
             if parametrization == "fourier":
                 return self._fourier(target, mode, octaves * iterations, generator, show_progress, callback,
-                                     callback_every)
+                                     callback_every, on_progress)
             return self._octaves(target, mode, octaves, iterations, lr, generator, show_progress, octave_scale,
-                                 init_scale, reg_l2, tv_weight, l2_weight, callback, callback_every)
+                                 init_scale, reg_l2, tv_weight, l2_weight, callback, callback_every, on_progress)
 
     def _objective(self, x: torch.Tensor, goal: torch.Tensor, mode: str) -> torch.Tensor:
         f = partial_forward(self.model, x, self.layer_name).flatten(1)
@@ -114,7 +117,7 @@ class FeatureVisualization(LayerAttribution):
         return f if mode == "score" else f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
     def _octaves(self, target, mode, octaves, iterations, lr, generator, show_progress, octave_scale, init_scale,
-                 reg_l2, tv_weight, l2_weight, callback, callback_every) -> torch.Tensor:
+                 reg_l2, tv_weight, l2_weight, callback, callback_every, on_progress=None) -> torch.Tensor:
         b, _, h, w = target.shape
         sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
                  for k in range(octaves)][::-1]
@@ -122,7 +125,7 @@ class FeatureVisualization(LayerAttribution):
         detail = torch.zeros(b, 3, *sizes[0], device=target.device)
         step = 0
         image = init
-        with progress(octaves * iterations, show_progress, "feature visualisation") as bar:
+        with progress(octaves * iterations, show_progress, "feature visualisation", on_progress) as bar:
             for size in sizes:
                 base = F.interpolate(init, size=size, mode="bilinear", align_corners=False)
                 goal = self._goal(F.interpolate(target, size=size, mode="bilinear", align_corners=False), mode)
@@ -148,7 +151,8 @@ class FeatureVisualization(LayerAttribution):
                 image = x
         return image.detach()
 
-    def _fourier(self, target, mode, steps, generator, show_progress, callback, callback_every) -> torch.Tensor:
+    def _fourier(self, target, mode, steps, generator, show_progress, callback, callback_every,
+                 on_progress=None) -> torch.Tensor:
         b, _, h, w = target.shape
         device = target.device
         fy = torch.fft.fftfreq(h, device=device)[:, None]
@@ -165,7 +169,7 @@ class FeatureVisualization(LayerAttribution):
             return torch.sigmoid(image)
 
         rng = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
-        with progress(steps, show_progress, "feature visualisation (fourier)") as bar:
+        with progress(steps, show_progress, "feature visualisation (fourier)", on_progress) as bar:
             for step in range(1, steps + 1):
                 with torch.enable_grad():
                     image = render(spectrum)

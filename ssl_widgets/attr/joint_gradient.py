@@ -17,7 +17,7 @@ shifts) leave a remainder. (Differentiating through the norm instead would give 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -143,7 +143,8 @@ class JointGradient(ModelMethod, GradientAttribution):
     method_name = "joint-gradient"
 
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
-                  batch_size: int = 64, mode: str = "auto", show_progress: bool = False) -> JointAttribution:
+                  batch_size: int = 64, mode: str = "auto", show_progress: bool = False,
+                  on_progress: Callable[[int, int], None] | None = None) -> JointAttribution:
         """Pair-to-pair relevance of the two images' patches.
 
         Args:
@@ -153,7 +154,9 @@ class JointGradient(ModelMethod, GradientAttribution):
                 pass; bounds the memory.
             mode: ``"auto"`` (fewest passes), ``"forward"`` (Jacobian-vector products, one per patch)
                 or ``"reverse"`` (batched backward passes, one per embedding dimension); same values.
-            show_progress: tqdm progress bar (also reported to a progress listener).
+            show_progress: tqdm progress bar.
+            on_progress: called ``(done, total)`` as the work advances; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             :class:`JointAttribution` ``(B, rows*cols, rows*cols)``; ``.marginals()`` gives the two maps.
@@ -173,7 +176,7 @@ class JointGradient(ModelMethod, GradientAttribution):
             with torch.no_grad():
                 n_dims = model.forward_normalized(model.normalize(x1[:1])).shape[1]
             steps = sum(_passes(mode, g[0] * g[1], n_dims, batch_size) for g in (g1, g2))
-            with progress(steps, show_progress, self.method_name) as bar, torch.enable_grad():
+            with progress(steps, show_progress, self.method_name, on_progress) as bar, torch.enable_grad():
                 r1, z1 = dimension_relevance(model, model.normalize(x1), g1, batch_size, mode, bar)
                 r2, z2 = dimension_relevance(model, model.normalize(x2), g2, batch_size, mode, bar)
         relevance = torch.einsum("bki,bkj->bij", r1, r2)

@@ -22,6 +22,7 @@ maximum-sample-reuse estimator), which converges to the exhaustive values as sam
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,16 +31,9 @@ from captum.attr import PerturbationAttribution
 from .._validation import check_pair
 from .base import ModelMethod
 from .spec import MethodSpec
-from .engine import (
-    chunks,
-    cosine,
-    preserved_model_state,
-    progress,
-    resolve_fill,
-)
-from ._winograd import workspace
-from .incremental import IncrementalTrunk
+from .engine import chunks, cosine, preserved_model_state, progress, resolve_fill
 from .joint import JointAttribution, check_grid, patch_boxes, patch_index
+from .occlusion import CopyEvaluator, check_evaluator
 
 __all__ = ["JointOcclusion"]
 
@@ -53,6 +47,11 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
 
     See the module docstring for the definition, the context-averaged variant and its estimator.
 
+    Args:
+        model: the :class:`~ssl_widgets.models.SSLModel`.
+        evaluator: the :class:`~ssl_widgets.attr.CopyEvaluator` that embeds the occluded copies (``p = 0``);
+            ``None``: a default one.
+
     Examples:
         >>> from ssl_widgets.models.wrapper import SSLModel
         >>> model = SSLModel(torch.nn.Identity(), input_size=4).eval()  # embedding = mean colour
@@ -64,11 +63,16 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
 
     method_name = "joint-occlusion"
 
+    def __init__(self, model: Any, *, evaluator: CopyEvaluator | None = None) -> None:
+        super().__init__(model)
+        self.evaluator = check_evaluator(evaluator, model)
+
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   baselines: float | torch.Tensor | None = None, context_probability: float = 0.0,
                   n_samples: int | None = None, max_exhaustive: int = 12, perturbations_per_eval: int = 32,
                   generator: torch.Generator | None = None, incremental: bool = True,
-                  show_progress: bool = False) -> JointAttribution:
+                  show_progress: bool = False, on_progress: Callable[[int, int], None] | None = None
+                  ) -> JointAttribution:
         """Interaction of every patch of image 1 with every patch of image 2.
 
         Args:
@@ -83,7 +87,9 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
             perturbations_per_eval: occluded copies per forward pass; bounds the memory.
             generator: seeds the sampled masks.
             incremental: recompute only the occluded patch's region (exact; ResNet trunks), for ``p = 0``.
-            show_progress: tqdm progress bar (also reported to a progress listener, which may cancel).
+            show_progress: tqdm progress bar.
+            on_progress: called ``(done, total)`` after each batch; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             :class:`JointAttribution` ``(B, rows*cols, rows*cols)``; ``.marginals()`` gives the two maps.
@@ -108,20 +114,18 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
         fills = [resolve_fill(model, baselines, x) for x in (x1, x2)]
         plan = [self._masks(g, p, n_samples, generator) for g in (g1, g2)]
         steps = x1.shape[0] * sum(-(-m[0] // perturbations_per_eval) for m in plan)
-        # token trunks (ViT) and trunks with a custom method run exact full forwards, as occlusion's window evaluator
-        exact_only = model.is_token_model or model.trunk_method is not None
-        with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
-            # the engine is built under the model's lock (a concurrent call must not see its copy or tracing)
-            engine = IncrementalTrunk.from_trunk(model.trunk) if incremental and p == 0 and not exact_only else None
+        with preserved_model_state(model, requires_grad=False), self.evaluator.session(
+                incremental=incremental and p == 0) as session:
+            copies = session if session.incremental else None  # masks of several patches: the model itself
             z1, z2 = model(x1), model(x2)
             deltas: list[list[torch.Tensor]] = [[], []]
-            with progress(steps, show_progress, self.method_name) as bar:
+            with progress(steps, show_progress, self.method_name, on_progress) as bar:
                 for b in range(x1.shape[0]):
                     for view, (x, z, fill, g) in enumerate(((x1, z1, fills[0], g1), (x2, z2, fills[1], g2))):
                         image_n = model.normalize(x[b:b + 1])
                         fill_n = model.normalize(fill.expand_as(x[b:b + 1]) if fill.shape[0] == 1 else fill[b:b + 1])
                         deltas[view].append(self._deltas(image_n, fill_n, _unit(z[b]), g, p, plan[view],
-                                                         engine, perturbations_per_eval, bar))
+                                                         copies, perturbations_per_eval, bar))
         relevance = torch.einsum("bid,bjd->bij", torch.stack(deltas[0]), torch.stack(deltas[1]))
         meta: dict[str, Any] = {"method": self.method_name, "grid1": g1, "grid2": g2, "size1": tuple(x1.shape[2:]),
                                 "size2": tuple(x2.shape[2:]), "context_probability": p,
@@ -140,17 +144,15 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
             return 2 ** n_patches, None
         return n_samples, torch.rand(n_samples, n_patches, generator=generator) < p
 
-    def _embed(self, image_n, fill_n, filled, index, boxes, engine, cache):
+    def _embed(self, image_n, fill_n, filled, index, boxes, copies, cache):
         """Unit embeddings of the image with the patches marked in ``filled`` ``(k, P)`` replaced by the fill."""
         keep = (~filled)[:, index].to(image_n.dtype)[:, None]  # (k, 1, H, W)
         batch = image_n * keep + fill_n * (1 - keep)
-        if engine is not None and cache is not None and boxes is not None:
-            fmap = engine(batch, boxes, cache)
-        else:
-            fmap = self.model.run_trunk(batch)
-        return _unit(self.model.embed_features(fmap))
+        if copies is not None and cache is not None and boxes is not None:
+            return _unit(copies.embed_boxes(cache, batch, boxes))
+        return _unit(self.model.embed_features(self.model.run_trunk(batch)))
 
-    def _deltas(self, image_n, fill_n, u, grid, p, plan, engine, per_eval, bar) -> torch.Tensor:
+    def _deltas(self, image_n, fill_n, u, grid, p, plan, copies, per_eval, bar) -> torch.Tensor:
         """``D_i`` ``(P, D)``: the expected change of the unit embedding when patch ``i`` is filled."""
         n_masks, drawn = plan
         n_patches = grid[0] * grid[1]
@@ -159,11 +161,11 @@ class JointOcclusion(ModelMethod, PerturbationAttribution):
         device = image_n.device
         if p == 0:
             boxes_all = patch_boxes(size, grid).to(device)
-            cache = engine.prepare(image_n) if engine is not None else None  # the graph engine takes any size
+            cache = copies.prepare(image_n)[0] if copies is not None else None  # the graph engine takes any size
             rows = []
             for part in chunks(n_patches, per_eval):
                 filled = torch.eye(n_patches, dtype=torch.bool, device=device)[part]
-                rows.append(u - self._embed(image_n, fill_n, filled, index, boxes_all[part], engine, cache))
+                rows.append(u - self._embed(image_n, fill_n, filled, index, boxes_all[part], copies, cache))
                 bar.update(1)
             return torch.cat(rows)
         kept_sum = u.new_zeros(n_patches, u.shape[0])

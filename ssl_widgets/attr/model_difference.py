@@ -55,7 +55,8 @@ class ModelDifference(Attribution):
                generator: torch.Generator | None = None, show_progress: bool = False, lr: float = 1e4,
                decay: tuple[bool, bool] = (True, False),
                callback: Callable[[str, int, int, torch.Tensor], None] | None = None,
-               callback_every: int = 20) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+               callback_every: int = 20, on_progress: Callable[[int, int], None] | None = None
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Reconstruct ``x`` from each layer of both models.
 
         Args:
@@ -67,6 +68,8 @@ class ModelDifference(Attribution):
             lr: the SGD learning rate (1e4 in the paper, for its loss scale).
             decay: whether each model's rate decays x0.1 every 40 iterations.
             callback: ``callback(layer, model_index, step, image)`` every ``callback_every`` steps.
+            on_progress: called ``(done, total)`` after each step; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             ``{layer: (image_a, image_b)}``, each ``(B,3,H,W)`` in [0,1].
@@ -83,7 +86,7 @@ class ModelDifference(Attribution):
         start = torch.randn(x.shape, generator=generator) * 0.1
         results: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
         total = len(layers) * 2 * iterations
-        with progress(total, show_progress, "model difference") as bar:
+        with progress(total, show_progress, "model difference", on_progress) as bar:
             for index, model in enumerate(self.models):
                 with preserved_model_state(model, requires_grad=False):
                     image = x.to(model.device)

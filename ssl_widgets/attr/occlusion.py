@@ -1,30 +1,20 @@
 """Conditional occlusion and its context-agnostic variant (Sammani et al. 2022's pair occlusion methods)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from captum.attr import PerturbationAttribution
 
-from .._validation import check_pair
-from .base import PairMethod
-from .spec import ALL_METRICS, MethodSpec, Setting
 from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW, as_window
-from .engine import (
-    PairAttribution,
-    check_count,
-    cosine,
-    preserved_model_state,
-    progress,
-    resolve_fill,
-)
-from ._occlusion_copies import CopyEvaluation
-from .occlusion_preview import active_preview, coarse_indices, no_preview, preview_stride
-from ._winograd import workspace
-from .incremental import WindowEvaluator
+from ._occlusion_engine import CopyEvaluator, coarse_indices, default_batch, preview_stride
+from .base import PairMethod
+from .engine import PairAttribution, check_count, cosine, preserved_model_state, progress, resolve_fill
 from .maps import window_mean_map
+from .spec import ALL_METRICS, MethodSpec, Setting
 
-__all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "preview_stride", "window_grid"]
+__all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "check_evaluator", "preview_stride", "window_grid"]
 
 
 def window_grid(image_size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
@@ -45,38 +35,48 @@ def window_grid(image_size: tuple[int, int], window: tuple[int, int], stride: tu
     return torch.cartesian_prod(ys, xs)
 
 
-class _WindowOcclusion(CopyEvaluation, PairMethod, PerturbationAttribution):
-    """Shared machinery: windows, chunked and incremental evaluation, result assembly."""
+def check_evaluator(evaluator: CopyEvaluator | None, model: Any) -> CopyEvaluator:
+    """``evaluator``, or a new :class:`CopyEvaluator` of ``model`` when ``None``; an error naming ``evaluator``
+    when it is no evaluator or one of another model."""
+    if evaluator is None:
+        return CopyEvaluator(model)
+    if not isinstance(evaluator, CopyEvaluator):
+        raise TypeError(f"evaluator must be a CopyEvaluator or None, got {type(evaluator).__name__}")
+    if evaluator.model is not model:
+        raise ValueError("evaluator was built for another model: build it with CopyEvaluator(model) of this method's "
+                         "model")
+    return evaluator
+
+
+class _WindowOcclusion(PairMethod, PerturbationAttribution):
+    """Shared steps of the window methods: windows, the preview's windows, result assembly; the copies and
+    their values are each method's (:meth:`_copies`, :meth:`_values`), their evaluation the evaluator's."""
 
     method_name = "occlusion"
+    copies_per_window = 1
 
-    def _setup(self, inputs, sliding_window_shapes, strides, baselines):
-        x1, x2 = check_pair(inputs, dtype=self.model.mean.dtype)
-        device = self.model.device
-        x1, x2 = x1.to(device), x2.to(device)
-        window, stride = as_window(sliding_window_shapes, "sliding_window_shapes"), as_window(strides, "strides")
-        if x1.shape[2:] != x2.shape[2:]:
-            corners = [window_grid(tuple(x.shape[2:]), window, stride) for x in (x1, x2)]
-        else:
-            corners = [window_grid(tuple(x1.shape[2:]), window, stride)] * 2
-        fills = [resolve_fill(self.model, baselines, x) for x in (x1, x2)]
-        return x1, x2, window, stride, corners, fills
+    def __init__(self, model: Any, *, evaluator: CopyEvaluator | None = None) -> None:
+        super().__init__(model)
+        self.evaluator = check_evaluator(evaluator, model)
 
-    def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-             show_progress, incremental, channels_last, precision="exact") -> PairAttribution:
+    def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid, show_progress,
+             incremental, channels_last, precision, on_progress=None, on_partial=None,
+             partial_strides=None) -> PairAttribution:
         if perturbations_per_eval is not None:
             check_count(perturbations_per_eval, "perturbations_per_eval")
-        x1, x2, window, stride, corners, fills = self._setup(inputs, sliding_window_shapes, strides, baselines)
-        preview = active_preview()
-        leading = None  # per view, the positions of the preview's windows among the call's
-        if preview is not None:
-            coarse = as_window(preview.strides, "preview strides")
+        x1, x2 = self._inputs(inputs)
+        window, stride = as_window(sliding_window_shapes, "sliding_window_shapes"), as_window(strides, "strides")
+        corners = [window_grid(tuple(x.shape[2:]), window, stride) for x in (x1, x2)]
+        fills = [resolve_fill(self.model, baselines, x) for x in (x1, x2)]
+        leading = None  # per view, the positions of the partial result's windows among the call's
+        coarse = None
+        if on_partial is not None:
+            coarse = self._partial_strides(on_partial, partial_strides, window, stride, (x1, x2))
             leading = [coarse_indices(c, stride, coarse) for c in corners]
             if x1.shape[0] > 1 or x1.shape[2:] != x2.shape[2:] or any(i is None for i in leading):
-                leading = None  # the preview grid is not among this call's windows: a separate call first
-                with no_preview():
-                    preview.on_preview(self._run(inputs, window, coarse, baselines, perturbations_per_eval, grid,
-                                                 False, incremental, channels_last, precision))
+                leading = None  # the coarse grid is not among this call's windows: a separate call first
+                on_partial(self._run(inputs, window, coarse, baselines, perturbations_per_eval, grid, False,
+                                     incremental, channels_last, precision, on_progress))
         model = self.model
         per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])
         n_windows = sum(c.shape[0] for c in corners) * self.copies_per_window
@@ -84,31 +84,45 @@ class _WindowOcclusion(CopyEvaluation, PairMethod, PerturbationAttribution):
         grids: list[list[torch.Tensor]] = [[], []]
         similarities = []
         options = {"baselines": baselines, "grid": grid, "precision": precision}
-        # workspace: the Winograd convolutions' buffers are reused across batches, and dropped at the end
-        with preserved_model_state(model, requires_grad=False), torch.no_grad(), workspace():
-            evaluator = WindowEvaluator(model, incremental, channels_last, precision)
-            options["incremental"] = evaluator.incremental
-            on_first = None
-            if leading is not None:
-
-                def on_first(values, base):
-                    preview.on_preview(self._result([[values[0]], [values[1]]], [base], (x1, x2), window, coarse,
-                                                    **options))
-
-            with progress(steps, show_progress, self.method_name) as bar:
+        with preserved_model_state(model, requires_grad=False), self.evaluator.session(
+                incremental=incremental, channels_last=channels_last, precision=precision) as session:
+            options["incremental"] = session.incremental
+            with progress(steps, show_progress, self.method_name, on_progress) as bar:
                 for b in range(x1.shape[0]):
                     images = [model.normalize(x[b:b + 1]) for x in (x1, x2)]
                     fill_n = [model.normalize(fill if fill.shape[0] == 1 else fill[b:b + 1]).expand(
                         1, -1, *x.shape[2:]) for fill, x in zip(fills, (x1, x2))]
-                    values, sim = self._grid_values(evaluator, images, fill_n, corners, window, per_eval, bar,
-                                                    leading, on_first)
+                    report = None
+                    if leading is not None:
+
+                        def report(embs, z):
+                            values, base = self._values(embs, z, [i.shape[0] for i in leading])
+                            on_partial(self._assemble([[values[0]], [values[1]]], [base], (x1, x2), window, coarse,
+                                                      **options))
+                    embs, z = session.evaluate(images, *self._copies(images, fill_n, corners), window, per_eval, bar,
+                                               self.method_name, leading, report)
+                    values, sim = self._values(embs, z, [c.shape[0] for c in corners])
                     grids[0].append(values[0])
                     grids[1].append(values[1])
                     similarities.append(sim)
-        return self._result(grids, similarities, (x1, x2), window, stride, **options)
+        return self._assemble(grids, similarities, (x1, x2), window, stride, **options)
 
-    def _result(self, grids, similarities, images, window, stride, baselines, grid, precision, incremental
-                ) -> PairAttribution:
+    @staticmethod
+    def _partial_strides(on_partial, partial_strides, window, stride, images) -> tuple[int, int]:
+        """The coarse grid's stride: ``partial_strides``, or per side :func:`preview_stride` (a multiple of
+        the call's stride that tiles the images) when ``None``."""
+        if not callable(on_partial):
+            raise TypeError(f"on_partial must be callable, got {type(on_partial).__name__}")
+        if partial_strides is None:
+            return tuple(preview_stride(window[d], [int(x.shape[2 + d]) for x in images], multiple_of=stride[d])
+                         for d in (0, 1))
+        coarse = as_window(partial_strides, "partial_strides")
+        if min(coarse) < 1:
+            raise ValueError(f"partial_strides must be positive, got {partial_strides!r}")
+        return coarse
+
+    def _assemble(self, grids, similarities, images, window, stride, baselines, grid, precision, incremental
+                  ) -> PairAttribution:
         """The :class:`PairAttribution` of per-pair window grids (flat, row-major) at ``stride``."""
         maps = []
         for view, x in enumerate(images):
@@ -117,44 +131,19 @@ class _WindowOcclusion(CopyEvaluation, PairMethod, PerturbationAttribution):
             n_w = (w - window[1]) // stride[1] + 1
             g = torch.stack(grids[view]).view(-1, n_h, n_w)
             maps.append(g if grid else window_mean_map(g, (h, w), window, stride))
-        meta = {"method": self.method_name, "sliding_window_shapes": window, "strides": stride, "grid": grid,
-                "baselines": "neutral" if baselines is None else baselines, "incremental": incremental,
-                "precision": precision}
-        return PairAttribution(maps, torch.cat(similarities), meta)
-
-    copies_per_window = 1
-
-    def _grid_values(self, evaluator, images, fills, corners, window, per_eval, bar, leading=None, on_first=None):
-        """Per view, the window values (flat, in the order of ``corners``) and the pair's similarity;
-        ``on_first(values, similarity)`` gets the values of the windows at positions ``leading`` first."""
-        bases_of, items_of = self._copies(images, fills, corners)
-        report = None
-        if leading is not None:
-            def report(embs, z):
-                on_first(*self._values(embs, z, [i.shape[0] for i in leading]))
-        embs, z = self._evaluate(evaluator, images, bases_of, items_of, window, per_eval, bar, leading, report)
-        return self._values(embs, z, [c.shape[0] for c in corners])
+        return self._result(maps, torch.cat(similarities), sliding_window_shapes=window, strides=stride, grid=grid,
+                            baselines="neutral" if baselines is None else baselines, incremental=incremental,
+                            precision=precision)
 
     def _copies(self, images, fills, corners):
-        """``(bases_of, items_of)`` of :meth:`_evaluate`: the perturbed copies of each view's windows."""
+        """``(bases_of, items_of)`` of :meth:`~._occlusion_engine.evaluator.Session.evaluate`: the perturbed
+        copies of each view's windows."""
         raise NotImplementedError
 
     def _values(self, embs, z, windows: list[int]):
         """``((values of view 1, values of view 2), similarity)`` from the copies' embeddings ``embs`` (per
         view, ``windows[v]`` windows) and the images' ``z``."""
         raise NotImplementedError
-
-
-def default_batch(device: torch.device, perturbations_per_eval: int | None, pixels: int = PAPER_INPUT_SIZE ** 2) -> int:
-    """``perturbations_per_eval``, or the batch that ran fastest per copy when it is ``None``: on CPU
-    16 copies of 224 x 224 (larger batches leave the caches) and 128 of 112 x 112 (ResNet-18 at half
-    width: 3.5 s for 968 copies against 3.9 s with 64 and 3.7 s with 256), interpolated as
-    ``16 * (224 * 224 / pixels) ** 1.5`` between 8 and 128; 128 on GPU."""
-    if perturbations_per_eval is not None:
-        return perturbations_per_eval
-    if torch.device(device).type == "cuda":
-        return 128
-    return int(min(128, max(8, round(16 * (PAPER_INPUT_SIZE ** 2 / max(pixels, 1)) ** 1.5))))
 
 
 _ATTRIBUTE_DOC = """
@@ -169,14 +158,21 @@ _ATTRIBUTE_DOC = """
             grid: return the raw window grid ``(B, n_h, n_w)`` instead of an input-size map.
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
-                ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes (always for a
-                token trunk such as a ViT, where every token sees every patch).
-                Either way the trunk runs as a private copy with BatchNorm folded into the convolutions.
+                ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes
+                (always for a token trunk such as a ViT, where every token sees every patch). Either way the
+                trunk runs as a private copy with BatchNorm folded into the convolutions (the constructor's
+                ``evaluator=``, a :class:`~ssl_widgets.attr.CopyEvaluator`, says how copies are evaluated).
             channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
             precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA: not exact;
                 only faster on hardware with native support for the type). On CUDA, float32 convolutions
                 follow ``torch.backends.cudnn.allow_tf32`` (on by default: inputs rounded to TF32, about
                 1e-3 relative); set it to ``False`` for float32 throughout.
+            on_progress: called ``(done, total)`` after each batch, in the calling thread; raising
+                :class:`~ssl_widgets.attr.engine.Cancelled` (or any error) from it stops the call.
+            on_partial: called once, before the call returns, with a coarse result (the same form as the
+                call's: windows at ``partial_strides``), evaluated first from the call's own windows.
+            partial_strides: the coarse result's stride; ``None``: a multiple of ``strides`` that tiles the
+                images, from half the window up (:func:`preview_stride`).
 
         Returns:
             :class:`PairAttribution` ``(map1, map2)`` with ``.similarity`` and ``.meta``.
@@ -190,6 +186,11 @@ class ConditionalOcclusion(_WindowOcclusion):
     ``x2`` (the paper's raw drops, larger = more important; they can be negative). With
     ``grid=False`` each pixel is the mean of the drops of the windows covering it.
 
+    Args:
+        model: the :class:`~ssl_widgets.models.SSLModel`.
+        evaluator: the :class:`~ssl_widgets.attr.CopyEvaluator` that embeds the occluded copies (of this
+            model); ``None``: a default one (incremental, worker threads, Winograd, no store).
+
     Examples:
         >>> model = ssl_widgets.load_model("tiny-simclr")
         >>> m1, m2 = ConditionalOcclusion(model).attribute((x1, x2), sliding_window_shapes=32, strides=8)
@@ -200,9 +201,12 @@ class ConditionalOcclusion(_WindowOcclusion):
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], sliding_window_shapes: Any = 64,
                   strides: Any = 8, baselines: float | torch.Tensor | None = None,
                   perturbations_per_eval: int | None = None, grid: bool = False, show_progress: bool = False,
-                  incremental: bool = True, channels_last: bool = True, precision: str = "exact") -> PairAttribution:
+                  incremental: bool = True, channels_last: bool = True, precision: str = "exact",
+                  on_progress: Callable[[int, int], None] | None = None,
+                  on_partial: Callable[[PairAttribution], None] | None = None,
+                  partial_strides: Any = None) -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last, precision)
+                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides)
 
     attribute.__doc__ = "Occlusion maps of both images." + _ATTRIBUTE_DOC
 
@@ -227,9 +231,12 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], sliding_window_shapes: Any = 64,
                   strides: Any = 8, baselines: float | torch.Tensor | None = None,
                   perturbations_per_eval: int | None = None, grid: bool = False, show_progress: bool = False,
-                  incremental: bool = True, channels_last: bool = True, precision: str = "exact") -> PairAttribution:
+                  incremental: bool = True, channels_last: bool = True, precision: str = "exact",
+                  on_progress: Callable[[int, int], None] | None = None,
+                  on_partial: Callable[[PairAttribution], None] | None = None,
+                  partial_strides: Any = None) -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last, precision)
+                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides)
 
     attribute.__doc__ = "Context-agnostic occlusion maps of both images." + _ATTRIBUTE_DOC
 

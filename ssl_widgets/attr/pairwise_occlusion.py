@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -48,7 +49,8 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], n_samples: int = 100,
                   scale: tuple[float, float] = (0.1, 0.3), ratio: tuple[float, float] = (1, 1.5),
                   perturbations_per_eval: int = 32, generator: torch.Generator | None = None,
-                  show_progress: bool = False, erased_pixels: str = "channel-sum") -> PairAttribution:
+                  show_progress: bool = False, erased_pixels: str = "channel-sum",
+                  on_progress: Callable[[int, int], None] | None = None) -> PairAttribution:
         """Maps of both images at input size, in ``[0, 1]``.
 
         Args:
@@ -61,6 +63,8 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
             generator: seeds the rectangles.
             show_progress: tqdm progress bar.
             erased_pixels: ``"channel-sum"`` (paper) or ``"mask"``.
+            on_progress: called ``(done, total)`` as the work advances; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
@@ -78,7 +82,7 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
             x1_n, x2_n = model.normalize(x1), model.normalize(x2)
             base = cosine(model.forward_normalized(x1_n), model.forward_normalized(x2_n))
             steps = x1.shape[0] * -(-n_samples // perturbations_per_eval)
-            with self._progress(steps, show_progress) as bar:
+            with self._progress(steps, show_progress, on_progress=on_progress) as bar:
                 for b in range(x1.shape[0]):
                     # softmax(drops) accumulated chunk by chunk (running maximum, rescaled sums), so
                     # memory stays bounded by perturbations_per_eval whatever n_samples is

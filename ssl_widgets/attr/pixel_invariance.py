@@ -1,6 +1,7 @@
 """Pixel invariance (Sammani et al. 2022): a linear surrogate of the similarity under augmentation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -115,7 +116,8 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
     def attribute(self, x: torch.Tensor, n_samples: int = 1000, size: int = 64, epochs: int = 1000,
                   lr: float = 0.1, l1_weight: float = 0.2, nmf_components: int | None = None,
                   threshold: float = 0.5, blur: bool = True, generator: torch.Generator | None = None,
-                  show_progress: bool = False, perturbations_per_eval: int = 32) -> InvarianceMaps:
+                  show_progress: bool = False, perturbations_per_eval: int = 32,
+                  on_progress: Callable[[int, int], None] | None = None) -> InvarianceMaps:
         """One invariance map per image.
 
         Args:
@@ -131,6 +133,8 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
             generator: seeds augmentations and the surrogate's initialisation.
             show_progress: tqdm progress bar.
             perturbations_per_eval: augmented copies per forward pass.
+            on_progress: called ``(done, total)`` per stage (samples, then surrogate epochs); raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             :class:`InvarianceMaps`: the ``(B, size, size)`` tensor of maps in ``[0, 1]``, with ``.meta``.
@@ -149,7 +153,7 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
             for b in range(x.shape[0]):
                 x_n = model.normalize(x[b:b + 1])
                 with torch.no_grad(), progress(-(-n_samples // perturbations_per_eval), show_progress,
-                                               "pixel-invariance: samples") as bar:
+                                               "pixel-invariance: samples", on_progress) as bar:
                     views, labels, embeddings = self._dataset(x[b:b + 1], n_samples, generator,
                                                               perturbations_per_eval, bar)
                 small = F.interpolate(torch.cat([x_n, views]), size=(size, size), mode="bilinear",
@@ -159,7 +163,7 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
                 if nmf_components:
                     aux = nmf(embeddings.clamp(min=0), nmf_components, generator=generator).mean(1)
                 out.append(self._fit(x1_small, x2_small, labels, aux, epochs, lr, l1_weight, generator,
-                                     show_progress).view(3, size, size).amax(0))
+                                     show_progress, on_progress).view(3, size, size).amax(0))
         maps = torch.stack(out)
         flat = maps.flatten(1)
         low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
@@ -172,13 +176,14 @@ class PixelInvariance(ModelMethod, PerturbationAttribution):
 
     @staticmethod
     def _fit(x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor | None, epochs: int,
-             lr: float, l1_weight: float, generator: torch.Generator | None, show_progress: bool) -> torch.Tensor:
+             lr: float, l1_weight: float, generator: torch.Generator | None, show_progress: bool,
+             on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         features = x2.shape[1]
         bound = 1.0 / features ** 0.5  # nn.Linear's default initialisation, seeded
         weight = ((torch.rand(1, features, generator=generator) * 2 - 1) * bound).to(x2).requires_grad_(True)
         bias = ((torch.rand(1, generator=generator) * 2 - 1) * bound).to(x2).requires_grad_(True)
         optimizer = torch.optim.SGD([weight, bias], lr=lr)
-        with torch.enable_grad(), progress(epochs, show_progress, "pixel-invariance: surrogate") as bar:
+        with torch.enable_grad(), progress(epochs, show_progress, "pixel-invariance: surrogate", on_progress) as bar:
             for _ in range(epochs):
                 logits = ((x1 @ weight.t() + bias) + (x2 @ weight.t() + bias)) / 2
                 loss = F.binary_cross_entropy_with_logits(logits[:, 0], labels, reduction="sum")

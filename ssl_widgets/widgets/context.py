@@ -1,10 +1,12 @@
 """What the explorer's tabs and plots may use of it: :class:`ExplorerContext` (and the models it loads)."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
 
+from ..attr import CopyEvaluator, ViewEmbeddingStore
 from ..models import SSLModel, load_model
 from .inputs import PairInputs
 from .jobs import JobRunner
@@ -13,16 +15,28 @@ __all__ = ["ExplorerContext", "ModelStore"]
 
 
 class ModelStore:
-    """The models of a panel, loaded once by name and kept.
+    """The models of a panel, loaded once by name and kept, with one occlusion evaluator per model.
 
     Args:
         first: a model to keep under its name (``None``: load every model from the zoo when asked).
+
+    Attributes:
+        views: the store of each image's occluded-copy embeddings that the evaluators share (an unchanged
+            image's copies are reused when only the other view changes).
     """
 
     def __init__(self, first: SSLModel | None = None) -> None:
         self._models: dict[str, SSLModel] = {}
+        self._evaluators: weakref.WeakKeyDictionary[SSLModel, CopyEvaluator] = weakref.WeakKeyDictionary()
+        self.views = ViewEmbeddingStore()
         if first is not None:
             self._models[first.name] = first
+
+    def evaluator(self, model: SSLModel) -> CopyEvaluator:
+        """The occlusion methods' evaluator of ``model`` (built on first use, with the shared :attr:`views`)."""
+        if model not in self._evaluators:
+            self._evaluators[model] = CopyEvaluator(model, store=self.views)
+        return self._evaluators[model]
 
     def get(self, name: str, device: str | None = None) -> SSLModel:
         """The model ``name`` (loaded on first use), moved to ``device`` if given."""

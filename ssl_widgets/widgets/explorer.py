@@ -17,9 +17,7 @@ import torch
 
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
-from ..attr.occlusion_preview import preview_stride, previewing_occlusion
 from ..attr.spec import all_specs
-from ..attr.view_store import ViewEmbeddingStore, reusing_view_embeddings
 from ..explain import explain_pair
 from ..models import SSLModel
 from ..threads import set_threads
@@ -76,8 +74,6 @@ class Explorer(JointClickMixin, W.VBox):
         self.threads = set_threads(threads)
         self.display_size = display_size
         self._cache: OrderedDict = OrderedDict()
-        # occlusion: each image's copy embeddings, reused when only the other view changes
-        self._views = ViewEmbeddingStore()
         self.maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.similarity: float | None = None
         self._box: tuple[int, tuple[int, int, int, int]] | None = None
@@ -228,21 +224,21 @@ class Explorer(JointClickMixin, W.VBox):
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(reusing_view_embeddings(self._views))  # occlusion reuses an unchanged image's copies
-            stride, window = settings.get("strides"), settings.get("sliding_window_shapes")
-            if isinstance(controls, OcclusionControls) and stride < window // 2:
+        model = self._model()
+        extra: dict[str, Any] = {}
+        if isinstance(controls, OcclusionControls):
+            extra["evaluator"] = self.context.models.evaluator(model)  # reuses an unchanged image's copies
+            if settings.get("strides") < settings.get("sliding_window_shapes") // 2:
                 # a coarse frame first, from the refined call's own first windows (evaluated once)
-                coarse = preview_stride(window, [*x1.shape[2:], *x2.shape[2:]], multiple_of=stride)
 
                 def show_preview(preview) -> None:  # image-size maps (grid=False), in this job's thread
                     if job.current:
                         self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
 
-                stack.enter_context(previewing_occlusion(coarse, show_preview))
-            layer = self.context.layer if name.startswith(LAYER_METHODS) else None
-            result = explain_pair(self._model(), name, x1, x2, layer=layer,
-                                  generator=torch.Generator().manual_seed(int(seed)), **settings)
+                extra["on_partial"] = show_preview
+        layer = self.context.layer if name.startswith(LAYER_METHODS) else None
+        result = explain_pair(model, name, x1, x2, layer=layer, generator=torch.Generator().manual_seed(int(seed)),
+                              on_progress=job.on_progress, **settings, **extra)
         self._cache[key] = result
         while len(self._cache) > 32:
             self._cache.popitem(last=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..attr.engine import Cancelled, progress_listener
+from ..attr.engine import Cancelled
 
 __all__ = ["Job", "JobRunner", "stop_all_jobs"]
 
@@ -52,13 +52,21 @@ class Job:
         """``True`` while no newer job was issued (its results may still be shown)."""
         return self.runner.generation == self.generation
 
+    def on_progress(self, done: int, total: int) -> None:
+        """The ``on_progress`` of the methods this job calls: moves the runner's bar; raises
+        :class:`~ssl_widgets.attr.engine.Cancelled` once the job is cancelled."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        self.runner.progress.max, self.runner.progress.value = max(total, 1), done
+
 
 class JobRunner:
     """Runs the panel's jobs one at a time (in a worker thread when ``threaded``), with progress and Cancel.
 
     Its widgets (``status``, ``progress``, ``cancel_button``, grouped in ``box``) belong in the panel.
-    A job's ``work(job)`` runs under a progress listener that moves the bar and raises
-    :class:`~ssl_widgets.attr.engine.Cancelled` once the job is cancelled (Cancel button, or a newer job);
+    A job's ``work(job)`` passes ``job.on_progress`` to the methods it calls (their ``on_progress=``): it moves
+    the bar and raises :class:`~ssl_widgets.attr.engine.Cancelled` once the job is cancelled (Cancel button, or a
+    newer job);
     ``on_result(result)`` is called only if the job is still current when it ends.
 
     Args:
@@ -146,8 +154,7 @@ class JobRunner:
         self.cancel_button.disabled = False
         self.status.value = status
         try:
-            with progress_listener(self._reporter(job)):
-                result = work(job)
+            result = work(job)
             if job.current:
                 self.last_error = None
                 if on_result is not None:
@@ -161,14 +168,6 @@ class JobRunner:
         finally:
             if job.current:
                 self.cancel_button.disabled = True
-
-    def _reporter(self, job: Job) -> Callable[[str, int, int], None]:
-        def report(_desc: str, done: int, total: int) -> None:
-            if job.cancel.is_set():
-                raise Cancelled()
-            self.progress.max, self.progress.value = max(total, 1), done
-
-        return report
 
     def show_error(self, error: Exception) -> None:
         """Show ``error`` in the status line (and keep it in ``last_error``)."""

@@ -83,15 +83,16 @@ class JointClickMixin:
 
     def _start_joint(self, name: str, view_index: int, point: tuple[float, float], x1, x2) -> None:
         """Run a joint method for a click as a job (a newer click or setting supersedes it)."""
-        self.jobs.submit(lambda _job: self._joint_heat(name, view_index, point, x1, x2),
+        self.jobs.submit(lambda job: self._joint_heat(name, view_index, point, x1, x2, on_progress=job.on_progress),
                          status=f"computing {name} ...",
                          on_result=lambda heat: self._show_click(view_index, point, heat, x1, x2))
 
-    def _joint_heat(self, name: str, view_index: int, point: tuple[float, float], x1, x2, grid: int = 7):
+    def _joint_heat(self, name: str, view_index: int, point: tuple[float, float], x1, x2, grid: int = 7,
+                    on_progress=None):
         """Relevance of the clicked cell (7x7 grid) with every cell of the other image, under a joint method."""
         cached = getattr(self, "_joint_cache", None)
         if cached is None or cached[0] != name or not (torch.equal(cached[1], x1) and torch.equal(cached[2], x2)):
-            result = get_method(name)[0](self.context.model()).attribute((x1, x2), grid=grid)
+            result = get_method(name)[0](self.context.model()).attribute((x1, x2), grid=grid, on_progress=on_progress)
             self._joint_cache = cached = (name, x1.clone(), x2.clone(), result)
         size = x1.shape[-1] if view_index == 0 else x2.shape[-1]
         cell = (min(grid - 1, int(point[0] * grid / size)), min(grid - 1, int(point[1] * grid / size)))

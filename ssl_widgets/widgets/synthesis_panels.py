@@ -51,10 +51,10 @@ class _SynthesisControls(MethodControls):
         if context is None:
             raise RuntimeError(f"{type(self).__name__} runs with an explorer: bind() it to the explorer's context first")
         status = context.runner.status
-        context.runner.submit(lambda _job: self._synthesise(), status=f"{self.title}: running ...",
+        context.runner.submit(lambda job: self._synthesise(job.on_progress), status=f"{self.title}: running ...",
                               on_result=lambda _: setattr(status, "value", f"{self.title}: done"))
 
-    def _synthesise(self) -> None:
+    def _synthesise(self, on_progress=None) -> None:
         raise NotImplementedError
 
 
@@ -80,7 +80,7 @@ class FeatureVisualizationControls(_SynthesisControls):
                 W.HBox([self.run_button, W.HTML("image whose partial embedding matches view 2's:")]),
                 self.placeholder, self.output]
 
-    def _synthesise(self) -> None:
+    def _synthesise(self, on_progress=None) -> None:
         context = self.context
         _, x2 = context.current_pair()
         self.placeholder.layout.display = "none"
@@ -91,7 +91,7 @@ class FeatureVisualizationControls(_SynthesisControls):
         self.result = FeatureVisualization(context.model(), self.layer.value).visualize(
             x2, mode=self.mode.value, octaves=self.octaves.value, iterations=self.iterations.value,
             parametrization=self.parametrization.value, generator=torch.Generator().manual_seed(context.seed),
-            callback=show, callback_every=10)
+            callback=show, callback_every=10, on_progress=on_progress)
         show(0, self.result)
 
 
@@ -118,7 +118,7 @@ class ModelDifferenceControls(_SynthesisControls):
         return [W.HBox([self.other, self.iterations, self.run_button]),
                 W.HTML("feature inversion of view 1 from three depths of each model:"), self.placeholder, grid]
 
-    def _synthesise(self) -> None:
+    def _synthesise(self, on_progress=None) -> None:
         context = self.context
         model = context.model()
         other = self.other.value
@@ -132,7 +132,7 @@ class ModelDifferenceControls(_SynthesisControls):
 
         self.result = ModelDifference(model, other_model).invert(
             x1, layers=self.layers, iterations=self.iterations.value,
-            generator=torch.Generator().manual_seed(context.seed), callback=show, callback_every=25)
+            generator=torch.Generator().manual_seed(context.seed), callback=show, callback_every=25, on_progress=on_progress)
         for layer, pair in self.result.items():
             for index, image in enumerate(pair):
                 show(layer, index, 0, image)

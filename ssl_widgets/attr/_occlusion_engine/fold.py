@@ -19,8 +19,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..models.locks import module_lock
-from ._model_state import has_forward_hooks, state_token
+from ...models.locks import module_lock
+from .._model_state import has_forward_hooks, state_token
 
 __all__ = ["fold_batchnorm", "private_trunk"]
 

@@ -5,16 +5,14 @@ with 9 x 9 matrices, which MKL runs on one thread), per-window bookkeeping in Py
 intra-op threads, every operation waits at a barrier for all threads, so the parts that do not
 scale, and every stall of one core (a shared machine's other tenants), hold up both cores. Two
 workers, each evaluating its own batches with half the threads, keep both cores busy through those
-parts. On the 2-core machine this was measured on (2026-11-28): one refined occlusion call of the
-shipped model 1.16x faster (median of 10 interleaved pairs), the Explorer's refined map for a new
-request 4.07-4.44 s before and 3.01-3.34 s after (three interleaved runs each), ResNet-50
-conditional occlusion w64/s8 38.1 s before and 34.8 s after (medians of 3, interleaved).
+parts (measurements: ``benchmarks/results/occlusion_speed.md``).
 
 Each worker limits only its own thread's OpenMP (and MKL) thread count, through the runtimes' own
 thread-local settings (``omp_set_num_threads`` acts on the calling thread; MKL's
 ``MKL_Set_Num_Threads_Local``), so nothing global changes: ``torch.get_num_threads()`` and every other
 thread keep their settings. Where the OpenMP runtime cannot be reached (no OpenMP build, or a
-platform where its symbols are not visible), or on a GPU, batches run one after the other as before.
+platform where its symbols are not visible: :func:`supported` says which), or on a GPU, batches run one
+after the other.
 
 Memory stays bounded: the workers take the copies in parts of ``perturbations_per_eval // workers``,
 so at most ``perturbations_per_eval`` copies are in flight at once.
@@ -30,7 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["WORKERS", "pipeline_workers", "run_in_workers"]
+__all__ = ["WORKERS", "pipeline_workers", "run_in_workers", "supported"]
 
 T = TypeVar("T")
 
@@ -65,19 +63,31 @@ def _thread_controls() -> tuple[Any, Any]:
         return _CONTROLS
 
 
-def pipeline_workers(device: torch.device | str) -> int:
-    """How many worker threads :func:`run_in_workers` should use for batches on ``device``: :data:`WORKERS`
-    on a CPU with at least that many intra-op threads whose OpenMP runtime can be set per thread, else 1.
+def supported() -> bool:
+    """Whether each worker thread can limit its own intra-op threads here (PyTorch's OpenMP runtime found
+    and reachable through ``ctypes``): without it :func:`pipeline_workers` answers 1 and batches run one
+    after the other. True on Linux wheels; ``tests/test_pipeline.py`` fails if it turns false there."""
+    return _thread_controls()[0] is not None
+
+
+def pipeline_workers(device: torch.device | str, workers: int | str = "auto") -> int:
+    """How many worker threads :func:`run_in_workers` should use for batches on ``device``.
+
+    Args:
+        device: where the batches run.
+        workers: ``"auto"``: :data:`WORKERS` on a CPU with at least that many intra-op threads where
+            :func:`supported`, else 1; an int: at most that many, on the same conditions.
 
     Examples:
         >>> pipeline_workers("cuda")
         1
     """
-    if torch.device(device).type != "cpu" or WORKERS < 2 or torch.get_num_threads() < WORKERS:
+    wanted = WORKERS if workers == "auto" else int(workers)
+    if torch.device(device).type != "cpu" or wanted < 2 or torch.get_num_threads() < wanted:
         return 1
     if torch.is_autocast_enabled("cpu"):  # autocast is thread-local: the workers would not see it
         return 1
-    return WORKERS if _thread_controls()[0] is not None else 1
+    return wanted if supported() else 1
 
 
 @contextlib.contextmanager

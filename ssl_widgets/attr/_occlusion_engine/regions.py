@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ._winograd import conv_runner
+from .winograd import conv_runner
 
-__all__ = ["Region", "gather", "paste"]
+__all__ = ["Region", "box_crops", "gather", "paste"]
 
 
 @dataclass
@@ -65,6 +65,23 @@ def _index(y0: torch.Tensor, x0: torch.Tensor, h: int, w: int, device: torch.dev
 def _flat_rows(view: torch.Tensor, first: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Indices of ``view[first, rows, cols]`` among the rows of ``view.reshape(-1, *view.shape[3:])``."""
     return ((first * view.shape[1] + rows) * view.shape[2] + cols).reshape(-1)
+
+
+def box_crops(images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(local, y0, x0)``: each image's crop over its box ``(y0, x0, y1, x1)`` (``boxes`` ``(B, 4)``), all of
+    the largest box's size (a smaller box's crop moved inside the image), for :meth:`GraphIncremental.run`.
+
+    Examples:
+        >>> local, y0, x0 = box_crops(torch.arange(16.).view(1, 1, 4, 4), torch.tensor([[2, 3, 4, 4]]))
+        >>> local.shape, y0.tolist(), x0.tolist()
+        (torch.Size([1, 1, 2, 1]), [2], [3])
+    """
+    boxes = boxes.cpu().long()
+    h = int((boxes[:, 2] - boxes[:, 0]).max())
+    w = int((boxes[:, 3] - boxes[:, 1]).max())
+    y0 = boxes[:, 0].clamp(max=images.shape[2] - h)
+    x0 = boxes[:, 1].clamp(max=images.shape[3] - w)
+    return gather(images, torch.arange(images.shape[0]), y0, x0, h, w, (2, 3)), y0, x0
 
 
 def gather(src: torch.Tensor, bid: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int,

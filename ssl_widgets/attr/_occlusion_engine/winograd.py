@@ -22,7 +22,7 @@ and for large maps. :func:`conv_runner` chooses per call between the direct kern
 sizes by the products each needs (:func:`choose_tile`); with at least 128 channels in and out, F(7x7)
 ran 1.5x faster than oneDNN on 14x14 outputs and 2.7x on 7x7 (F(4x4): 1.0x and 1.35x).
 
-Buffers are kept only while a :func:`workspace` context is open in the calling thread (the engine
+Buffers are kept only while a :func:`workspace` context is open in the calling thread (the evaluator
 opens one per run, so each batch after the first reuses them and nothing is kept after the run).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from ._model_state import private_tensor_version
+from .._model_state import private_tensor_version
 
 __all__ = ["choose_tile", "conv_runner", "eligible", "tile_of", "toom_cook", "transform_weight",
            "winograd_conv3x3", "workspace"]
@@ -109,13 +109,16 @@ TILES = tuple(_MATRICES)  #: output tile sides available
 
 
 @contextlib.contextmanager
-def workspace() -> Iterator[None]:
-    """Keep the convolutions' buffers for reuse in this thread until the context closes."""
-    outer = getattr(_LOCAL, "buffers", None)
+def workspace(winograd: bool = True) -> Iterator[None]:
+    """Keep the convolutions' buffers for reuse in this thread until the context closes; ``winograd=False``:
+    the runners use PyTorch's direct kernel inside the block (the evaluator's switch)."""
+    outer, outer_enabled = getattr(_LOCAL, "buffers", None), getattr(_LOCAL, "winograd", True)
     _LOCAL.buffers = {} if outer is None else outer
+    _LOCAL.winograd = winograd
     try:
         yield
     finally:
+        _LOCAL.winograd = outer_enabled
         if outer is None:
             _LOCAL.buffers = None
 
@@ -295,7 +298,8 @@ def conv_runner(weight: torch.Tensor, bias: torch.Tensor | None, stride, dilatio
 
     def run(x: torch.Tensor) -> torch.Tensor:
         tile = choose_tile(x.shape[2] - 2, x.shape[3] - 2) if x.dim() == 4 else None
-        if tile is None or x.dtype != weight.dtype or x.device != weight.device:
+        if tile is None or x.dtype != weight.dtype or x.device != weight.device \
+                or not getattr(_LOCAL, "winograd", True):
             return direct(x)
         return winograd_conv3x3(x, _transformed(weight, tile), bias)  # transformed once per weight
 

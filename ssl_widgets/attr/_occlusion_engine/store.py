@@ -3,9 +3,9 @@
 Both occlusion methods embed each image's perturbed copies independently of the other image: the
 other image only enters through its unperturbed embedding. When a caller asks again with one image
 unchanged (the Explorer: a new augmentation of view 2, a new second image), that image's copies
-need not be evaluated again. :class:`ViewEmbeddingStore` keeps them; :func:`reusing_view_embeddings`
-lends a store to the occlusion calls made in the calling thread. Without it nothing is kept: methods
-called directly keep nothing between calls.
+need not be evaluated again. :class:`ViewEmbeddingStore` keeps them; a
+:class:`~ssl_widgets.attr.CopyEvaluator` built with ``store=`` uses and fills it. Without one nothing is
+kept: methods called directly keep nothing between calls.
 
 An entry is reused only for the same model object unchanged since by the one rule of
 :func:`~ssl_widgets.attr._model_state.state_token` (values compared element by element, so ``.data``
@@ -16,21 +16,15 @@ were evaluated in other batches).
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._thread_local import lent_to_thread
-
-__all__ = ["ViewEmbeddingStore", "active_store", "reusing_view_embeddings"]
-
-_LOCAL = threading.local()
+__all__ = ["ViewEmbeddingStore"]
 
 
 @dataclass
@@ -56,14 +50,14 @@ class ViewEmbeddingStore:
 
     Examples:
         >>> from ssl_widgets.models.zoo import build_tiny_model
-        >>> from ssl_widgets.attr import ConditionalOcclusion
+        >>> from ssl_widgets.attr import ConditionalOcclusion, CopyEvaluator
         >>> model = build_tiny_model({"width": 8, "head_dims": [32, 16], "input_size": 32}).eval()
         >>> g = torch.Generator().manual_seed(0)
         >>> x1, x2, x3 = (torch.rand(1, 3, 32, 32, generator=g) for _ in range(3))
         >>> store = ViewEmbeddingStore()
-        >>> with reusing_view_embeddings(store):
-        ...     _ = ConditionalOcclusion(model).attribute((x1, x2), 16, 8)
-        ...     again = ConditionalOcclusion(model).attribute((x1, x3), 16, 8)  # x1's copies are reused
+        >>> occlusion = ConditionalOcclusion(model, evaluator=CopyEvaluator(model, store=store))
+        >>> _ = occlusion.attribute((x1, x2), 16, 8)
+        >>> again = occlusion.attribute((x1, x3), 16, 8)  # x1's copies are reused
         >>> len(store), store.hits
         (3, 1)
         >>> fresh = ConditionalOcclusion(model).attribute((x1, x3), 16, 8)
@@ -113,29 +107,3 @@ class ViewEmbeddingStore:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-
-@contextlib.contextmanager
-def reusing_view_embeddings(store: ViewEmbeddingStore) -> Iterator[ViewEmbeddingStore]:
-    """Let the occlusion calls made in this thread inside the block reuse and fill ``store``.
-
-    Args:
-        store: the store to lend; it is the caller's, and stays as filled after the block.
-
-    Returns:
-        A context manager giving ``store``; other threads, and this one after the block, see no store.
-
-    Examples:
-        >>> store = ViewEmbeddingStore()
-        >>> with reusing_view_embeddings(store) as lent:
-        ...     lent is store, active_store() is store
-        (True, True)
-        >>> active_store() is None
-        True
-    """
-    with lent_to_thread(_LOCAL, "store", store):
-        yield store
-
-
-def active_store() -> ViewEmbeddingStore | None:
-    """The store lent to this thread by :func:`reusing_view_embeddings`, if any."""
-    return getattr(_LOCAL, "store", None)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ._regions import (
+from .regions import (
     Region,
     _arg,
     _conv_window,
@@ -58,7 +58,7 @@ class GraphIncremental:
     is evaluated), then :meth:`run` with the local content of each copy's box.
 
     Args:
-        gm: the traced trunk in eval mode (a private copy; see :func:`~ssl_widgets.attr._fold.private_trunk`).
+        gm: the traced trunk in eval mode (a private copy; see :func:`~ssl_widgets.attr._occlusion_engine.fold.private_trunk`).
 
     Examples:
         >>> net = fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
@@ -82,6 +82,12 @@ class GraphIncremental:
             raise ValueError(f"the trunk must take one input, its graph has {len(placeholders)}")
         self.input = placeholders[0]
         self.plan: dict[fx.Node, str] = {}
+
+    @property
+    def fallback_nodes(self) -> list[str]:
+        """After :meth:`prepare`, the graph nodes recomputed in full (unsupported operations and everything
+        after them that cannot return to a local region)."""
+        return [n.name for n, kind in self.plan.items() if kind == "fallback"]
 
     # -- running one node normally -----------------------------------------------------------
     def _call(self, node: fx.Node, env: dict) -> Any:
