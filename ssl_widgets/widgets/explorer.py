@@ -17,7 +17,7 @@ import torch
 
 from ..attr.applicability import not_applicable
 from ..attr.engine import eval_similarity
-from ..attr.spec import all_specs
+from ..attr.spec import spec_for
 from ..explain import explain_pair
 from ..models import SSLModel
 from ..threads import set_threads
@@ -32,7 +32,6 @@ from .rendering import COLORMAPS, EXPLORER_STYLE, render_view, result_note
 __all__ = ["AUGMENTED", "Explorer"]
 
 OFFLINE_MODELS = ("tiny-simclr", "tiny-barlow-twins", "tiny-simsiam", "tiny-dino-vit")
-LAYER_METHODS = tuple(s.name for s in all_specs() if s.needs_layer)  # methods that use the layer choice
 
 
 class Explorer(JointClickMixin, W.VBox):
@@ -236,7 +235,7 @@ class Explorer(JointClickMixin, W.VBox):
                         self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
 
                 extra["on_partial"] = show_preview
-        layer = self.context.layer if name.startswith(LAYER_METHODS) else None
+        layer = self.context.layer if spec_for(name).needs_layer else None  # the record says
         result = explain_pair(model, name, x1, x2, layer=layer, generator=torch.Generator().manual_seed(int(seed)),
                               on_progress=job.on_progress, **settings, **extra)
         self._cache[key] = result
