@@ -218,6 +218,7 @@ def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
 
 from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients  # noqa: E402
 from ssl_widgets.attr import (  # noqa: E402
+    BiLRP,
     JOINT_METHOD_NAMES,
     VIT_METHOD_NAMES,
     AttentionRollout,
@@ -251,6 +252,7 @@ REGISTRY = {
     "pixel-invariance": (PixelInvariance, {}),
     "joint-gradient": (JointGradient, {}),
     "joint-occlusion": (JointOcclusion, {}),
+    "bilrp": (BiLRP, {}),
     # ViT-native views (VIT_METHOD_NAMES)
     "cls-attention": (ClassTokenAttention, {}),
     "attention-rollout": (AttentionRollout, {}),
@@ -262,7 +264,7 @@ def test_registry_lists_exactly_the_known_names():
     known = METHOD_NAMES + VIT_METHOD_NAMES
     assert set(known) == set(REGISTRY) and len(known) == len(REGISTRY)
     assert set(VIT_METHOD_NAMES) == {"cls-attention", "attention-rollout", "feature-pca"}
-    assert set(JOINT_METHOD_NAMES) == {"joint-gradient", "joint-occlusion"} <= set(METHOD_NAMES)
+    assert set(JOINT_METHOD_NAMES) == {"joint-gradient", "joint-occlusion", "bilrp"} <= set(METHOD_NAMES)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -12,6 +12,7 @@ from captum.attr import IntegratedGradients
 from helpers import arange_image, small_resnet
 
 from ssl_widgets.attr import (
+    BiLRP,
     JOINT_METHOD_NAMES,
     METHOD_NAMES,
     PAIR_METHOD_NAMES,
@@ -78,6 +79,7 @@ TABLE = {
                          None),
     "joint-gradient": (JointGradient, {}, "joint", None, False, ALL_METRICS, ("cnn", "vit"), None),
     "joint-occlusion": (JointOcclusion, {}, "joint", None, True, ALL_METRICS, ("cnn", "vit"), None),
+    "bilrp": (BiLRP, {}, "joint", None, True, ALL_METRICS, ("cnn",), None),
     "cls-attention": (ClassTokenAttention, {}, "view", None, False, ALL_METRICS, ("vit",), None),
     "attention-rollout": (AttentionRollout, {}, "view", None, False, ALL_METRICS, ("vit",), None),
     "feature-pca": (PatchFeaturePCA, {}, "view", "setting", False, ALL_METRICS, ("cnn", "vit"), None),
@@ -87,7 +89,7 @@ TABLE = {
 def test_the_lists_hold_every_listed_name_once_in_order():
     assert METHOD_NAMES == PAIR_METHOD_NAMES + ("pixel-invariance",) + JOINT_METHOD_NAMES
     assert VIT_METHOD_NAMES == ("cls-attention", "attention-rollout", "feature-pca")
-    assert JOINT_METHOD_NAMES == ("joint-gradient", "joint-occlusion")
+    assert JOINT_METHOD_NAMES == ("joint-gradient", "joint-occlusion", "bilrp")
     listed = [n for n in TABLE if n != f"{CAM}+gi"]
     assert sorted(METHOD_NAMES + VIT_METHOD_NAMES) == sorted(listed)
     assert PAIR_METHOD_NAMES[:4] == ("conditional-occlusion", "context-agnostic-occlusion", "pairwise-occlusion",

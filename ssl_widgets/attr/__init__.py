@@ -1,6 +1,7 @@
 """Explanation methods for pairwise similarity, Captum style: ``Method(model).attribute(...)``."""
 from .attention_rollout import AttentionRollout
 from .averaged_transforms import AveragedTransforms
+from .bilrp import BiLRP
 from .cls_attention import ClassTokenAttention
 from .feature_pca import PatchFeaturePCA
 from .cam import InteractionCAM, PairGradCAM, cam_variants
@@ -22,6 +23,7 @@ from .registry import JOINT_METHOD_NAMES, METHOD_NAMES, PAIR_METHOD_NAMES, VIT_M
 __all__ = [
     "AttentionRollout",
     "AveragedTransforms",
+    "BiLRP",
     "ClassTokenAttention",
     "PatchFeaturePCA",
     "VIT_METHOD_NAMES",

@@ -194,7 +194,7 @@ def listed_names(*kinds: str) -> tuple[str, ...]:
 
     Examples:
         >>> listed_names("joint")
-        ('joint-gradient', 'joint-occlusion')
+        ('joint-gradient', 'joint-occlusion', 'bilrp')
     """
     return tuple(n for s in all_specs() if not kinds or s.kind in kinds for n in s.variants)
 
