@@ -116,9 +116,10 @@ def test_relevances_sum_to_the_cosine_for_lrp0_on_a_bias_free_relu_net():
     x1, x2 = pair(batch=2)
     result = BiLRP(model).attribute((x1, x2), grid=2, composite="lrp0")
     expected = cos(model(x1), model(x2))
-    # measured |sum - cos| 0 to 1.2e-7 (float32 rounding); the reported remainder is that difference
-    torch.testing.assert_close(result.relevance.sum((1, 2)), expected, atol=1e-5, rtol=0)
-    assert max(abs(r) for r in result.meta["remainder"]) < 1e-5
+    # measured |sum - cos| 0 to 1.2e-7 (float32 rounding; zennit's default pooling stabiliser 1e-6 gave 2e-6);
+    # the reported remainder is that difference
+    torch.testing.assert_close(result.relevance.sum((1, 2)), expected, atol=1e-6, rtol=0)
+    assert max(abs(r) for r in result.meta["remainder"]) < 1e-6
 
 
 def test_marginals_plus_the_remainder_give_the_similarity_with_biases():
