@@ -91,7 +91,8 @@ class MethodSpec:
         seeded: ``attribute`` takes a ``generator`` (random samples).
         metrics: the evaluation metrics that apply (:data:`ALL_METRICS`).
         architectures: ``"cnn"`` and/or ``"vit"``.
-        vit_only_reason: why a CNN is refused (for ``architectures == ("vit",)``).
+        vit_only_reason: why the other architecture is refused, for a method of one architecture (a CNN for the
+            attention views, a ViT for ``bilrp``).
         sign_note: what the sign of a map means (``None``: maps are never negative).
         view_transform: the second view's transform the method needs (``"combine"``: a photometric
             transform of the same geometry, for Averaged Transforms); ``None``: the front end's default.
