@@ -23,7 +23,7 @@ __all__ = ["Check", "check_models", "check_threads", "check_torch_pair", "check_
 
 #: the distributions whose versions the doctor reports (the runtime dependencies, then the notebook extra)
 RUNTIME = ("torch", "torchvision", "timm", "captum", "numpy", "pillow", "matplotlib", "scikit-image",
-           "ipywidgets", "bqplot", "ipyevents", "tqdm")
+           "ipywidgets", "bqplot", "ipyevents", "tqdm", "zennit")
 NOTEBOOK = ("jupyterlab", "voila")
 #: Python distribution -> the JupyterLab extension that draws its widgets
 FRONTENDS = {"ipywidgets": "@jupyter-widgets/jupyterlab-manager", "bqplot": "bqplot", "ipyevents": "ipyevents"}

@@ -212,6 +212,7 @@ def test_nmf_reconstructs_a_nonnegative_low_rank_matrix():
 
 from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients  # noqa: E402
 from ssl_widgets.attr import (  # noqa: E402
+    BiLRP,
     JOINT_METHOD_NAMES,
     VIT_METHOD_NAMES,
     AttentionGradientRelevance,
@@ -248,6 +249,7 @@ REGISTRY = {
     "pixel-invariance": (PixelInvariance, {}),
     "joint-gradient": (JointGradient, {}),
     "joint-occlusion": (JointOcclusion, {}),
+    "bilrp": (BiLRP, {}),
     # ViT-native views (VIT_METHOD_NAMES)
     "cls-attention": (ClassTokenAttention, {}),
     "attention-rollout": (AttentionRollout, {}),
@@ -259,7 +261,7 @@ def test_registry_lists_every_known_name_once():
     known = METHOD_NAMES + VIT_METHOD_NAMES
     assert set(REGISTRY) <= set(known) and len(set(known)) == len(known)
     assert {"cls-attention", "attention-rollout", "feature-pca"} <= set(VIT_METHOD_NAMES)
-    assert {"joint-gradient", "joint-occlusion"} <= set(JOINT_METHOD_NAMES) <= set(METHOD_NAMES)
+    assert {"joint-gradient", "joint-occlusion", "bilrp"} <= set(JOINT_METHOD_NAMES) <= set(METHOD_NAMES)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -121,10 +121,10 @@ REGISTERS = from_transformers(MODELS["Dinov2WithRegistersModel"], input_size=32)
 PAIR_AND_VIEW_METHODS = listed_names("pair", "view", "joint")
 
 
-def test_only_the_guided_variants_do_not_apply():
-    """The guided variants need ReLUs (a GELU ViT has none); every other method applies."""
+def test_only_the_guided_variants_and_bilrp_do_not_apply():
+    """The guided variants need ReLUs (a GELU ViT has none), BiLRP has no attention rules; every other method applies."""
     refused = [name for name in PAIR_AND_VIEW_METHODS if not_applicable(name, REGISTERS)]
-    assert refused and all("guided" in name for name in refused)
+    assert "bilrp" in refused and all("guided" in name for name in refused if name != "bilrp")
 
 
 @pytest.mark.parametrize("method", [n for n in PAIR_AND_VIEW_METHODS if not not_applicable(n, REGISTERS)])

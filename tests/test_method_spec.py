@@ -12,6 +12,7 @@ from captum.attr import IntegratedGradients
 from helpers import arange_image, small_resnet
 
 from ssl_widgets.attr import (
+    BiLRP,
     JOINT_METHOD_NAMES,
     METHOD_NAMES,
     PAIR_METHOD_NAMES,
@@ -80,6 +81,7 @@ TABLE = {
                          None),
     "joint-gradient": (JointGradient, {}, "joint", None, False, ALL_METRICS, ("cnn", "vit"), None),
     "joint-occlusion": (JointOcclusion, {}, "joint", None, True, ALL_METRICS, ("cnn", "vit"), None),
+    "bilrp": (BiLRP, {}, "joint", None, True, ALL_METRICS, ("cnn",), None),
     "cls-attention": (ClassTokenAttention, {}, "view", None, False, ALL_METRICS, ("vit",), None),
     "attention-rollout": (AttentionRollout, {}, "view", None, False, ALL_METRICS, ("vit",), None),
     "feature-pca": (PatchFeaturePCA, {}, "view", "setting", False, ALL_METRICS, ("cnn", "vit"), None),

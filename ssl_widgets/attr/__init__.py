@@ -2,6 +2,7 @@
 from .attention_relevance import AttentionGradientRelevance
 from .attention_rollout import AttentionRollout
 from .averaged_transforms import AveragedTransforms
+from .bilrp import BiLRP
 from .cls_attention import ClassTokenAttention
 from .feature_pca import PatchFeaturePCA
 from .cam import InteractionCAM, PairGradCAM, cam_variants
@@ -23,6 +24,7 @@ __all__ = [
     "AttentionGradientRelevance",
     "AttentionRollout",
     "AveragedTransforms",
+    "BiLRP",
     "ClassTokenAttention",
     "PatchFeaturePCA",
     "VIT_METHOD_NAMES",

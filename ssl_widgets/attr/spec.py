@@ -137,7 +137,8 @@ class MethodSpec:
         seeded: ``attribute`` takes a ``generator`` (random samples).
         metrics: the evaluation metrics that apply (:data:`ALL_METRICS`).
         architectures: ``"cnn"`` and/or ``"vit"``.
-        vit_only_reason: why a CNN is refused (for ``architectures == ("vit",)``).
+        vit_only_reason: why the other architecture is refused, for a method of one architecture (a CNN for the
+            attention views, a ViT for ``bilrp``).
         sign_note: what the sign of a map means (``None``: maps are never negative).
         view_transform: the second view's transform the method needs (``"combine"``: a photometric
             transform of the same geometry, for Averaged Transforms); ``None``: the front end's default.
@@ -268,7 +269,7 @@ def listed_names(*kinds: str) -> tuple[str, ...]:
 
     Examples:
         >>> listed_names("joint")
-        ('joint-gradient', 'joint-occlusion')
+        ('joint-gradient', 'joint-occlusion', 'bilrp')
     """
     return tuple(n for s in all_specs() if not kinds or s.kind in kinds for n in s.variants)
 

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; see "
                              "`ssl-widgets explain --help` for all names; for --task correspondence: "
-                             "feature-cosine,joint-gradient,joint-occlusion)")
+                             "feature-cosine,joint-gradient,joint-occlusion; bilrp on request)")
     parser.add_argument("--grid", type=positive_int, default=7, help="patch grid of --task correspondence")
     parser.add_argument("--pairs", type=positive_int, default=100)
     parser.add_argument("--seed", type=nonnegative_int, default=0)
@@ -98,9 +98,9 @@ def run_from_args(args) -> int:
     if getattr(args, "task", "pairs") == "correspondence":
         from pathlib import Path
 
-        from .correspondence import CORRESPONDENCE_METHODS, evaluate_correspondence
+        from .correspondence import DEFAULT_CORRESPONDENCE_METHODS, evaluate_correspondence
 
-        methods = [m for m in args.methods.split(",") if m] if args.methods else list(CORRESPONDENCE_METHODS)
+        methods = [m for m in args.methods.split(",") if m] if args.methods else list(DEFAULT_CORRESPONDENCE_METHODS)
         evaluate_correspondence(args.data, args.model, methods, pairs=args.pairs, seed=args.seed, grid=args.grid,
                                 out=args.out, weights=args.weights)
         print((Path(args.out) / "correspondence.md").read_text())

@@ -9,7 +9,9 @@ lies within one patch (Chebyshev distance <= 1 on the grid) of the cell that con
 position. The table reports the hit rate of each method and the rate of a uniformly random guess.
 
 Methods: ``feature-cosine`` (cosine between the trunk's feature vectors resized to the grid, the
-explorer's heuristic), ``joint-gradient`` and ``joint-occlusion`` (pair-to-pair relevances).
+explorer's heuristic), ``joint-gradient``, ``joint-occlusion`` and ``bilrp`` (pair-to-pair relevances; ``bilrp``
+is run on request only, it is the slowest). A method that does not apply to the model (``bilrp`` on a ViT) is
+not run: its row says NA and why.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 
 from ..core import cosine
 from ..models.state import preserved_model_state
+from ..attr.applicability import not_applicable
+from ..attr.bilrp import BiLRP
 from ..attr.joint import patch_boxes
 from ..attr.joint_gradient import JointGradient
 from ..attr.joint_occlusion import JointOcclusion
@@ -33,6 +37,7 @@ from ..models.wrapper import SSLModel
 
 __all__ = [
     "CORRESPONDENCE_METHODS",
+    "DEFAULT_CORRESPONDENCE_METHODS",
     "correspondence_hits",
     "correspondence_matrix",
     "evaluate_correspondence",
@@ -40,7 +45,10 @@ __all__ = [
     "map_points",
 ]
 
-CORRESPONDENCE_METHODS: tuple[str, ...] = ("feature-cosine", "joint-gradient", "joint-occlusion")
+#: every method the benchmark accepts
+CORRESPONDENCE_METHODS: tuple[str, ...] = ("feature-cosine", "joint-gradient", "joint-occlusion", "bilrp")
+#: the methods run when none are named (``bilrp``, ~D backward passes per image, only on request)
+DEFAULT_CORRESPONDENCE_METHODS: tuple[str, ...] = ("feature-cosine", "joint-gradient", "joint-occlusion")
 
 
 def geometric_view(x: torch.Tensor, generator: torch.Generator,
@@ -103,6 +111,8 @@ def correspondence_matrix(model: SSLModel, method: str, x1: torch.Tensor, x2: to
         return JointGradient(model).attribute((x1, x2), grid=grid).relevance[0]
     if method == "joint-occlusion":
         return JointOcclusion(model).attribute((x1, x2), grid=grid, generator=generator).relevance[0]
+    if method == "bilrp":
+        return BiLRP(model).attribute((x1, x2), grid=grid).relevance[0]
     raise ValueError(f"unknown correspondence method {method!r}; choose from {', '.join(CORRESPONDENCE_METHODS)}")
 
 
@@ -128,7 +138,7 @@ def correspondence_hits(scores: torch.Tensor, params: dict[str, Any], grid: tupl
             "chance": float((near_r * near_c / (rows * cols))[inside].sum())}
 
 
-def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[str] = CORRESPONDENCE_METHODS,
+def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[str] = DEFAULT_CORRESPONDENCE_METHODS,
                             pairs: int = 24, seed: int = 0, grid: int = 7, out: str | None = None,
                             weights: str | None = None) -> dict[str, dict[str, float]]:
     """Hit rate of each method's strongest match over ``pairs`` geometric pairs from an image folder.
@@ -136,7 +146,8 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
     Args:
         data: image folder (searched recursively); images are cycled if fewer than ``pairs``.
         model: a zoo name or an :class:`SSLModel`.
-        methods: correspondence methods (:data:`CORRESPONDENCE_METHODS`).
+        methods: correspondence methods (:data:`CORRESPONDENCE_METHODS`); one that does not apply to the model
+            is not run (its row: ``{"accuracy": None, "refused": why}``).
         pairs: number of pairs; pair ``k`` uses image ``k`` of a seeded permutation and a seeded transform.
         seed: seeds the image order and the transforms.
         grid: patches per side.
@@ -144,7 +155,8 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
         weights: weight file for a zoo name.
 
     Returns:
-        ``{method: {"accuracy", "chance", "patches", "seconds"}}``.
+        ``{method: {"accuracy", "chance", "patches", "seconds"}}`` (``{"accuracy": None, "refused"}`` for a
+        method that does not apply).
 
     Examples:
         Two shipped sample images written to a folder (``ssl-widgets samples --out DIR`` does the same
@@ -166,6 +178,8 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
         if name not in CORRESPONDENCE_METHODS:
             raise ValueError(f"unknown correspondence method {name!r}; choose from {', '.join(CORRESPONDENCE_METHODS)}")
     net = load_model(model, weights=weights) if isinstance(model, str) else model
+    refused = {m: why for m in methods if m != "feature-cosine" and (why := not_applicable(m, net))}
+    methods = [m for m in methods if m not in refused]
     files = list_images(data)
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     g = (grid, grid)
@@ -187,6 +201,7 @@ def evaluate_correspondence(data: str, model: str | SSLModel, methods: Sequence[
                             "seconds": round(seconds, 3)})
     table = {m: {"accuracy": t["hits"] / max(t["valid"], 1), "chance": t["chance"] / max(t["valid"], 1),
                  "patches": t["valid"], "seconds": t["seconds"] / max(pairs, 1)} for m, t in totals.items()}
+    table.update({m: {"accuracy": None, "refused": why} for m, why in refused.items()})
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +218,12 @@ def format_correspondence(table: dict[str, dict[str, float]], model: str, data: 
     lines = [(f"**{model}** on `{data}`: {pairs} pairs (centre crop vs. a zoomed 50-90% crop, flipped with p 1/2; "
               f"seed {seed}), {grid}x{grid} patches; hit = strongest match within one patch of the true position"),
              "", "| method | hit rate | random guess | patches | s / pair |", "|---|---|---|---|---|"]
+    notes: list[str] = []
     for name, row in table.items():
+        if row.get("accuracy") is None:
+            lines.append(f"| {name} | NA | | | |")
+            notes.append(f"NA, {name}: {row.get('refused', 'not run')}")
+            continue
         lines.append(f"| {name} | {row['accuracy']:.3f} | {row['chance']:.3f} | {int(row['patches'])} | "
                      f"{row['seconds']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -158,10 +158,10 @@ class CorrespondenceControls(MethodControls):
     def children(self):
         self.help = W.HTML("Click a point of either image: the other image shows how each of its positions "
                            "answers the clicked one. Feature cosine: cosine between the features (layer as chosen "
-                           "above); bilinear (joint-gradient) and joint occlusion: the pair-to-pair relevance of "
-                           "the clicked cell of a 7x7 grid with every cell of the other image.")
+                           "above); bilinear (joint-gradient), joint occlusion and BiLRP (LRP rules; CNNs only): the "
+                           "pair-to-pair relevance of the clicked cell of a 7x7 grid with every cell of the other image.")
         self.joint_method = W.Dropdown(options=[("feature cosine", "feature-cosine"), ("bilinear", "joint-gradient"),
-                                                ("joint occlusion", "joint-occlusion")],
+                                                ("joint occlusion", "joint-occlusion"), ("BiLRP", "bilrp")],
                                        value="feature-cosine", description="method")
         return [self.joint_method, self.help]
 
