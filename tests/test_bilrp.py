@@ -9,7 +9,7 @@ from torch import nn
 from ssl_widgets.attr import JOINT_METHOD_NAMES, get_method
 from ssl_widgets.attr.applicability import not_applicable
 from ssl_widgets.attr.bilrp import BiLRP, random_projection
-from ssl_widgets.attr.engine import Cancelled, progress_listener
+from ssl_widgets.attr.engine import Cancelled
 from ssl_widgets.attr.joint import patch_boxes
 from ssl_widgets.models import SSLModel
 
@@ -210,16 +210,15 @@ def test_model_state_hooks_and_parameters_are_restored_even_when_the_method_rais
         embedding = model.eval()(arange_image(1, 16, 16))
     model.train()
 
-    def stop(_desc, done, _total):
+    def stop(done, _total):
         if cancel and done >= 1:
             raise Cancelled()
 
-    with progress_listener(stop):
-        if cancel:
-            with pytest.raises(Cancelled):
-                BiLRP(model).attribute(pair(16), grid=2, batch_size=3)
-        else:
-            BiLRP(model).attribute(pair(16), grid=2, batch_size=3)
+    if cancel:
+        with pytest.raises(Cancelled):
+            BiLRP(model).attribute(pair(16), grid=2, batch_size=3, on_progress=stop)
+    else:
+        BiLRP(model).attribute(pair(16), grid=2, batch_size=3, on_progress=stop)
     assert_state(model, before)  # BatchNorm merged back, canonizers' sum modules and forward overrides gone
     assert not any("canonizer" in name for name, _ in model.named_modules())
     with torch.no_grad():

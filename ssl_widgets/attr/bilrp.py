@@ -34,6 +34,7 @@ is built on).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -163,7 +164,8 @@ class BiLRP(ModelMethod, GradientAttribution):
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], grid: int | tuple[int, int] = 7,
                   composite: Any = "epsilon-plus-flat", epsilon: float = 1e-6,
                   projection: int | torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  batch_size: int = 32, show_progress: bool = False) -> JointAttribution:
+                  batch_size: int = 32, show_progress: bool = False,
+                  on_progress: Callable[[int, int], None] | None = None) -> JointAttribution:
         """Pair-to-pair LRP relevance of the two images' patches.
 
         Args:
@@ -177,7 +179,9 @@ class BiLRP(ModelMethod, GradientAttribution):
                 :func:`random_projection`, drawn with ``generator``) or a ``(k, D)`` tensor of directions.
             generator: seeds the random projection.
             batch_size: directions per backward pass (copies of an image in one batch; bounds the memory).
-            show_progress: tqdm progress bar (also reported to a progress listener).
+            show_progress: tqdm progress bar.
+            on_progress: called ``(done, total)`` as the work advances; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
 
         Returns:
             :class:`JointAttribution` ``(B, rows*cols, rows*cols)``; ``.marginals()`` gives the two maps and
@@ -214,7 +218,7 @@ class BiLRP(ModelMethod, GradientAttribution):
             directions = self._directions(projection, z1.shape[1], generator).to(z1)
             steps = (x1.shape[0] + x2.shape[0]) * -(-directions.shape[0] // batch_size)
             embedding = _PooledEmbedding(model)
-            with progress(steps, show_progress, self.method_name) as bar, torch.enable_grad(), \
+            with progress(steps, show_progress, self.method_name, on_progress) as bar, torch.enable_grad(), \
                     rules.context(embedding):
                 r1 = lrp_relevance(embedding, model.normalize(x1), directions, g1, batch_size, bar)
                 r2 = lrp_relevance(embedding, model.normalize(x2), directions, g2, batch_size, bar)
