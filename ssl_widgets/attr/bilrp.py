@@ -34,6 +34,7 @@ is built on).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -62,8 +63,10 @@ VIT_REFUSAL = ("LRP through attention needs AttnLRP rules (the lxt package); lxt
 
 def _zennit() -> Any:
     try:
-        import zennit.composites
-        import zennit.torchvision
+        with warnings.catch_warnings():  # zennit's import scripts a function: torch warns, with its own path
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+            import zennit.composites
+            import zennit.torchvision
     except ImportError as error:  # pragma: no cover - zennit is a dependency of the package
         raise ImportError("the bilrp method needs the LRP library zennit: pip install zennit") from error
     return zennit

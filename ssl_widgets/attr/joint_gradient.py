@@ -17,6 +17,7 @@ shifts) leave a remainder. (Differentiating through the norm instead would give 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,7 +76,10 @@ def dimension_relevance(model: SSLModel, x_n: torch.Tensor, grid: tuple[int, int
         def jvp_of(tangent: torch.Tensor) -> torch.Tensor:
             return torch.func.jvp(model.forward_normalized, (x_n,), (tangent,))[1]
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's first forward-mode call scripts a helper and warns, with its own path, that
+            # torch.jit.script is deprecated: nothing a user can act on
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
             for part in chunks(n_patches, batch_size):
                 masks = (index[None] == torch.arange(part.start, part.stop, device=x_n.device)[:, None, None])
                 tangents = x_n[None] * masks[:, None, None].to(x_n.dtype)  # (k, B, 3, H, W)
