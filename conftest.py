@@ -13,19 +13,30 @@ import torch
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
 
-@pytest.fixture(autouse=True)
-def _doctest_names(request):
-    if type(request.node).__name__ != "DoctestItem":
-        return
+@pytest.fixture(scope="session")
+def _doctest_originals() -> dict:
+    """The examples' model, views and maps, computed once; each example gets its own copies of them."""
     import ssl_widgets
     from ssl_widgets.attr import InteractionCAM
 
-    namespace = request.getfixturevalue("doctest_namespace")
     model = ssl_widgets.load_model("tiny-simclr")
     x1, x2 = ssl_widgets.make_pair("chelsea", "aug", model.input_size, seed=0)
     m1, m2 = InteractionCAM(model).attribute((x1, x2), pooling="max")
     x = ssl_widgets.make_view("chelsea", "no-shift", model.input_size)
-    namespace.update(torch=torch, ssl_widgets=ssl_widgets, model=model, x1=x1, x2=x2, m1=m1, m2=m2, x=x)
+    return {"model": model, "x1": x1, "x2": x2, "m1": m1, "m2": m2, "x": x}
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request):
+    if type(request.node).__name__ != "DoctestItem":
+        return
+    import copy
+
+    import ssl_widgets
+
+    namespace = request.getfixturevalue("doctest_namespace")
+    # deep copies: an example that trains, hooks or edits its model or tensors leaves the next one's untouched
+    namespace.update(copy.deepcopy(request.getfixturevalue("_doctest_originals")), torch=torch, ssl_widgets=ssl_widgets)
     torch.manual_seed(0)  # examples that draw random weights or inputs draw the same ones every run
 
 

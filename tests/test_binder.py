@@ -6,11 +6,15 @@ machine cannot reach; so the test resolves binder's requirements with pip (``--d
 resolver, the PyPI and local indexes instead of the CPU one) and checks the result against pyproject.toml
 and against what the package imports when it loads every shipped model.
 """
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -69,9 +73,37 @@ print("shipped models ok")
 """
 
 
+#: a resolution older than this is redone (new releases on the indexes change what pip picks)
+RESOLUTION_MAX_AGE_S = 24 * 3600
+
+
+def resolution_cache() -> Path:
+    """Where the resolution is kept for the next runs: keyed by the contents of binder/ and pyproject.toml, pip's
+    version and index settings (a change of any of them resolves again), in the user's cache folder."""
+    digest = hashlib.sha256()
+    for path in sorted(BINDER.rglob("*")) + [ROOT / "pyproject.toml"]:
+        if path.is_file():
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    pip = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=120)
+    settings = {name: value for name, value in os.environ.items() if name.startswith("PIP_")}
+    digest.update(json.dumps([sys.version, version("pip"), pip.stdout, sorted(settings.items())]).encode())
+    for word in re.split(r"[\s'=]+", pip.stdout + " ".join(settings.values())):  # constraint files, wheel folders
+        local = Path(word.removeprefix("file://"))
+        if local.is_absolute() and local.is_file():
+            digest.update(local.read_bytes())
+        elif local.is_absolute() and local.is_dir():
+            digest.update("\0".join(sorted(p.name for p in local.iterdir())).encode())
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "ssl_widgets" / "tests" / f"binder-resolution-{digest.hexdigest()[:16]}.json"
+
+
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory) -> dict[str, str]:
-    """pip's resolution of binder/requirements.txt in a fresh environment (``--ignore-installed``)."""
+    """pip's resolution of binder/requirements.txt in a fresh environment (``--ignore-installed``), reused for a day
+    while binder/, pyproject.toml and pip's settings stay the same."""
+    cache = resolution_cache()
+    if cache.is_file() and time.time() - cache.stat().st_mtime < RESOLUTION_MAX_AGE_S:
+        return json.loads(cache.read_text())
     folder = tmp_path_factory.mktemp("binder")
     requirements = folder / "requirements.txt"  # without PyTorch's CPU index: this machine cannot reach it
     requirements.write_text("".join(line + "\n" for line in (BINDER / "requirements.txt").read_text().splitlines()
@@ -80,8 +112,13 @@ def resolved(tmp_path_factory) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                     "--report", str(report), "-r", str(requirements)], check=True, timeout=600,
                    capture_output=True)
-    return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-            for i in json.loads(report.read_text())["install"]}
+    result = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+              for i in json.loads(report.read_text())["install"]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")  # written whole, then renamed: a reader never sees half a file
+    partial.write_text(json.dumps(result))
+    partial.replace(cache)
+    return result
 
 
 def test_binder_environment_satisfies_pyproject(resolved):

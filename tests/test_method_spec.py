@@ -258,11 +258,19 @@ def test_integrated_gradients_bad_input_and_state(monkeypatch):
     assert {name: dict(m._forward_hooks) for name, m in model.named_modules()} == hooks
 
 
-def test_a_new_method_reaches_the_cli_explain_driver_and_registry(image_folder, tmp_path, capsys):
+def test_a_new_method_reaches_the_cli_explain_driver_and_registry(image_folder, tmp_path, capsys, monkeypatch):
     from ssl_widgets.cli import build_parser, main, method_names
     from ssl_widgets.evaluate import EvaluationConfig, evaluate
     from ssl_widgets.evaluate.driver import method_names as driver_names
 
+    attribute = PairIntegratedGradients.attribute
+    called = []
+
+    def four_steps(self, inputs, n_steps=50, **kwargs):  # which paths reach the method, not the integral's accuracy
+        called.append(n_steps)
+        return attribute(self, inputs, n_steps=4, **kwargs)
+
+    monkeypatch.setattr(PairIntegratedGradients, "attribute", four_steps)
     name = "integrated-gradients"
     assert name in listed_names("pair") and name in PAIR_METHOD_NAMES and name in METHOD_NAMES
     assert get_method(name) == (PairIntegratedGradients, {})
@@ -276,6 +284,7 @@ def test_a_new_method_reaches_the_cli_explain_driver_and_registry(image_folder, 
                               step=448, sensitivity_samples=1, show_progress=False))
     (record,) = [json.loads(line) for line in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
     assert record["method"] == name and all(isinstance(record["metrics"][k], float) for k in ("SI", "CD", "MS"))
+    assert len(called) == 4  # the method ran for the figure, the driver's maps, max-sensitivity's base and sample
 
 
 def test_a_new_method_gets_an_explorer_tab_from_its_record():

@@ -72,7 +72,15 @@ def convert_simclr_v2(checkpoint: Any) -> tuple[StateDict, StateDict]:
     """Map a converted SimCLR v2 checkpoint (``{'resnet', 'head'}``) to trunk and head state dicts.
 
     Examples:
-        >>> trunk_sd, head_sd = convert_simclr_v2(torch.load("r50_1x_sk0_ema.pth"))  # doctest: +SKIP
+        A file in this layout (``torch.load("r50_1x_sk0_ema.pth")``), here with three of its tensors:
+
+        >>> checkpoint = {"resnet": {"net.0.0.weight": torch.zeros(64, 3, 7, 7),
+        ...                          "net.1.blocks.0.net.2.weight": torch.zeros(64, 64, 3, 3),
+        ...                          "fc.weight": torch.zeros(1000, 2048)},
+        ...               "head": {"layers.0.0.weight": torch.zeros(2048, 2048)}}
+        >>> trunk_sd, head_sd = convert_simclr_v2(checkpoint)
+        >>> sorted(trunk_sd), sorted(head_sd)  # the supervised 'fc' is dropped
+        (['conv1.weight', 'layer1.0.conv2.weight'], ['0.0.weight'])
     """
     resnet = _require_mapping(checkpoint, "resnet", "SimCLR v2 checkpoint")
     head = _require_mapping(checkpoint, "head", "SimCLR v2 checkpoint")
