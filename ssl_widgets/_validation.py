@@ -6,16 +6,13 @@ of surfacing as an obscure error deep inside a convolution.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 __all__ = ["PIXEL_TOLERANCE", "check_autograd_available", "check_images", "check_materialized", "check_number",
-           "check_pair", "unchecked_pixel_range"]
+           "check_pair", "BeyondRangePair"]
 
 #: how far pixel values may lie outside ``[0, 1]``: resampling overshoots a little and Captum's
 #: perturbation tools add small noise (``sensitivity_max`` uses a radius of 0.02); images in 0..255
@@ -23,22 +20,16 @@ __all__ = ["PIXEL_TOLERANCE", "check_autograd_available", "check_images", "check
 PIXEL_TOLERANCE = 0.05
 
 
-_RANGE = threading.local()
+class BeyondRangePair(tuple):
+    """A pair ``(x1, x2)`` whose values may leave ``[0, 1]`` on purpose: :func:`check_pair` checks it in
+    every other way. The exemption travels in the value itself (no hidden state).
 
+    For metrics that perturb valid images beyond the range (max-sensitivity adds input-space noise, as
+    the paper does).
 
-@contextlib.contextmanager
-def unchecked_pixel_range() -> Iterator[None]:
-    """Skip the ``[0, 1]`` range check in this thread for the block.
-
-    For metrics that perturb valid images on purpose beyond the range (max-sensitivity adds
-    input-space noise, as the paper does); everything else is still checked.
+    Examples:
+        >>> x1, x2 = check_pair(BeyondRangePair((torch.full((1, 3, 4, 4), 1.2), torch.zeros(1, 3, 4, 4))))
     """
-    previous = getattr(_RANGE, "off", False)
-    _RANGE.off = True
-    try:
-        yield
-    finally:
-        _RANGE.off = previous
 
 
 def check_images(x: object, name: str = "x", dtype: torch.dtype | None = None,
@@ -87,7 +78,7 @@ def check_images(x: object, name: str = "x", dtype: torch.dtype | None = None,
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     low, high = float(x.detach().min()), float(x.detach().max())
-    if value_range and not getattr(_RANGE, "off", False) and (low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE):
+    if value_range and (low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE):
         raise ValueError(
             f"{name} has values in [{low:.4g}, {high:.4g}], outside the pixel range [0, 1]: divide images in "
             f"0..255 by 255 (x / 255), map images in -1..1 with (x + 1) / 2, or undo a normalisation with "
@@ -119,8 +110,9 @@ def check_pair(inputs: object, names: tuple[str, str] = ("x1", "x2"),
     """
     if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
         raise TypeError("inputs must be a pair (x1, x2) of image tensors of shape (B, 3, H, W)")
-    x1 = check_images(inputs[0], names[0], dtype).detach()  # methods never differentiate through their inputs
-    x2 = check_images(inputs[1], names[1], dtype).detach()
+    in_range = not isinstance(inputs, BeyondRangePair)
+    x1 = check_images(inputs[0], names[0], dtype, in_range).detach()  # methods never differentiate through their inputs
+    x2 = check_images(inputs[1], names[1], dtype, in_range).detach()
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"batch size mismatch: {names[0]} has {x1.shape[0]} images, {names[1]} has {x2.shape[0]}")
     return x1, x2

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from helpers import arange_image, cos, small_resnet
 from torchvision.transforms.functional import gaussian_blur
 
-from ssl_widgets._validation import unchecked_pixel_range
+from ssl_widgets._validation import BeyondRangePair
 from ssl_widgets.attr import PairInputXGradient
 from ssl_widgets.metrics import (
     average_drop_increase,
@@ -152,8 +152,7 @@ def test_max_sensitivity_matches_a_loop_and_is_zero_for_a_constant_method():
     worst = [0.0, 0.0]
     for _ in range(3):
         u = (torch.rand(x1.shape, generator=g) * 2 - 1) * 0.2 * model.std
-        with unchecked_pixel_range():  # the paper's noise leaves [0, 1] a little
-            pert = method.attribute((x1 + u, x2 + u))
+        pert = method.attribute(BeyondRangePair((x1 + u, x2 + u)))  # the paper's noise leaves [0, 1] a little
         for k in range(2):
             worst[k] = max(worst[k], float((pert[k] - base[k]).norm() / base[k].norm()))
     assert float(ms[0]) == pytest.approx(sum(worst) / 2, rel=1e-5)
@@ -223,3 +222,15 @@ def test_max_sensitivity_forwards_keyword_arguments():
     assert float(guided[0]) != pytest.approx(float(plain[0]), rel=1e-3)  # the keyword changes the number
     with pytest.raises(TypeError, match="unexpected keyword argument 'pooling'"):
         max_sensitivity(method, (x1, x2), n_samples=1, pooling="max")
+
+
+def test_only_a_pair_that_says_so_may_leave_the_pixel_range():
+    """max-sensitivity's noise leaves [0, 1]: the pair carries its exemption itself (no hidden state), and
+    a plain pair with the same values is still refused."""
+    model = small_resnet()
+    x1, x2 = arange_image(1, 16, 16), arange_image(1, 16, 16, offset=5)
+    beyond = (x1 + 0.2, x2 - 0.2)
+    with pytest.raises(ValueError, match="outside the pixel range"):
+        PairInputXGradient(model).attribute(beyond)
+    maps = PairInputXGradient(model).attribute(BeyondRangePair(beyond))
+    assert torch.isfinite(maps[0]).all() and maps[0].shape == (1, 16, 16)

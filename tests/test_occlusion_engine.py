@@ -36,6 +36,6 @@ def test_only_the_face_is_imported_from_outside_the_wing():
 
 def test_no_thread_local_carries_inputs_into_a_call():
     assert not hasattr(engine, "progress_listener")
-    holders = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "attr").rglob("*.py")
+    holders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                      if "threading.local()" in p.read_text())
     assert holders == ["attr/_occlusion_engine/winograd.py"]  # the Winograd buffers of the running thread only

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .._validation import check_pair, unchecked_pixel_range
+from .._validation import BeyondRangePair, check_pair
 
 __all__ = ["max_sensitivity"]
 
@@ -52,8 +52,8 @@ def max_sensitivity(method: Any, inputs: tuple[torch.Tensor, torch.Tensor], *, n
     worst = [torch.zeros(x1.shape[0], device=base[0].device) for _ in range(2)]
     for _ in range(n_samples):
         u = (torch.rand(x1.shape, generator=generator) * 2 - 1).to(x1) * radius * std  # input-space noise
-        with unchecked_pixel_range():  # the paper's noise may leave [0, 1] a little
-            perturbed = method.attribute((x1 + u, x2 + u), **attribute_kwargs)
+        # the paper's noise may leave [0, 1] a little: the pair says so itself
+        perturbed = method.attribute(BeyondRangePair((x1 + u, x2 + u)), **attribute_kwargs)
         for k in range(2):
             r = (perturbed[k] - base[k]).flatten(1).norm(dim=1) / norms[k]
             worst[k] = torch.maximum(worst[k], r)
