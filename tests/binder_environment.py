@@ -194,23 +194,32 @@ nbformat.write(nb, target)
 """
 
 
-def execute_notebook(env: Path, notebook: Path, folder: Path):
-    """Runs ``notebook`` top to bottom in a kernel of the venv ``env`` (one torch thread), from ``folder``.
+def execute_notebooks(env: Path, notebooks: list[Path], folder: Path) -> dict[str, object]:
+    """Runs each notebook top to bottom in its own kernel of the venv ``env`` (one torch thread each, all
+    at once: the machine's cores are used side by side), from ``folder``.
 
     Returns:
-        The executed notebook (``nbformat.NotebookNode``); its last cell, added here, prints the kernel's
-        interpreter (``kernel python: ...``).
+        ``{notebook name: executed notebook (nbformat.NotebookNode) or the error text of a failed run}``;
+        each notebook's last cell, added here, prints the kernel's interpreter (``kernel python: ...``).
     """
     import nbformat
 
-    target = folder / f"executed-{notebook.name}"
     variables = venv_variables(env)
     variables.update(JUPYTER_DATA_DIR=str(folder / "jupyter-data"), JUPYTER_PATH="")  # no kernel spec of the user's: "python3" is the venv's
-    run = subprocess.run([str(env / "bin" / "python"), "-c", _EXECUTE_NOTEBOOK, str(notebook), str(target), str(folder)],
-                         cwd=folder, env=variables, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
-        raise AssertionError(f"{notebook.name} failed in the Binder environment:\n{run.stderr[-6000:]}")
-    return nbformat.read(target, as_version=4)
+    runs = {}
+    for notebook in notebooks:
+        target = folder / f"executed-{notebook.name}"
+        log = folder / f"{notebook.stem}.log"  # a file, not a pipe: no run waits for its output to be read
+        with open(log, "w") as handle:
+            runs[notebook.name] = (target, log, subprocess.Popen(
+                [str(env / "bin" / "python"), "-c", _EXECUTE_NOTEBOOK, str(notebook), str(target), str(folder)],
+                cwd=folder, env=variables, stdout=handle, stderr=subprocess.STDOUT))
+    results: dict[str, object] = {}
+    for name, (target, log, run) in runs.items():
+        returncode = run.wait(timeout=900)
+        results[name] = (nbformat.read(target, as_version=4) if returncode == 0
+                         else f"{name} failed in the Binder environment:\n{log.read_text()[-6000:]}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

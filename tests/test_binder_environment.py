@@ -16,7 +16,7 @@ import pytest
 import ssl_widgets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from binder_environment import ROOT, execute_notebook, prepare
+from binder_environment import ROOT, execute_notebooks, prepare
 from test_notebooks import draws, png_outputs
 
 SHIPPED = sorted(path.stem for path in (ROOT / "ssl_widgets" / "weights").glob("*.pt"))
@@ -55,10 +55,18 @@ def test_every_shipped_model_loads_in_the_binder_environment(binder_env):
     assert all(math.isfinite(s) and abs(s) <= 1 + 1e-5 for s in similarity.values()), similarity
 
 
+@pytest.fixture(scope="module")
+def executed(binder_env, tmp_path_factory):
+    """Notebooks 00 and 14 run in the Binder environment, side by side (one kernel and one thread each)."""
+    return execute_notebooks(binder_env[0], NOTEBOOKS, tmp_path_factory.mktemp("binder-notebooks"))
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
-def test_notebook_runs_in_the_binder_environment(notebook, binder_env, tmp_path):
+def test_notebook_runs_in_the_binder_environment(notebook, binder_env, executed):
     env = binder_env[0]
-    nb = execute_notebook(env, notebook, tmp_path)
+    nb = executed[notebook.name]
+    if isinstance(nb, str):
+        raise AssertionError(nb)
     *cells, kernel_check = [cell for cell in nb.cells if cell.cell_type == "code"]
     kernel = "".join(output.get("text", "") for output in kernel_check.outputs)
     assert f"kernel python: {env / 'bin' / 'python'}" in kernel, kernel
