@@ -616,13 +616,13 @@ A method's strongest match for a patch is a hit when it lands within one patch o
 `ssl-widgets evaluate --task correspondence --data FOLDER` runs this over an image folder; here a few sample images.
 """),
         code("""
-from ssl_widgets.evaluate.correspondence import (CORRESPONDENCE_METHODS, correspondence_hits, correspondence_matrix,
-                                                 geometric_view)
-totals = {m: [0.0, 0.0, 0.0] for m in CORRESPONDENCE_METHODS}
+from ssl_widgets.evaluate.correspondence import (DEFAULT_CORRESPONDENCE_METHODS, correspondence_hits,
+                                                 correspondence_matrix, geometric_view)
+totals = {m: [0.0, 0.0, 0.0] for m in DEFAULT_CORRESPONDENCE_METHODS}  # bilrp: see notebook 17
 for k, name in enumerate(["chelsea", "coffee", "astronaut", "rocket", "motorcycle"][:PAIRS]):
     a = make_view(name, "pure", model.input_size, seed=None)
     b, params = geometric_view(a, torch.Generator().manual_seed(k))
-    for method in CORRESPONDENCE_METHODS:
+    for method in DEFAULT_CORRESPONDENCE_METHODS:
         hits = correspondence_hits(correspondence_matrix(model, method, a, b, (GRID, GRID)), params, (GRID, GRID))
         for i, key in enumerate(("hits", "valid", "chance")):
             totals[method][i] += hits[key]
