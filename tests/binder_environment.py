@@ -153,31 +153,30 @@ def prepare(root: Path = ROOT) -> Iterator[tuple[Path, str, dict[str, str]]]:
             _remove_older(env)  # first, so that the disk has room for the new one (deleting takes minutes here)
             _build_requirements(env, root)
             print(f"built {env} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        marker = env / f"postbuild-{_clone_state(root)}.json"
-        if marker.is_file():  # postBuild already ran in this clone at this commit (e.g. .ci/run's build step)
+        state = _clone_state(root)
+        marker = env / f"postbuild-{state}.json" if state else None
+        if marker is not None and marker.is_file():  # postBuild already ran in this clone at this commit
             done = json.loads(marker.read_text())
             output, added = done["output"], done["added"]
         else:
             output, added = post_build(env, root)
             for old in env.glob("postbuild-*.json"):
                 old.unlink()
-            if "-" not in marker.stem.removeprefix("postbuild-"):
+            if marker is not None:
                 marker.write_text(json.dumps({"root": str(root), "output": output, "added": added}))
         yield env, output, added
 
 
-def _clone_state(root: Path) -> str:
-    """A digest of the clone's path, commit and uncommitted changes (``unknown-...`` outside git: never
-    reused), so that postBuild runs again when any of them changes."""
+def _clone_state(root: Path) -> str | None:
+    """A digest of the clone's path, commit and uncommitted changes (staged or not; ``None`` outside
+    git: never reused), so that postBuild runs again when any of them changes."""
     try:
         state = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                check=True, timeout=60).stdout
-        state += subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True, timeout=60).stdout
         state += subprocess.run(["git", "-C", str(root), "diff", "HEAD"], capture_output=True, text=True,
                                 check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
-        return f"unknown-{os.getpid()}"
+        return None
     return hashlib.sha256(f"{root}\n{state}".encode()).hexdigest()[:16]
 
 
