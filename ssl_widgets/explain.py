@@ -83,9 +83,10 @@ def explain_pair(model: SSLModel, name: str, x1: torch.Tensor, x2: torch.Tensor,
     """
     spec = resolve(name)[0]
     settings = {**default_settings(name, model), **overrides}
-    method = spec.build(model, layer)
     if evaluator is not None and "evaluator" in inspect.signature(spec.cls).parameters:
         method = spec.cls(model, evaluator=evaluator)
+    else:
+        method = spec.build(model, layer)
     if spec.layer == "setting" and layer is not None:
         settings.setdefault("layer", layer)
     if spec.seeded:
