@@ -22,7 +22,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # run from a checkout without installing, too
 
-from bench_methods import build_model as build_resnet50
+from bench_methods import resnet50_models
 
 from ssl_widgets.attr import ClassTokenAttention
 from ssl_widgets.attr.cam import cam_variants
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     x1, x2 = (torch.rand(1, 3, 224, 224, generator=g).to(args.device) for _ in range(2))
-    models = {"resnet50": build_resnet50(args.device), "vit-s16": build_vit_s16(args.device)}
+    models = {"resnet50": resnet50_models(args.device)["ResNetTrunk"], "vit-s16": build_vit_s16(args.device)}
     tasks = {f"{name}: CAM update": (lambda m=m: cam_variants(m, (x1, x2), VARIANTS)) for name, m in models.items()}
     attention = ClassTokenAttention(models["vit-s16"])
     tasks["vit-s16: cls-attention"] = lambda: attention.attribute((x1, x2))

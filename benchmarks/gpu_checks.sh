@@ -13,6 +13,8 @@ status=0
 timeout 300 "$py" benchmarks/bench_methods.py --device cuda --methods --vit --fast --occlusion-repeats 3 \
     --out "$out/bench" 2>&1 | tee "$out/bench.log" || status=1
 timeout 180 "$py" benchmarks/check_cuda.py --device cuda --out "$out/check" 2>&1 | tee "$out/check.log" || status=1
+timeout 240 "$py" benchmarks/check_cuda_vit.py --device cuda --bf16 --out "$out/check_vit" 2>&1 \
+    | tee "$out/check_vit.log" || status=1
 "$py" -c "import sys; sys.path.insert(0, 'tests'); from helpers import write_image_folder; import pathlib; \
 p = pathlib.Path('/tmp/gpu_images'); p.mkdir(exist_ok=True); write_image_folder(p, n=6)"
 for run in cuda torchrun cpu; do
