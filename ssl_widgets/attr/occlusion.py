@@ -8,8 +8,7 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW, as_window
-from ._occlusion_engine import CopyEvaluator, coarse_indices, default_batch, preview_stride
-from ._occlusion_engine.tokens import check_drop_tokens
+from ._occlusion_engine import CopyEvaluator, check_drop_tokens, coarse_indices, default_batch, preview_stride
 from .base import PairMethod
 from .engine import PairAttribution, check_count, cosine, preserved_model_state, progress, resolve_fill
 from .maps import window_mean_map
@@ -175,7 +174,8 @@ _ATTRIBUTE_DOC = """
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
                 ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes
-                (always for a token trunk such as a ViT, where every token sees every patch). Either way the
+                (a timm ViT: only the patch embeddings the window touches are recomputed, every block runs;
+                other token trunks always run full forward passes). Either way a CNN
                 trunk runs as a private copy with BatchNorm folded into the convolutions (the constructor's
                 ``evaluator=``, a :class:`~ssl_widgets.attr.CopyEvaluator`, says how copies are evaluated).
             channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
