@@ -50,7 +50,7 @@ def slow_grids(model, x, other, window, stride, context_agnostic):
     (ConditionalOcclusion, "plain", "cls"), (ContextAgnosticOcclusion, "plain", "cls"),
     (ConditionalOcclusion, "registers-layerscale", "cls"), (ContextAgnosticOcclusion, "registers-layerscale", "mean")])
 def test_drop_tokens_maps_equal_a_slow_loop_of_shortened_sequences(method, config, pooling):
-    """Both views, windows 16 at stride 8 on 32 x 40 (measured max |diff| <= 6e-7; bound 1e-4); ``grid=False`` is
+    """Both views, windows 16 at stride 8 on 32 x 40 (measured max |diff| 1.4e-5; bound 1e-4); ``grid=False`` is
     the per-pixel window mean of that grid."""
     model = vit(config, pooling)
     x1, x2 = images()
@@ -121,8 +121,8 @@ def test_the_cli_setting_and_explain_pair_accept_drop_tokens():
 
 
 def test_drop_tokens_on_the_shipped_vit_differs_from_the_grey_fill():
-    """tiny-dino-vit at its 112 px, window 32 at stride 16: a different explanation (measured correlation of the two
-    conditional grids of view 1: see the report; here they only must not coincide)."""
+    """tiny-dino-vit at its 112 px, window 32 at stride 16: a different explanation (measured correlation with the
+    grey-fill grids 0.83 / 0.90 for views 1 / 2, max |diff| 0.018; here they only must not coincide)."""
     model = ssl_widgets.load_model("tiny-dino-vit")
     x1, x2 = ssl_widgets.make_pair("chelsea", "aug", model.input_size, seed=0)
     dropped = ConditionalOcclusion(model).attribute((x1, x2), 32, 16, grid=True, fill="drop-tokens")

@@ -50,7 +50,7 @@ def pasted(bases, local, y0, x0, bid):
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_token_path_equals_the_full_forward_of_each_copy(config, pooling):
     """Boxes off the patch grid, across patch borders, at the right and bottom edges, on two bases (measured max
-    |diff| <= 1.2e-6 against forward_normalized; bound 1e-4)."""
+    |diff| <= 8e-7 against forward_normalized; bound 1e-4)."""
     model = vit(config, pooling)
     x1, x2 = images()
     bases = model.normalize(torch.cat([x1, x2]))
@@ -73,7 +73,8 @@ def test_token_path_equals_the_full_forward_of_each_copy(config, pooling):
 @pytest.mark.parametrize("config", ["plain", "registers-layerscale"])
 def test_occlusion_maps_equal_the_full_forward_path(method, config):
     """Windows of 12 at stride 4 (never patch-aligned as a whole) on 32 x 40 images: the token path's maps equal those
-    of full forward passes (``CopyEvaluator(incremental=False)``; measured max |diff| <= 4.1e-6, bound 1e-4)."""
+    of full forward passes (``CopyEvaluator(incremental=False)``; measured max |diff| 2.5e-5, context-agnostic's cosine of
+    differences; bound 1e-4)."""
     model = vit(config)
     x1, x2 = images()
     fast = method(model).attribute((x1, x2), 12, 4, grid=True, perturbations_per_eval=7)
@@ -117,7 +118,7 @@ def slow_conditional(model, x1, x2, window, stride):
 
 def test_fallback_for_a_hooked_trunk_and_a_non_timm_token_trunk():
     """A forward hook on the last block (which the token path would bypass) and a token trunk of its own: both run by
-    full forward passes, exactly (measured max |diff| <= 3e-7 against a per-window loop; bound 1e-4)."""
+    full forward passes, exactly (measured max |diff| 1.2e-7 against a per-window loop; bound 1e-4)."""
     hooked = vit()
     hooked.trunk.blocks[-1].register_forward_hook(lambda module, args, out: out * 2.0 + 1.0)
     torch.manual_seed(0)
