@@ -46,7 +46,7 @@ def default_settings(name: str, model: SSLModel) -> dict[str, Any]:
     Examples:
         >>> from ssl_widgets.models import load_model
         >>> default_settings("conditional-occlusion", load_model("tiny-simclr"))
-        {'sliding_window_shapes': 32, 'strides': 4}
+        {'sliding_window_shapes': 32, 'strides': 4, 'fill': 'pixels'}
     """
     spec, settings = resolve(name)
     return {**spec.default_settings(model.input_size), **settings}

@@ -129,8 +129,10 @@ def test_each_record_matches_its_class(spec):
 
 
 def test_default_settings_scale_with_the_input_size():
-    assert spec_for("conditional-occlusion").default_settings(224) == {"sliding_window_shapes": 64, "strides": 8}
-    assert spec_for("conditional-occlusion").default_settings(32) == {"sliding_window_shapes": 9, "strides": 1}
+    assert spec_for("conditional-occlusion").default_settings(224) == {"sliding_window_shapes": 64, "strides": 8,
+                                                                       "fill": "pixels"}
+    assert spec_for("conditional-occlusion").default_settings(32) == {"sliding_window_shapes": 9, "strides": 1,
+                                                                      "fill": "pixels"}
     assert spec_for("pixel-invariance").default_settings(56) == {"size": 16, "n_samples": 500, "epochs": 300}
     assert spec_for("pixel-invariance").default_settings(16) == {"size": 8, "n_samples": 500, "epochs": 300}
     assert spec_for("grad-cam").default_settings(112) == {}

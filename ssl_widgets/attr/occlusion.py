@@ -8,13 +8,17 @@ import torch
 from captum.attr import PerturbationAttribution
 
 from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_STRIDE, PAPER_OCCLUSION_WINDOW, as_window
-from ._occlusion_engine import CopyEvaluator, coarse_indices, default_batch, preview_stride
+from ._occlusion_engine import CopyEvaluator, check_drop_tokens, coarse_indices, default_batch, preview_stride
 from .base import PairMethod
 from .engine import PairAttribution, check_count, cosine, preserved_model_state, progress, resolve_fill
 from .maps import window_mean_map
 from .spec import ALL_METRICS, MethodSpec, Setting
 
-__all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "check_evaluator", "preview_stride", "window_grid"]
+__all__ = ["ConditionalOcclusion", "ContextAgnosticOcclusion", "FILLS", "check_evaluator", "preview_stride",
+           "window_grid"]
+
+#: how a window is occluded: ``"pixels"`` paints it with the fill colour, ``"drop-tokens"`` removes its patch tokens
+FILLS = ("pixels", "drop-tokens")
 
 
 def window_grid(image_size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
@@ -61,31 +65,42 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
 
     def _run(self, inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid, show_progress,
              incremental, channels_last, precision, on_progress=None, on_partial=None,
-             partial_strides=None) -> PairAttribution:
+             partial_strides=None, fill="pixels") -> PairAttribution:
         if perturbations_per_eval is not None:
             check_count(perturbations_per_eval, "perturbations_per_eval")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        drop = fill == "drop-tokens"
         x1, x2 = self._inputs(inputs)
         window, stride = as_window(sliding_window_shapes, "sliding_window_shapes"), as_window(strides, "strides")
         corners = [window_grid(tuple(x.shape[2:]), window, stride) for x in (x1, x2)]
-        fills = [resolve_fill(self.model, baselines, x) for x in (x1, x2)]
+        if drop:  # removed windows are marked by an infinite fill (see _occlusion_engine.tokens)
+            check_drop_tokens(self.model, window, stride, (x1, x2), baselines)
+            fills = [torch.full((1, 3, 1, 1), float("inf"), device=x.device) for x in (x1, x2)]
+        else:
+            fills = [resolve_fill(self.model, baselines, x) for x in (x1, x2)]
         leading = None  # per view, the positions of the partial result's windows among the call's
         coarse = None
         if on_partial is not None:
             coarse = self._partial_strides(on_partial, partial_strides, window, stride, (x1, x2))
+            if drop:
+                check_drop_tokens(self.model, window, coarse, (x1, x2), baselines)
             leading = [coarse_indices(c, stride, coarse) for c in corners]
             if x1.shape[0] > 1 or x1.shape[2:] != x2.shape[2:] or any(i is None for i in leading):
                 leading = None  # the coarse grid is not among this call's windows: a separate call first
                 on_partial(self._run(inputs, window, coarse, baselines, perturbations_per_eval, grid, False,
-                                     incremental, channels_last, precision, on_progress))
+                                     incremental, channels_last, precision, on_progress, fill=fill))
         model = self.model
         per_eval = default_batch(model.device, perturbations_per_eval, x1.shape[2] * x1.shape[3])
         n_windows = sum(c.shape[0] for c in corners) * self.copies_per_window
         steps = x1.shape[0] * -(-n_windows // per_eval)
         grids: list[list[torch.Tensor]] = [[], []]
         similarities = []
-        options = {"baselines": baselines, "grid": grid, "precision": precision}
+        options = {"baselines": baselines, "grid": grid, "precision": precision, "fill": fill}
+        tag = self.method_name + (":drop-tokens" if drop else "")
         with preserved_model_state(model, requires_grad=False), self.evaluator.session(
-                incremental=incremental, channels_last=channels_last, precision=precision) as session:
+                incremental=incremental, channels_last=channels_last, precision=precision,
+                drop_tokens=drop) as session:
             options["incremental"] = session.incremental
             with progress(steps, show_progress, self.method_name, on_progress) as bar:
                 for b in range(x1.shape[0]):
@@ -100,7 +115,7 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
                             on_partial(self._assemble([[values[0]], [values[1]]], [base], (x1, x2), window, coarse,
                                                       **options))
                     embs, z = session.evaluate(images, *self._copies(images, fill_n, corners), window, per_eval, bar,
-                                               self.method_name, leading, report)
+                                               tag, leading, report)
                     values, sim = self._values(embs, z, [c.shape[0] for c in corners])
                     grids[0].append(values[0])
                     grids[1].append(values[1])
@@ -121,8 +136,8 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             raise ValueError(f"partial_strides must be positive, got {partial_strides!r}")
         return coarse
 
-    def _assemble(self, grids, similarities, images, window, stride, baselines, grid, precision, incremental
-                  ) -> PairAttribution:
+    def _assemble(self, grids, similarities, images, window, stride, baselines, grid, precision, incremental,
+                  fill="pixels") -> PairAttribution:
         """The :class:`PairAttribution` of per-pair window grids (flat, row-major) at ``stride``."""
         maps = []
         for view, x in enumerate(images):
@@ -133,7 +148,7 @@ class _WindowOcclusion(PairMethod, PerturbationAttribution):
             maps.append(g if grid else window_mean_map(g, (h, w), window, stride))
         return self._result(maps, torch.cat(similarities), sliding_window_shapes=window, strides=stride, grid=grid,
                             baselines="neutral" if baselines is None else baselines, incremental=incremental,
-                            precision=precision)
+                            precision=precision, fill=fill)
 
     def _copies(self, images, fills, corners):
         """``(bases_of, items_of)`` of :meth:`~._occlusion_engine.evaluator.Session.evaluate`: the perturbed
@@ -159,7 +174,8 @@ _ATTRIBUTE_DOC = """
             show_progress: tqdm progress bar.
             incremental: recompute only the region each window changes (exact, for any trunk
                 ``torch.fx`` can trace; unsupported operations are recomputed in full), else full forward passes
-                (always for a token trunk such as a ViT, where every token sees every patch). Either way the
+                (a timm ViT: only the patch embeddings the window touches are recomputed, every block runs;
+                other token trunks always run full forward passes). Either way a CNN
                 trunk runs as a private copy with BatchNorm folded into the convolutions (the constructor's
                 ``evaluator=``, a :class:`~ssl_widgets.attr.CopyEvaluator`, says how copies are evaluated).
             channels_last: run the trunk copy in channels-last memory format (faster on CPU and GPU).
@@ -173,9 +189,22 @@ _ATTRIBUTE_DOC = """
                 call's: windows at ``partial_strides``), evaluated first from the call's own windows.
             partial_strides: the coarse result's stride; ``None``: a multiple of ``strides`` that tiles the
                 images, from half the window up (:func:`preview_stride`).
+            fill: ``"pixels"`` paints the window with ``baselines``; ``"drop-tokens"`` (a timm Vision
+                Transformer only; a different explanation, no out-of-distribution grey patches) removes the
+                patch tokens the window covers from the sequence (position embeddings added first, class and
+                register tokens kept): "removed" has all but the window's tokens, "alone" only them. Windows,
+                strides and images must be whole patches; ``baselines`` must be ``None``.
 
         Returns:
-            :class:`PairAttribution` ``(map1, map2)`` with ``.similarity`` and ``.meta``.
+            :class:`PairAttribution` ``(map1, map2)`` with ``.similarity`` and ``.meta`` (``fill`` included).
+
+        Examples:
+            >>> vit = ssl_widgets.load_model("tiny-dino-vit")  # patch 8, 112 px
+            >>> g = torch.Generator().manual_seed(0)
+            >>> v1, v2 = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
+            >>> result = {method_name}(vit).attribute((v1, v2), 16, 8, grid=True, fill="drop-tokens")
+            >>> result[0].shape, result.meta["fill"]
+            (torch.Size([1, 3, 3]), 'drop-tokens')
 """
 
 
@@ -204,11 +233,12 @@ class ConditionalOcclusion(_WindowOcclusion):
                   incremental: bool = True, channels_last: bool = True, precision: str = "exact",
                   on_progress: Callable[[int, int], None] | None = None,
                   on_partial: Callable[[PairAttribution], None] | None = None,
-                  partial_strides: Any = None) -> PairAttribution:
+                  partial_strides: Any = None, fill: str = "pixels") -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides)
+                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides,
+                         fill)
 
-    attribute.__doc__ = "Occlusion maps of both images." + _ATTRIBUTE_DOC
+    attribute.__doc__ = "Occlusion maps of both images." + _ATTRIBUTE_DOC.replace("{method_name}", "ConditionalOcclusion")
 
     def _copies(self, images, fills, corners):
         return (lambda v: [images[v]]), (lambda v: [(fills[v], corners[v][:, 0], corners[v][:, 1], 0)])
@@ -234,11 +264,13 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
                   incremental: bool = True, channels_last: bool = True, precision: str = "exact",
                   on_progress: Callable[[int, int], None] | None = None,
                   on_partial: Callable[[PairAttribution], None] | None = None,
-                  partial_strides: Any = None) -> PairAttribution:
+                  partial_strides: Any = None, fill: str = "pixels") -> PairAttribution:
         return self._run(inputs, sliding_window_shapes, strides, baselines, perturbations_per_eval, grid,
-                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides)
+                         show_progress, incremental, channels_last, precision, on_progress, on_partial, partial_strides,
+                         fill)
 
-    attribute.__doc__ = "Context-agnostic occlusion maps of both images." + _ATTRIBUTE_DOC
+    attribute.__doc__ = ("Context-agnostic occlusion maps of both images." +
+                         _ATTRIBUTE_DOC.replace("{method_name}", "ContextAgnosticOcclusion"))
 
     copies_per_window = 2
 
@@ -261,6 +293,8 @@ class ContextAgnosticOcclusion(_WindowOcclusion):
 _WINDOW_SETTINGS = (
     Setting("sliding_window_shapes", PAPER_OCCLUSION_WINDOW, 4, PAPER_INPUT_SIZE, "window side in pixels", scaled=True, floor=2),
     Setting("strides", PAPER_OCCLUSION_STRIDE, 1, PAPER_OCCLUSION_WINDOW, "window stride in pixels", scaled=True, floor=1),
+    Setting("fill", "pixels", help="pixels: paint the window with the fill colour; drop-tokens (ViT): remove its "
+            "patch tokens"),
 )
 #: the method records (see :mod:`ssl_widgets.attr.spec`); max-sensitivity is not computed for occlusion
 SPEC = (

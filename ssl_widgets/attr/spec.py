@@ -197,7 +197,7 @@ class MethodSpec:
 
         Examples:
             >>> spec_for("conditional-occlusion").default_settings(112)
-            {'sliding_window_shapes': 32, 'strides': 4}
+            {'sliding_window_shapes': 32, 'strides': 4, 'fill': 'pixels'}
         """
         return {s.name: s.value_for(input_size, self.reference_size) for s in self.settings}
 

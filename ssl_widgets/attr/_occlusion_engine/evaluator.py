@@ -32,6 +32,7 @@ from .fold import private_trunk
 from .graph import GraphIncremental
 from .regions import Region, box_crops
 from .store import ViewEmbeddingStore
+from .tokens import TokenTrunk, require_token_trunk, token_trunk
 from .winograd import workspace
 from .workers import pipeline_workers
 
@@ -84,8 +85,11 @@ class CopyEvaluator:
     caller that explains many pairs with one model (the Explorer) keeps one evaluator and its store.
 
     Args:
-        model: the model (its trunk is copied, never modified; a token trunk (ViT), a trunk with a custom
-            method or with forward hooks is run itself, by exact full forward passes).
+        model: the model (its trunk is copied, never modified; a trunk with a custom method or with forward
+            hooks is run itself, by exact full forward passes; a timm Vision Transformer runs token by token,
+            exactly: each copy recomputes only the patch embeddings its box touches and, with class-token
+            pooling, only the class token in the last block (:mod:`.tokens`); other token trunks by full
+            forward passes).
         incremental: recompute only what each box changes where the trunk's graph allows it (exact).
         workers: CPU worker threads sharing the batches: ``"auto"`` (two where
             :func:`~.workers.supported` and at least two torch threads), or an int (1: one after the other).
@@ -123,14 +127,16 @@ class CopyEvaluator:
                 f"store={'yes' if self.store is not None else None})")
 
     @contextlib.contextmanager
-    def session(self, *, incremental: bool = True, channels_last: bool = True,
-                precision: str = "exact") -> Iterator[Session]:
+    def session(self, *, incremental: bool = True, channels_last: bool = True, precision: str = "exact",
+                drop_tokens: bool = False) -> Iterator[Session]:
         """One call's evaluation: builds (or reuses) the private trunk copy and holds the Winograd buffers.
 
         Args:
             incremental: this call may run incrementally (and the evaluator allows it).
             channels_last: run the private trunk copy in channels-last memory format.
             precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 on CPU, float16 on CUDA).
+            drop_tokens: remove the tokens of a copy's non-finite patches instead of evaluating them (a Vision
+                Transformer :mod:`.tokens` supports; ``ValueError`` otherwise).
 
         Returns:
             A context manager giving the :class:`Session`; buffers are dropped when it closes.
@@ -138,7 +144,7 @@ class CopyEvaluator:
         if precision not in ("exact", "fast"):
             raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
         with torch.no_grad(), workspace(self.winograd):
-            yield Session(self, incremental and self.incremental, channels_last, precision)
+            yield Session(self, incremental and self.incremental, channels_last, precision, drop_tokens)
 
 
 class Session:
@@ -146,19 +152,25 @@ class Session:
     then :meth:`embed` copies by their boxes' content, :meth:`embed_boxes` full copies, or :meth:`evaluate`
     the window groups of both views of a pair."""
 
-    def __init__(self, evaluator: CopyEvaluator, incremental: bool, channels_last: bool, precision: str) -> None:
+    def __init__(self, evaluator: CopyEvaluator, incremental: bool, channels_last: bool, precision: str,
+                 drop_tokens: bool = False) -> None:
         self.evaluator = evaluator
         model = self.model = evaluator.model
         device = model.device
         self.dtype = torch.float32 if precision == "exact" else fast_dtype(device)
         self.format = torch.channels_last if channels_last else torch.contiguous_format
         self.engine: GraphIncremental | None = None
+        self.tokens: TokenTrunk | None = None
+        if drop_tokens:
+            require_token_trunk(model)
         if model.is_token_model or model.trunk_method is not None or has_forward_hooks(model.trunk):
             # a token trunk (ViT) mixes every patch in every block, and its output is not the module's
             # forward; a trunk with forward hooks (user code a folded copy cannot reproduce): exact full
-            # forward passes through the model's own trunk, in float32
+            # forward passes through the model's own trunk, in float32, or token by token (.tokens)
             self.dtype, self.format = torch.float32, torch.contiguous_format
             self.trunk: Callable[[torch.Tensor], torch.Tensor] = model.run_trunk
+            if incremental or drop_tokens:
+                self.tokens = token_trunk(model, recompute_all=not incremental, drop=drop_tokens)
             return
         if incremental:
             self.engine = incremental_engine(model.trunk, device, self.dtype, channels_last)
@@ -167,8 +179,9 @@ class Session:
 
     @property
     def incremental(self) -> bool:
-        """Whether the copies are evaluated incrementally."""
-        return self.engine is not None
+        """Whether the copies are evaluated incrementally (by the graph engine, or token by token reusing the
+        base's patch embeddings)."""
+        return self.engine is not None or (self.tokens is not None and not self.tokens.recompute_all)
 
     def workers(self, per_eval: int) -> int:
         """Worker threads for batches of ``per_eval`` copies."""
@@ -183,6 +196,10 @@ class Session:
         if self.engine is not None:
             cache = self.engine.prepare(bases)
             return {"cache": cache, "bases": bases}, self._embed(cache["output"])
+        if self.tokens is not None:
+            state = self.tokens.prepare(bases)
+            z = self.tokens.embed_bases(state, self._embed) if self.tokens.drop else self._embed(self.trunk(bases))
+            return state, z
         return {"bases": bases}, self._embed(self.trunk(bases))
 
     def embed(self, state: dict, local: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
@@ -192,6 +209,8 @@ class Session:
         y0, x0, bid = y0.cpu(), x0.cpu(), bid.cpu()
         if self.engine is not None:
             fmap = self.engine.run(state["cache"], local, y0, x0, bid)
+        elif self.tokens is not None:
+            return self.tokens.embed(state, local, y0, x0, bid, self._embed)
         else:
             region = Region(local, y0, x0, bid, state["bases"], (2, 3))
             fmap = self.trunk(region.full().contiguous(memory_format=self.format))
