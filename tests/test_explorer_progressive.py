@@ -3,6 +3,8 @@ the model (ssl_widgets.widgets.progressive.explorer_defaults)."""
 import pytest
 import torch
 
+from ssl_widgets.attr.gradients import PairSmoothGrad
+from ssl_widgets.attr.integrated_gradients import PairIntegratedGradients
 from ssl_widgets.explain import explain_pair
 from ssl_widgets.models.zoo import build_tiny_model
 from ssl_widgets.widgets import Explorer
@@ -11,6 +13,11 @@ from ssl_widgets.widgets.progressive import explorer_defaults
 
 def tiny(input_size):
     return build_tiny_model({"width": 8, "head_dims": [32, 16], "input_size": input_size}).eval()
+
+
+def close(actual, expected):
+    """Equal up to float rounding, relative to the map's scale (the maps of these random tiny models are ~1e-3)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
 
 
 def recording(explorer):
@@ -26,28 +33,58 @@ def plain(explorer, name, **settings):
     return explain_pair(explorer._model(), name, x1, x2, generator=torch.Generator().manual_seed(0), **settings)
 
 
+@pytest.mark.parametrize("cls, settings, labels, total", [
+    (PairSmoothGrad, {"n_samples": 5}, ["2 of 5 samples", "4 of 5 samples"] * 2, 2 * 3),
+    (PairIntegratedGradients, {"n_steps": 5}, ["image 1 of 4", "image 2 of 4", "image 3 of 4"], 4 * 3),
+])
+def test_partials_and_progress_leave_the_result_as_a_plain_call(cls, settings, labels, total):
+    model = tiny(32)
+    x1, x2 = torch.rand(2, 1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    x1, x2 = torch.cat([x1, x2]), torch.cat([x2, x1.flip(-1)])  # two pairs
+    seeded = {"generator": torch.Generator().manual_seed(3)} if cls is PairSmoothGrad else {}
+    plain_result = cls(model).attribute((x1, x2), perturbations_per_eval=2, **settings, **seeded)
+    partials, reports = [], []
+    seeded = {"generator": torch.Generator().manual_seed(3)} if cls is PairSmoothGrad else {}
+    result = cls(model).attribute((x1, x2), perturbations_per_eval=2, **settings, **seeded,
+                                  on_partial=partials.append, on_progress=lambda *at: reports.append(at))
+    for view in (0, 1):
+        close(result[view], plain_result[view])  # measured: 0
+        assert partials[-1][view].shape == result[view].shape
+    assert [p.meta["partial"] for p in partials] == labels
+    assert reports[0] == (0, total) and reports[-1] == (total, total)
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+    close(partials[-1][0][0], result[0][0])  # pair 1 is done in the last partial ...
+    assert partials[0][0][1].abs().max() == 0 and result[0][1].abs().max() > 0  # ... pair 2 not in the first
+
+
+def slider(explorer, name):
+    """The tab's slider of the setting ``name`` (SmoothGrad samples, the integrated gradients' n_steps)."""
+    controls = explorer._controls()
+    return controls.samples if name == "n_samples" else controls.controls[name]
+
+
 @pytest.mark.parametrize("method, settings, partial, first", [
-    ("smoothgrad:guided", {"n_samples": 20, "blur": True}, ["8 of 20 samples", "16 of 20 samples"], {"n_samples": 8}),
-    ("integrated-gradients", {"n_steps": 50}, ["image 1 of 2"], None),
+    ("smoothgrad:guided", {"n_samples": 24, "blur": True}, ["8 of 24 samples", "16 of 24 samples"], {"n_samples": 8}),
+    ("integrated-gradients", {"n_steps": 40}, ["image 1 of 2"], None),
 ])
 def test_a_gradient_tab_draws_partial_results_then_the_refined_map_of_a_plain_call(method, settings, partial, first):
-    explorer = Explorer(tiny(32), threaded=False, method="input-x-gradient")
+    explorer = Explorer(tiny(32), threaded=False, method=method)
     frames = recording(explorer)
-    explorer.select_method(method)
+    name = next(k for k in settings if k != "blur")
+    slider(explorer, name).value = settings[name]  # a new request
     statuses = [status for status, _ in frames]
-    base = method.partition(":")[0]
-    assert statuses == [f"computing {base} ...", *(f"{base} ({p}, refining ...)" for p in partial), base]
+    assert statuses == [f"computing {method} ...", *(f"{method} ({p}, refining ...)" for p in partial), method]
     refined = plain(explorer, method, **settings)
     for shown, expected in zip(explorer.maps, refined):
-        torch.testing.assert_close(shown, expected[0], atol=1e-5, rtol=0)  # measured: 0 (same batches)
+        close(shown, expected[0])  # measured: 0 (the same batches)
     partial_maps = frames[1][1]
     if first is not None:  # SmoothGrad: the running mean after 8 samples is a plain call with 8 (same draws)
         early = plain(explorer, method, **{**settings, **first})
         for shown, expected in zip(partial_maps, early):
-            torch.testing.assert_close(shown, expected[0], atol=1e-5, rtol=0)
-        assert (partial_maps[0] - explorer.maps[0]).abs().max() > 1e-4  # it is not yet the refined map
+            close(shown, expected[0])
+        assert (partial_maps[0] - explorer.maps[0]).abs().max() > 0.01 * explorer.maps[0].abs().max()  # not yet refined
     else:  # integrated gradients: image 1's map, image 2 not yet
-        torch.testing.assert_close(partial_maps[0], refined[0][0], atol=1e-5, rtol=0)
+        close(partial_maps[0], refined[0][0])
         assert partial_maps[1] is None
 
 
@@ -89,12 +126,15 @@ def test_a_large_model_shows_a_quick_first_occlusion_frame_then_the_refined_map(
     statuses = [status for status, _ in frames]
     assert statuses == ["computing conditional-occlusion ...",
                         "conditional-occlusion (first frame: sliding_window_shapes 80, strides 80, refining ...)",
+                        "conditional-occlusion (coarse preview, refining ...)",  # 3 x 3 of the refined windows
                         "conditional-occlusion"]
     quick = plain(explorer, "conditional-occlusion", sliding_window_shapes=80, strides=80)
     refined = plain(explorer, "conditional-occlusion", sliding_window_shapes=50, strides=22)
+    coarse = plain(explorer, "conditional-occlusion", sliding_window_shapes=50, strides=44)
     for view in (0, 1):
-        torch.testing.assert_close(frames[1][1][view], quick[view][0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(explorer.maps[view], refined[view][0], atol=1e-5, rtol=0)
+        close(frames[1][1][view], quick[view][0])
+        close(frames[2][1][view], coarse[view][0])
+        close(explorer.maps[view], refined[view][0])
 
 
 def test_the_tiny_models_keep_their_defaults():

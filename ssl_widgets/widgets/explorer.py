@@ -239,6 +239,7 @@ class Explorer(JointClickMixin, W.VBox):
         def show_partial(partial, note: str | None = None) -> None:  # image-size maps, in this job's thread
             if job.current:
                 what = note or partial.meta.get("partial", "coarse preview")
+                partial.meta["method"] = name  # as the refined result's (the method's own partials carry its base)
                 self._show_result(partial, x1, x2, note=f" ({what}, refining ...)")
 
         def call(**options):
