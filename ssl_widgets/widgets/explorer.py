@@ -240,7 +240,7 @@ class Explorer(JointClickMixin, W.VBox):
             if job.current:
                 what = note or partial.meta.get("partial", "coarse preview")
                 partial.meta["method"] = name  # as the refined result's (the method's own partials carry its base)
-                self._show_result(partial, x1, x2, note=f" ({what}, refining ...)")
+                self._show_result(partial, x1, x2, note=f" ({what}, refining ...)", curves=False)
 
         def call(**options):
             return explain_pair(model, name, x1, x2, layer=self.context.layer if spec.needs_layer else None,
@@ -278,7 +278,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.similarity = float(eval_similarity(model, x1_n, x2_n)[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
 
-    def _show_result(self, result, x1, x2, note: str = "") -> None:
+    def _show_result(self, result, x1, x2, note: str = "", curves: bool = True) -> None:
         self.maps = (result[0][0], result[1][0] if result[1].abs().sum() > 0 else None)
         self.similarity = float(result.similarity[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
@@ -287,7 +287,7 @@ class Explorer(JointClickMixin, W.VBox):
         self._box = None
         self._contour = "threshold" in result.meta
         self._draw(x1, x2)
-        if self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (feature PCA) have no curves
+        if curves and self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (PCA) have no curves
             self.curves.update(x1, x2, self.maps[0])
 
     def _show_error(self, error: Exception) -> None:
