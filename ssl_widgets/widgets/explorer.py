@@ -42,8 +42,9 @@ class Explorer(JointClickMixin, W.VBox):
     Choose the pair (shipped samples, a file path or an upload; image 2 defaults to the CLI's augmented
     view of image 1), the model and layer, then a method tab with its own controls. Both heat maps are
     drawn over their labelled images with an opacity, a colour map and a colour bar, beside the similarity. Slow methods run in a worker thread with a progress bar and a Cancel
-    button; occlusion shows a coarse frame first and then refines. Click a point of either image
-    (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
+    button; they draw a partial result first (a coarse occlusion frame, SmoothGrad's running mean, ...) and
+    then refine, with defaults sized to the model (:func:`~ssl_widgets.widgets.progressive.explorer_defaults`).
+    Click a point of either image (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
     deletion curves of the current map and a similarity-versus-transform-strength sweep (bqplot).
     With a Vision Transformer the layer choice lists token layers, the Attention tab shows the class
     token's attention (block, head or mean) and the PCA tab the patch features as RGB; a method that
