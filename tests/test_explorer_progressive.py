@@ -169,3 +169,17 @@ def test_large_models_get_patch_aligned_windows_and_a_cheap_first_frame(patch):
                                                            // quick["strides"] + 1) ** 2 <= 4
     assert plan.settings["smoothgrad"]["n_samples"] <= 8 and plan.settings["integrated-gradients"]["n_steps"] <= 8
     assert plan.compute["smoothgrad"]["perturbations_per_eval"] < plan.settings["smoothgrad"]["n_samples"]
+
+
+def test_a_large_model_draws_averaged_transforms_from_a_short_path_first():
+    explorer = Explorer(tiny(160), threaded=False, method="averaged-transforms:guided")
+    assert explorer._controls().steps.value == 5  # explorer_defaults(160)
+    frames = recording(explorer)
+    explorer._controls().steps.value = 6
+    statuses = [status for status, _ in frames]
+    name = "averaged-transforms:guided"
+    assert statuses == [f"computing {name} ...", f"{name} (first frame: steps 2, refining ...)", name]
+    for view, expected in enumerate(plain(explorer, name, steps=6, blur=True)):
+        close(explorer.maps[view], expected[0])
+    for view, expected in enumerate(plain(explorer, name, steps=2, blur=True)):
+        close(frames[1][1][view], expected[0])
