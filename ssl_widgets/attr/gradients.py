@@ -6,6 +6,8 @@ smooths each map with an 11x11 Gaussian of sigma 5.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from captum.attr import GradientAttribution
 
@@ -86,7 +88,8 @@ class PairSmoothGrad(PairMethod, GradientAttribution):
     def attribute(self, inputs: tuple[torch.Tensor, torch.Tensor], n_samples: int = 50, stdev: float = 0.15,
                   guided: bool = False, blur: bool = False, generator: torch.Generator | None = None,
                   perturbations_per_eval: int = 8, shared_noise: bool = True,
-                  sigma_from_range: str = "divide") -> PairAttribution:
+                  sigma_from_range: str = "divide", on_progress: Callable[[int, int], None] | None = None,
+                  on_partial: Callable[[PairAttribution], None] | None = None) -> PairAttribution:
         """Smoothed Input x Gradient maps of both images.
 
         Args:
@@ -99,6 +102,12 @@ class PairSmoothGrad(PairMethod, GradientAttribution):
             perturbations_per_eval: noisy pairs per forward/backward pass.
             shared_noise: the paper's same-noise-for-both-images behaviour.
             sigma_from_range: ``"divide"`` (paper) or ``"multiply"`` (SmoothGrad's convention).
+            on_progress: called ``(done, total)`` after each batch of samples; raising from it (e.g.
+                :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
+            on_partial: called after each batch of samples but the last with the running mean so far: the
+                maps of the pairs done and of the current pair (later pairs' maps are zeros), ``.meta``
+                ``"samples_done"`` (of the current pair) and ``"partial"`` (e.g. ``"8 of 32 samples"``).
+                The result does not depend on it.
 
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
@@ -112,27 +121,41 @@ class PairSmoothGrad(PairMethod, GradientAttribution):
         x1, x2 = self._inputs(inputs)
         if shared_noise and x1.shape != x2.shape:
             raise ValueError("shared_noise needs x1 and x2 of the same shape")
+        if on_partial is not None and not callable(on_partial):
+            raise TypeError(f"on_partial must be callable, got {type(on_partial).__name__}")
         x1_n, x2_n = self.model.normalize(x1), self.model.normalize(x2)
         maps1, maps2, sims = [], [], []
-        for b in range(x1.shape[0]):
-            a, c = x1_n[b:b + 1], x2_n[b:b + 1]
-            spread = float(a.max() - a.min())
-            sigma = stdev / spread if sigma_from_range == "divide" else stdev * spread
-            grad1, grad2 = torch.zeros_like(a), torch.zeros_like(c)
-            for part in chunks(n_samples, perturbations_per_eval):
-                n = part.stop - part.start
-                # one draw per sample, so the noise does not depend on perturbations_per_eval
-                noise1 = torch.cat([torch.randn(a.shape, generator=generator) for _ in range(n)]).to(a) * sigma
-                noise2 = noise1 if shared_noise else torch.cat(
-                    [torch.randn(c.shape, generator=generator) for _ in range(n)]).to(c) * sigma
-                g1, g2, _ = pair_gradients(self.model, a + noise1, c + noise2, guided)
-                grad1 += g1.sum(0, keepdim=True)
-                grad2 += g2.sum(0, keepdim=True)
-            maps1.append(input_times_gradient_map(a, grad1 / n_samples, blur))
-            maps2.append(input_times_gradient_map(c, grad2 / n_samples, blur))
-            sims.append(eval_similarity(self.model, a, c))
-        return self._result((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), n_samples=n_samples, stdev=stdev,
-                            guided=guided, blur=blur, shared_noise=shared_noise, sigma_from_range=sigma_from_range)
+        settings = dict(n_samples=n_samples, stdev=stdev, guided=guided, blur=blur, shared_noise=shared_noise,
+                        sigma_from_range=sigma_from_range)
+        parts = list(chunks(n_samples, perturbations_per_eval))
+        with self._progress(x1.shape[0] * len(parts), False, on_progress=on_progress) as bar:
+            for b in range(x1.shape[0]):
+                a, c = x1_n[b:b + 1], x2_n[b:b + 1]
+                spread = float(a.max() - a.min())
+                sigma = stdev / spread if sigma_from_range == "divide" else stdev * spread
+                grad1, grad2 = torch.zeros_like(a), torch.zeros_like(c)
+                sims.append(eval_similarity(self.model, a, c))
+                for part in parts:
+                    n = part.stop - part.start
+                    # one draw per sample, so the noise does not depend on perturbations_per_eval
+                    noise1 = torch.cat([torch.randn(a.shape, generator=generator) for _ in range(n)]).to(a) * sigma
+                    noise2 = noise1 if shared_noise else torch.cat(
+                        [torch.randn(c.shape, generator=generator) for _ in range(n)]).to(c) * sigma
+                    g1, g2, _ = pair_gradients(self.model, a + noise1, c + noise2, guided)
+                    grad1 += g1.sum(0, keepdim=True)
+                    grad2 += g2.sum(0, keepdim=True)
+                    bar.update(1)
+                    if on_partial is not None and part.stop < n_samples:
+                        running = (input_times_gradient_map(a, grad1 / part.stop, blur),
+                                   input_times_gradient_map(c, grad2 / part.stop, blur))
+                        on_partial(self._result(
+                            [torch.cat(done + [m] + [torch.zeros_like(m)] * (x1.shape[0] - b - 1))
+                             for done, m in zip((maps1, maps2), running)],
+                            torch.cat(sims + [torch.zeros(x1.shape[0] - b - 1).to(sims[0])]),
+                            **settings, samples_done=part.stop, partial=f"{part.stop} of {n_samples} samples"))
+                maps1.append(input_times_gradient_map(a, grad1 / n_samples, blur))
+                maps2.append(input_times_gradient_map(c, grad2 / n_samples, blur))
+        return self._result((torch.cat(maps1), torch.cat(maps2)), torch.cat(sims), **settings)
 
 
 #: the method records (see :mod:`ssl_widgets.attr.spec`)

@@ -28,6 +28,11 @@ def _check_range(value: object, name: str, upper: float | None) -> None:
         raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {value!r}")
 
 
+def _peak_normalised(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each ``(B,H,W)`` map divided by its maximum (per image)."""
+    return [m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-9) for m in maps]
+
+
 class PairwiseOcclusion(PairMethod, PerturbationAttribution):
     """Pairwise occlusion: erase a random rectangle from each image, credit the drop to one image.
 
@@ -50,7 +55,8 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
                   scale: tuple[float, float] = (0.1, 0.3), ratio: tuple[float, float] = (1, 1.5),
                   perturbations_per_eval: int = 32, generator: torch.Generator | None = None,
                   show_progress: bool = False, erased_pixels: str = "channel-sum",
-                  on_progress: Callable[[int, int], None] | None = None) -> PairAttribution:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  on_partial: Callable[[PairAttribution], None] | None = None) -> PairAttribution:
         """Maps of both images at input size, in ``[0, 1]``.
 
         Args:
@@ -65,6 +71,9 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
             erased_pixels: ``"channel-sum"`` (paper) or ``"mask"``.
             on_progress: called ``(done, total)`` as the work advances; raising from it (e.g.
                 :class:`~ssl_widgets.attr.engine.Cancelled`) stops the call.
+            on_partial: called after each batch of pairs but the last with the maps of the pairs erased so far
+                (later images' maps zeros), ``.meta["partial"]`` saying how many (e.g. ``"32 of 100 pairs"``).
+                The result does not depend on it.
 
         Returns:
             :class:`PairAttribution` with maps ``(B,H,W)``.
@@ -75,6 +84,8 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
         check_count(perturbations_per_eval, "perturbations_per_eval")
         _check_range(scale, "scale", upper=1.0)
         _check_range(ratio, "ratio", upper=None)
+        if on_partial is not None and not callable(on_partial):
+            raise TypeError(f"on_partial must be callable, got {type(on_partial).__name__}")
         x1, x2 = self._inputs(inputs)
         model = self.model
         maps = [torch.zeros(x.shape[0], *x.shape[2:], device=x.device) for x in (x1, x2)]
@@ -113,10 +124,16 @@ class PairwiseOcclusion(PairMethod, PerturbationAttribution):
                                 "n,nhw->hw", weights * select.float(), erased[k].float())
                         peak = new_peak
                         bar.update(1)
+                        if on_partial is not None and part.stop < n_samples:
+                            so_far = [m.clone() for m in maps]
+                            for k in range(2):
+                                so_far[k][b] /= denominator
+                            on_partial(self._result(_peak_normalised(so_far), base, n_samples=n_samples, scale=scale,
+                                                    ratio=ratio, erased_pixels=erased_pixels,
+                                                    partial=f"{part.stop} of {n_samples} pairs"))
                     for k in range(2):
                         maps[k][b] /= denominator
-        maps = [m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-9) for m in maps]
-        return self._result(maps, base, n_samples=n_samples, scale=scale, ratio=ratio, erased_pixels=erased_pixels)
+        return self._result(_peak_normalised(maps), base, n_samples=n_samples, scale=scale, ratio=ratio, erased_pixels=erased_pixels)
 
 
 #: the method record (see :mod:`ssl_widgets.attr.spec`)

@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
+from .progressive import explorer_defaults
+
 if TYPE_CHECKING:  # pragma: no cover
     from .context import ExplorerContext
 
@@ -16,13 +18,16 @@ class MethodControls:
 
     Args:
         input_size: the model's input size (sizes the sliders of patch sizes and strides).
+        patch_size: a token model's patch side (``None``: a CNN); with ``input_size`` it sizes the initial
+            values (:func:`~ssl_widgets.widgets.progressive.explorer_defaults`).
     """
 
     title = ""
     slow = False
 
-    def __init__(self, input_size: int) -> None:
+    def __init__(self, input_size: int, patch_size: int | None = None) -> None:
         self.input_size = input_size
+        self.defaults = explorer_defaults(input_size, patch_size).settings
         self.box = W.VBox(self.children())
 
     def children(self) -> list[W.Widget]:

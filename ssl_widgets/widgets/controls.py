@@ -15,12 +15,11 @@ __all__ = ["TAB_METHODS", "AttentionControls", "MethodControls", "PCAControls", 
 _SLOW = dict(continuous_update=False, style={"description_width": "initial"})
 
 
-def _setting_slider(spec: MethodSpec, name: str, input_size: int, description: str) -> W.IntSlider:
-    """A slider of the record's setting ``name``: its default and range at ``input_size`` (as the CLI's)."""
+def _setting_slider(spec: MethodSpec, name: str, input_size: int, description: str, value: int) -> W.IntSlider:
+    """A slider of the record's setting ``name`` at ``value``, in its range at ``input_size`` (as the CLI's)."""
     setting = next(s for s in spec.settings if s.name == name)
     low, high = setting.range_for(input_size, spec.reference_size)
-    return W.IntSlider(value=setting.value_for(input_size, spec.reference_size), min=int(low), max=int(high),
-                       description=description, **_SLOW)
+    return W.IntSlider(value=value, min=int(low), max=int(high), description=description, **_SLOW)
 
 
 class OcclusionControls(MethodControls):
@@ -36,8 +35,10 @@ class OcclusionControls(MethodControls):
         self.variant = W.ToggleButtons(options=[("conditional", "conditional-occlusion"),
                                                 ("context-agnostic", "context-agnostic-occlusion")],
                                        value="conditional-occlusion", description="variant")
-        self.patch = _setting_slider(spec_for("conditional-occlusion"), "sliding_window_shapes", size, "patch size")
-        self.stride = _setting_slider(spec_for("conditional-occlusion"), "strides", size, "stride")
+        values = self.defaults["conditional-occlusion"]
+        self.patch = _setting_slider(spec_for("conditional-occlusion"), "sliding_window_shapes", size, "patch size",
+                                     values["sliding_window_shapes"])
+        self.stride = _setting_slider(spec_for("conditional-occlusion"), "strides", size, "stride", values["strides"])
         self.fill = W.Dropdown(options=[("neutral (0 in model input)", "neutral"), ("black", "black"),
                                         ("grey", "grey")], value="neutral", description="fill")
         return [self.variant, self.patch, self.stride, self.fill]
@@ -54,7 +55,8 @@ class PairwiseControls(MethodControls):
     names = ("pairwise-occlusion",)
 
     def children(self):
-        self.samples = W.IntSlider(value=100, min=10, max=400, step=10, description="samples", **_SLOW)
+        self.samples = W.IntSlider(value=self.defaults["pairwise-occlusion"]["n_samples"], min=10, max=400, step=10,
+                                   description="samples", **_SLOW)
         self.scale = W.FloatRangeSlider(value=(0.1, 0.3), min=0.02, max=0.6, step=0.01, description="area", **_SLOW)
         self.seed = W.IntText(value=0, description="seed")
         return [self.samples, self.scale, self.seed]
@@ -98,7 +100,8 @@ class AveragedTransformsControls(MethodControls):
     def children(self):
         self.transform = W.Dropdown(options=["combine", "color-jitter", "blur", "grayscale", "solarize"],
                                     value="combine", description="transform")
-        self.steps = W.IntSlider(value=10, min=2, max=20, description="steps", **_SLOW)
+        self.steps = W.IntSlider(value=self.defaults["averaged-transforms"]["steps"], min=2, max=20, description="steps",
+                                 **_SLOW)
         self.guided = W.Checkbox(value=True, description="guided")
         self.noise = W.Checkbox(value=False, description="noise")
         self.blur = W.Checkbox(value=True, description="blur map")
@@ -124,7 +127,9 @@ class GradientControls(MethodControls):
                                     value="input-x-gradient", description="method")
         self.guided = W.Checkbox(value=True, description="guided")
         self.blur = W.Checkbox(value=True, description="blur map")
-        self.samples = W.IntSlider(value=20, min=5, max=100, step=5, description="SmoothGrad samples", **_SLOW)
+        samples = self.defaults["smoothgrad"]["n_samples"]
+        self.samples = W.IntSlider(value=samples, min=min(5, samples), max=100, step=5 if samples % 5 == 0 else 1,
+                                   description="SmoothGrad samples", **_SLOW)
         return [self.kind, self.guided, self.blur, self.samples]
 
     def request(self):
@@ -141,7 +146,8 @@ class PixelInvarianceControls(MethodControls):
     names = ("pixel-invariance",)
 
     def children(self):
-        self.samples = W.IntSlider(value=300, min=50, max=1000, step=50, description="augmentations", **_SLOW)
+        self.samples = W.IntSlider(value=self.defaults["pixel-invariance"]["n_samples"], min=50, max=1000, step=50,
+                                   description="augmentations", **_SLOW)
         self.epochs = W.IntSlider(value=200, min=10, max=1000, step=10, description="epochs", **_SLOW)
         self.threshold = W.FloatSlider(value=0.5, min=0.0, max=0.95, step=0.05, description="threshold", **_SLOW)
         return [self.samples, self.epochs, self.threshold]
@@ -245,17 +251,18 @@ class SpecControls(MethodControls):
         ('Integrated gradients', ('integrated-gradients', {'n_steps': 50}))
     """
 
-    def __init__(self, spec: MethodSpec, input_size: int) -> None:
+    def __init__(self, spec: MethodSpec, input_size: int, patch_size: int | None = None) -> None:
         self.spec = spec
         self.title = spec.name.replace("-", " ").capitalize()  # sentence case, as the hand-made tabs
         self.slow = spec.slow
         self.names = (spec.name,)
-        super().__init__(input_size)
+        super().__init__(input_size, patch_size)
 
     def children(self) -> list[W.Widget]:
         self.controls = {}
         for setting in self.spec.settings:
-            widget = _setting_widget(setting, self.input_size, self.spec.reference_size)
+            widget = _setting_widget(setting, self.input_size, self.spec.reference_size,
+                                     self.defaults.get(self.spec.name, {}).get(setting.name))
             if widget is not None:
                 self.controls[setting.name] = widget
         return list(self.controls.values())
@@ -264,10 +271,11 @@ class SpecControls(MethodControls):
         return self.spec.name, {name: widget.value for name, widget in self.controls.items()}
 
 
-def _setting_widget(setting: Setting, input_size: int, reference_size: int) -> W.ValueWidget | None:
-    """A check box for a bool, a slider for a number in its range; ``None`` for other values (the method's
-    own default is then used)."""
-    value = setting.value_for(input_size, reference_size)
+def _setting_widget(setting: Setting, input_size: int, reference_size: int,
+                    value: Any = None) -> W.ValueWidget | None:
+    """A check box for a bool, a slider for a number in its range, at ``value`` (``None``: the setting's default
+    at ``input_size``); ``None`` for other values (the method's own default is then used)."""
+    value = setting.value_for(input_size, reference_size) if value is None else value
     options = dict(description=setting.name, tooltip=setting.help, **_SLOW)
     if isinstance(value, bool):
         return W.Checkbox(value=value, description=setting.name, tooltip=setting.help)
@@ -281,15 +289,18 @@ def _setting_widget(setting: Setting, input_size: int, reference_size: int) -> W
     return None
 
 
-def build_method_controls(input_size: int, only: tuple[type, ...] | None = None) -> list[MethodControls]:
-    """One :class:`MethodControls` per tab (all, or ``only`` these classes).
+def build_method_controls(input_size: int, only: tuple[type, ...] | None = None,
+                          patch_size: int | None = None) -> list[MethodControls]:
+    """One :class:`MethodControls` per tab (all, or ``only`` these classes), at the values of
+    :func:`~ssl_widgets.widgets.progressive.explorer_defaults` for ``input_size`` and ``patch_size``.
 
     Every method record of kind pair, single or view without a hand-made tab gets a
     :class:`SpecControls` tab (after the hand-made ones; not when ``only`` is given).
     """
-    tabs = [cls(input_size) for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]
+    tabs = [cls(input_size, patch_size)
+            for cls in (only or TAB_METHODS + (FeatureVisualizationControls, ModelDifferenceControls))]
     if only:
         return tabs
     shown = {name for tab in tabs for name in tab.names}
-    return tabs + [SpecControls(spec, input_size) for spec in all_specs()
+    return tabs + [SpecControls(spec, input_size, patch_size) for spec in all_specs()
                    if spec.kind in ("pair", "single", "view") and spec.name not in shown]

@@ -9,6 +9,7 @@ Tabs and plots see the explorer only through its public :class:`~ssl_widgets.wid
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import OrderedDict
 from typing import Any
 
@@ -27,6 +28,7 @@ from .inputs import AUGMENTED, PairInputs
 from .jobs import Job, JobRunner
 from .joint_click import JointClickMixin
 from .plots import CurvePlot
+from .progressive import explorer_defaults
 from .rendering import COLORMAPS, EXPLORER_STYLE, render_view, result_note
 
 __all__ = ["AUGMENTED", "Explorer"]
@@ -40,8 +42,9 @@ class Explorer(JointClickMixin, W.VBox):
     Choose the pair (shipped samples, a file path or an upload; image 2 defaults to the CLI's augmented
     view of image 1), the model and layer, then a method tab with its own controls. Both heat maps are
     drawn over their labelled images with an opacity, a colour map and a colour bar, beside the similarity. Slow methods run in a worker thread with a progress bar and a Cancel
-    button; occlusion shows a coarse frame first and then refines. Click a point of either image
-    (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
+    button; they draw a partial result first (a coarse occlusion frame, SmoothGrad's running mean, ...) and
+    then refine, with defaults sized to the model (:func:`~ssl_widgets.widgets.progressive.explorer_defaults`).
+    Click a point of either image (Correspondence tab) to see where the other image answers. The Curves tab plots insertion and
     deletion curves of the current map and a similarity-versus-transform-strength sweep (bqplot).
     With a Vision Transformer the layer choice lists token layers, the Attention tab shows the class
     token's attention (block, head or mean) and the PCA tab the patch features as RGB; a method that
@@ -106,7 +109,8 @@ class Explorer(JointClickMixin, W.VBox):
         self.refresh()
 
     def _build_tabs(self) -> None:
-        self.method_controls = build_method_controls(self._model().input_size, self.tabs)
+        model = self._model()
+        self.method_controls = build_method_controls(model.input_size, self.tabs, model.patch_size)
         for controls in self.method_controls:
             controls.bind(self.context)
         self.method_tabs = W.Tab(children=[c.box for c in self.method_controls])
@@ -216,28 +220,42 @@ class Explorer(JointClickMixin, W.VBox):
             return
         self.jobs.run(job, lambda job: self._compute(job, key, name, settings, x1, x2, controls),
                       status=f"computing {name} ...", on_result=lambda result: self._show_result(result, x1, x2),
-                      threaded=controls.slow and self.threaded)
+                      threaded=(controls.slow or spec_for(name).slow) and self.threaded)
 
     def _compute(self, job: Job, key: tuple, name: str, settings: dict, x1, x2, controls: MethodControls):
-        """The maps of method ``name`` (a job of the runner); occlusion shows a coarse preview first."""
+        """The maps of method ``name`` (a job of the runner), drawn progressively where it takes long: first
+        a quick call's maps where :func:`~ssl_widgets.widgets.progressive.explorer_defaults` plans one for
+        the model, then the method's own partial results (``on_partial``: occlusion's coarse preview,
+        SmoothGrad's running mean, integrated gradients' first image), then the refined maps."""
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
         model = self._model()
-        extra: dict[str, Any] = {}
+        plan = explorer_defaults(model.input_size, model.patch_size)
+        spec = spec_for(name)
+        extra: dict[str, Any] = dict(plan.compute.get(spec.name, {}))
         if isinstance(controls, OcclusionControls):
             extra["evaluator"] = self.context.models.evaluator(model)  # reuses an unchanged image's copies
-            if settings.get("strides") < settings.get("sliding_window_shapes") // 2:
-                # a coarse frame first, from the refined call's own first windows (evaluated once)
 
-                def show_preview(preview) -> None:  # image-size maps (grid=False), in this job's thread
-                    if job.current:
-                        self._show_result(preview, x1, x2, note=" (coarse preview, refining ...)")
+        def show_partial(partial, note: str | None = None) -> None:  # image-size maps, in this job's thread
+            if job.current:
+                what = note or partial.meta.get("partial", "coarse preview")
+                partial.meta["method"] = name  # as the refined result's (the method's own partials carry its base)
+                self._show_result(partial, x1, x2, note=f" ({what}, refining ...)", curves=False)
 
-                extra["on_partial"] = show_preview
-        layer = self.context.layer if spec_for(name).needs_layer else None  # the record says
-        result = explain_pair(model, name, x1, x2, layer=layer, generator=torch.Generator().manual_seed(int(seed)),
-                              on_progress=job.on_progress, **settings, **extra)
+        def call(**options):
+            return explain_pair(model, name, x1, x2, layer=self.context.layer if spec.needs_layer else None,
+                                generator=torch.Generator().manual_seed(int(seed)), on_progress=job.on_progress,
+                                **{**settings, **extra, **options})
+
+        quick = plan.coarse.get(spec.name)
+        if quick and any(settings.get(k) != v for k, v in quick.items()):
+            show_partial(call(**quick), "first frame: " + ", ".join(f"{k} {v}" for k, v in quick.items()))
+        if "on_partial" in inspect.signature(spec.cls.attribute).parameters and (
+                not isinstance(controls, OcclusionControls)
+                or settings.get("strides") < settings.get("sliding_window_shapes") // 2):
+            extra["on_partial"] = show_partial  # occlusion: a coarse frame from the refined call's own windows
+        result = call()
         self._cache[key] = result
         while len(self._cache) > 32:
             self._cache.popitem(last=False)
@@ -261,7 +279,7 @@ class Explorer(JointClickMixin, W.VBox):
         self.similarity = float(eval_similarity(model, x1_n, x2_n)[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
 
-    def _show_result(self, result, x1, x2, note: str = "") -> None:
+    def _show_result(self, result, x1, x2, note: str = "", curves: bool = True) -> None:
         self.maps = (result[0][0], result[1][0] if result[1].abs().sum() > 0 else None)
         self.similarity = float(result.similarity[0])
         self.similarity_label.value = f"<b>cos similarity</b> = {self.similarity:+.3f}"
@@ -270,7 +288,7 @@ class Explorer(JointClickMixin, W.VBox):
         self._box = None
         self._contour = "threshold" in result.meta
         self._draw(x1, x2)
-        if self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (feature PCA) have no curves
+        if curves and self.maps[0] is not None and self.maps[0].dim() == 2:  # RGB maps (PCA) have no curves
             self.curves.update(x1, x2, self.maps[0])
 
     def _show_error(self, error: Exception) -> None:
