@@ -143,7 +143,8 @@ def test_a_large_model_shows_a_quick_first_occlusion_frame_then_the_refined_map(
 
 def test_the_tiny_models_keep_their_defaults():
     defaults = explorer_defaults(112).settings
-    assert defaults["conditional-occlusion"] == {"sliding_window_shapes": 32, "strides": 4}
+    occlusion = defaults["conditional-occlusion"]
+    assert (occlusion["sliding_window_shapes"], occlusion["strides"], occlusion.get("fill", "pixels")) == (32, 4, "pixels")
     assert (defaults["smoothgrad"], defaults["integrated-gradients"]) == ({"n_samples": 20}, {"n_steps": 50})
     assert (defaults["averaged-transforms"], defaults["pairwise-occlusion"], defaults["pixel-invariance"]) == (
         {"steps": 10}, {"n_samples": 100}, {"n_samples": 300})
