@@ -15,7 +15,7 @@ authors' loop by more than 1e-4, or a deterministic explorer map differs from th
 ``--tolerance``.
 
     python benchmarks/check_cuda_vit.py --device cuda --bf16 --out results/gpu_vit
-    python benchmarks/check_cuda_vit.py --device cpu --size 64 --window 32 --stride 16   # the script itself
+    python benchmarks/check_cuda_vit.py --device cpu --size 64 --window 32 --stride 16 --quick --bf16  # self-test
 """
 from __future__ import annotations
 
@@ -87,14 +87,14 @@ def vit_occlusion_rows(device: str, size: int, window: int, stride: int) -> list
     return rows
 
 
-def explorer_maps(device: str) -> dict:
+def explorer_maps(device: str, methods=EXPLORER_METHODS) -> dict:
     """Every listed method's maps as the explorer computes them on ``device`` (``None`` where the tab is absent)."""
     from ssl_widgets.widgets import Explorer
 
     explorer = Explorer("tiny-dino-vit", threaded=False)
     explorer.inputs.device_select.value = device
     maps = {}
-    for name in EXPLORER_METHODS:
+    for name in methods:
         try:
             explorer.select_method(name)
         except ValueError:
@@ -107,10 +107,10 @@ def explorer_maps(device: str) -> dict:
     return maps
 
 
-def explorer_rows(device: str, tolerance: float) -> list[dict]:
-    reference, on_device = explorer_maps("cpu"), explorer_maps(device)
+def explorer_rows(device: str, tolerance: float, methods=EXPLORER_METHODS) -> list[dict]:
+    reference, on_device = explorer_maps("cpu", methods), explorer_maps(device, methods)
     rows = []
-    for name in EXPLORER_METHODS:
+    for name in methods:
         def compare(name=name):
             if on_device[name] is None:
                 return {"note": "no explorer tab shows it"}
@@ -124,13 +124,13 @@ def explorer_rows(device: str, tolerance: float) -> list[dict]:
     return rows
 
 
-def bf16_rows(device: str) -> list[dict]:
+def bf16_rows(device: str, methods=EXPLORER_METHODS) -> list[dict]:
     model = load_model("tiny-dino-vit").to(device)
     size = model.input_size
     g = torch.Generator().manual_seed(0)
     x1, x2 = (torch.rand(1, 3, size, size, generator=g).to(device) for _ in range(2))
     rows = []
-    for name in EXPLORER_METHODS:
+    for name in methods:
         def compare(name=name):
             def run():
                 return explain_pair(model, name, x1, x2, generator=torch.Generator().manual_seed(0))
@@ -151,14 +151,17 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--bf16", action="store_true", help="also the bf16-autocast differences (reported only)")
+    parser.add_argument("--quick", action="store_true", help="explorer and bf16 checks of the fast tabs only "
+                        "(a self-test of the script on a CPU)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     rows = vit_occlusion_rows(args.device, args.size, args.window, args.stride)
-    rows += explorer_rows(args.device, args.tolerance)
+    methods = ("interaction-cam:max", "grad-cam", "cls-attention") if args.quick else EXPLORER_METHODS
+    rows += explorer_rows(args.device, args.tolerance, methods)
     if args.bf16:
-        rows += bf16_rows(args.device)
+        rows += bf16_rows(args.device, methods)
     failed = [r for r in rows if r["status"] != "ok"]
     for row in rows:
         details = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()
