@@ -82,7 +82,7 @@ def explorer_defaults(input_size: int, patch_size: int | None = None) -> Explore
 
     Examples:
         >>> explorer_defaults(112).settings["conditional-occlusion"]
-        {'sliding_window_shapes': 32, 'strides': 4}
+        {'sliding_window_shapes': 32, 'strides': 4, 'fill': 'pixels'}
         >>> big = explorer_defaults(224, patch_size=14)
         >>> big.settings["conditional-occlusion"], big.coarse["conditional-occlusion"]
         ({'sliding_window_shapes': 56, 'strides': 28}, {'sliding_window_shapes': 112, 'strides': 112})
