@@ -55,6 +55,29 @@ def test_every_tab_works_or_says_it_does_not_apply(vit_explorer):
         assert e.status.value.startswith(base) and e.last_error is None and e.maps[0].shape == (112, 112)
 
 
+def test_the_occlusion_tab_offers_the_vit_native_occlusion_on_a_vit_only(vit_explorer):
+    e = vit_explorer
+    index, controls = tab(e, "Occlusion")
+    assert "drop-tokens" in [value for _, value in controls.fill.options]
+    assert e._model().patch_size == 8
+    controls.patch.value, controls.stride.value = 32, 16  # whole 8-px patches
+    controls.fill.value = "drop-tokens"
+    e.method_tabs.selected_index = index
+    assert e.last_error is None and e.status.value.startswith("conditional-occlusion")
+    x1, x2 = e.current_pair()
+    expected = explain_pair(e._model(), "conditional-occlusion", x1, x2, sliding_window_shapes=32, strides=16,
+                            fill="drop-tokens")
+    grey = explain_pair(e._model(), "conditional-occlusion", x1, x2, sliding_window_shapes=32, strides=16)
+    assert torch.allclose(e.maps[0], expected[0][0], atol=1e-5)  # measured: equal to float rounding
+    assert not torch.allclose(e.maps[0], grey[0][0], atol=1e-3)  # another explanation than the grey fill
+    controls.stride.value = 12  # windows off the patch grid: the panel says why, nothing breaks
+    assert "multiples of the patch size 8" in (e.last_error or "")
+    controls.fill.value, controls.stride.value = "neutral", 16
+    assert e.last_error is None
+    cnn = Explorer("tiny-simclr", threaded=False, method="grad-cam")
+    assert "drop-tokens" not in [value for _, value in tab(cnn, "Occlusion")[1].fill.options]
+
+
 def test_attention_tab_lists_blocks_and_heads_and_shows_the_class_token_attention(vit_explorer):
     e = vit_explorer
     model = e._model()

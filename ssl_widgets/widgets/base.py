@@ -26,7 +26,7 @@ class MethodControls:
     slow = False
 
     def __init__(self, input_size: int, patch_size: int | None = None) -> None:
-        self.input_size = input_size
+        self.input_size, self.patch_size = input_size, patch_size
         self.defaults = explorer_defaults(input_size, patch_size).settings
         self.box = W.VBox(self.children())
 

@@ -39,14 +39,18 @@ class OcclusionControls(MethodControls):
         self.patch = _setting_slider(spec_for("conditional-occlusion"), "sliding_window_shapes", size, "patch size",
                                      values["sliding_window_shapes"])
         self.stride = _setting_slider(spec_for("conditional-occlusion"), "strides", size, "stride", values["strides"])
-        self.fill = W.Dropdown(options=[("neutral (0 in model input)", "neutral"), ("black", "black"),
-                                        ("grey", "grey")], value="neutral", description="fill")
+        fills = [("neutral (0 in model input)", "neutral"), ("black", "black"), ("grey", "grey")]
+        if self.patch_size is not None:  # a ViT: its own occlusion, the window's patch tokens removed
+            fills.append(("drop the patch tokens (ViT)", "drop-tokens"))
+        self.fill = W.Dropdown(options=fills, value="neutral", description="fill")
         return [self.variant, self.patch, self.stride, self.fill]
 
     def request(self):
         stride = min(self.stride.value, self.patch.value)
-        fill = {"neutral": None, "black": 0.0, "grey": 0.5}[self.fill.value]
-        return self.variant.value, {"sliding_window_shapes": self.patch.value, "strides": stride, "baselines": fill}
+        settings = {"sliding_window_shapes": self.patch.value, "strides": stride}
+        if self.fill.value == "drop-tokens":
+            return self.variant.value, {**settings, "fill": "drop-tokens"}
+        return self.variant.value, {**settings, "baselines": {"neutral": None, "black": 0.0, "grey": 0.5}[self.fill.value]}
 
 
 class PairwiseControls(MethodControls):
