@@ -154,6 +154,34 @@ def test_second_run_resumes_without_recomputing(run, image_folder, tmp_path, mon
     assert read_records(out) == read_records(run[0])
 
 
+def test_each_perturbed_image_is_embedded_once_per_pair_and_method(tiny_model, monkeypatch):
+    """The conditional insertion/deletion curves perturb the same images as the simultaneous ones: the driver
+    embeds each image's steps once (4 sequences per pair and method, not 8), with the same metrics."""
+    import importlib
+
+    from ssl_widgets.evaluate import driver
+
+    module = importlib.import_module("ssl_widgets.metrics.insertion_deletion")  # the module, not the function
+    embedded = []
+    real_embed = module.embed
+
+    def counting_embed(model, x_n, chunk):
+        embedded.append(x_n.shape[0])
+        return real_embed(model, x_n, chunk)
+
+    monkeypatch.setattr(module, "embed", counting_embed)
+    x1, x2 = make_view("chelsea", "pure", 32, seed=None), make_view("chelsea", "aug", 32, seed=1)
+    result = explain_pair(tiny_model, "input-x-gradient:guided", x1, x2)
+    metrics, curves = driver._metrics_for(tiny_model, "input-x-gradient:guided", x1, x2, result, 64, 1, 0)
+    steps = 32 * 32 // 64 + 1
+    assert sum(embedded) == 4 * steps
+    assert metrics["CD"] == pytest.approx(sum(float(insertion_deletion(tiny_model, a, b, m, mode="deletion",
+                                                                       step=64).score[0])
+                                              for a, b, m in ((x1, x2, result[0]), (x2, x1, result[1]))) / 2,
+                                          abs=1e-6)
+    assert len(curves["C-insertion"]) == steps
+
+
 def test_not_applicable_metrics_are_na(image_folder, tmp_path, monkeypatch):
     from ssl_widgets.evaluate import driver
 
