@@ -185,8 +185,8 @@ def test_each_perturbed_image_is_embedded_once_per_pair_and_method(tiny_model, m
 def test_not_applicable_metrics_are_na(image_folder, tmp_path, monkeypatch):
     from ssl_widgets.evaluate import driver
 
-    def coarse(model, name, *args, **kwargs):  # which cells are NA depends on the method, not on its stride
-        extra = {"strides": 16} if name == "conditional-occlusion" else {}
+    def coarse(model, name, *args, **kwargs):  # which cells are NA depends on the method, not on its cost
+        extra = {"conditional-occlusion": {"strides": 16}, "pixel-invariance": {"n_samples": 64}}.get(name, {})
         return explain_pair(model, name, *args, **kwargs, **extra)
 
     monkeypatch.setattr(driver, "explain_pair", coarse)
