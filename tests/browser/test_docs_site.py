@@ -19,7 +19,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site_url(browser_setups):
-    """The site built by ``mkdocs build --strict`` (begun in the background by conftest.py), served on 127.0.0.1."""
+    """The site built by ``mkdocs build --strict`` (begun in the background by tests/browser_setups.py), served on 127.0.0.1."""
     build = browser_setups["docs"]
     site = build.wait()
     handler = functools.partial(QuietHandler, directory=str(site))

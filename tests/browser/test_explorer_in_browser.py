@@ -18,7 +18,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def page(browser_setups):
-    """The explorer's page, loaded (Voila and the page were started by conftest.py's ``browser_setups``)."""
+    """The explorer's page, loaded (Voila and the page were started by ``browser_setups``, tests/browser_setups.py)."""
     explorer = browser_setups["explorer"]
     explorer.page.wait_for_selector("img.ssl-view", timeout=180_000)
     yield explorer.page

@@ -1,10 +1,11 @@
-"""What the browser tests share: one Chromium, and their two slow setups begun together.
+"""What the browser tests (tests/browser/) share: one Chromium, and their two slow setups begun together.
 
 The docs site's ``mkdocs build --strict`` and the Voila explorer's first render (a kernel that imports torch
 and runs the quickstart) each keep one core busy for 12-15 s. Begun one after the other (each module's own
 setup) they add up; :func:`browser_setups` begins both as soon as the first browser test needs either, so the
 second one is ready, or nearly, when its module starts. Only the setups of the modules selected for this run
-are begun; each module's fixtures wait for theirs and check them as before.
+are begun; each module's fixtures wait for theirs and check them as before. The fixtures are tests/conftest.py's
+(a conftest.py in tests/browser/ would clash with it under ``--doctest-modules``: both import as ``conftest``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
