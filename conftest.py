@@ -7,8 +7,14 @@ maps), and the modules ``torch`` and ``ssl_widgets``.
 """
 import os
 
-import pytest
-import torch
+# Before torch loads OpenMP (libgomp reads this once): idle intra-op threads sleep instead of spinning. On a
+# shared 2-core machine a spinning thread waits for a core that another process holds, and every parallel op
+# waits for it: test_evaluate's shared run took 16.7-37.4 s with 2 spinning threads and 7.2-8.9 s passive
+# while other processes kept both cores busy (8.5 s with one thread). A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from browser_setups import browser_setups, chromium  # noqa: F401 - the browser tests' shared fixtures
 from helpers import write_image_folder
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))

@@ -22,9 +22,13 @@ from ssl_widgets.metrics import (
 from ssl_widgets.models import load_model
 
 
+#: pixels per insertion/deletion step of these runs: 14 steps at 112 px (the curves are most of a run's time)
+STEP = 896
+
+
 def config(folder, out, **kwargs):
     base = {"data": str(folder), "model": "tiny-simclr", "methods": ["grad-cam", "input-x-gradient:guided"], "pairs": 3,
-                "seed": 0, "out": str(out), "step": 448, "sensitivity_samples": 2, "show_progress": False}
+                "seed": 0, "out": str(out), "step": STEP, "sensitivity_samples": 2, "show_progress": False}
     base.update(kwargs)
     return EvaluationConfig(**base)
 
@@ -66,7 +70,7 @@ def test_driver_writes_results_table_and_plot(run):
         assert set(r["metrics"]) == {"SI", "SD", "CI", "CD", "SAD", "SIC", "CAD", "CIC", "MS"}
         # CAD has no upper bound of 1: drop / base exceeds 1 when the score turns negative
         assert r["metrics"]["CAD"] >= 0 and r["metrics"]["MS"] >= 0
-        assert len(r["curves"]["S-insertion"]) == 112 * 112 // 448 + 1
+        assert len(r["curves"]["S-insertion"]) == 112 * 112 // STEP + 1
     table = (out / "table.md").read_text()
     assert "| grad-cam |" in table and "SI↑" in table and "MS↓" in table
     assert (out / "curves.png").stat().st_size > 5000
@@ -102,15 +106,15 @@ def test_record_equals_the_metrics_recomputed_by_hand(run, image_folder):
     m1, m2 = result
     assert record["similarity"] == pytest.approx(float(model.similarity(x1, x2).detach()), abs=1e-5)
     expected = {
-        "SI": float(insertion_deletion(model, x1, x2, m1, m2, mode="insertion", step=448).score[0]),
-        "SD": float(insertion_deletion(model, x1, x2, m1, m2, mode="deletion", step=448).score[0]),
+        "SI": float(insertion_deletion(model, x1, x2, m1, m2, mode="insertion", step=STEP).score[0]),
+        "SD": float(insertion_deletion(model, x1, x2, m1, m2, mode="deletion", step=STEP).score[0]),
     }
     simultaneous = average_drop_increase(model, x1, x2, m1, m2)
     expected["SAD"], expected["SIC"] = float(simultaneous.drop[0]), float(simultaneous.increase[0])
     # conditional metrics: x1 perturbed given x2, and x2 perturbed given x1, averaged
     for mode, key in (("insertion", "CI"), ("deletion", "CD")):
-        forward = float(insertion_deletion(model, x1, x2, m1, mode=mode, step=448).score[0])
-        backward = float(insertion_deletion(model, x2, x1, m2, mode=mode, step=448).score[0])
+        forward = float(insertion_deletion(model, x1, x2, m1, mode=mode, step=STEP).score[0])
+        backward = float(insertion_deletion(model, x2, x1, m2, mode=mode, step=STEP).score[0])
         expected[key] = (forward + backward) / 2
     a, b = average_drop_increase(model, x1, x2, m1), average_drop_increase(model, x2, x1, m2)
     expected["CAD"] = (float(a.drop[0]) + float(b.drop[0])) / 2
@@ -154,11 +158,39 @@ def test_second_run_resumes_without_recomputing(run, image_folder, tmp_path, mon
     assert read_records(out) == read_records(run[0])
 
 
+def test_each_perturbed_image_is_embedded_once_per_pair_and_method(tiny_model, monkeypatch):
+    """The conditional insertion/deletion curves perturb the same images as the simultaneous ones: the driver
+    embeds each image's steps once (4 sequences per pair and method, not 8), with the same metrics."""
+    import importlib
+
+    from ssl_widgets.evaluate import driver
+
+    module = importlib.import_module("ssl_widgets.metrics.insertion_deletion")  # the module, not the function
+    embedded = []
+    real_embed = module.embed
+
+    def counting_embed(model, x_n, chunk):
+        embedded.append(x_n.shape[0])
+        return real_embed(model, x_n, chunk)
+
+    monkeypatch.setattr(module, "embed", counting_embed)
+    x1, x2 = make_view("chelsea", "pure", 32, seed=None), make_view("chelsea", "aug", 32, seed=1)
+    result = explain_pair(tiny_model, "input-x-gradient:guided", x1, x2)
+    metrics, curves = driver._metrics_for(tiny_model, "input-x-gradient:guided", x1, x2, result, 64, 1, 0)
+    steps = 32 * 32 // 64 + 1
+    assert sum(embedded) == 4 * steps
+    assert metrics["CD"] == pytest.approx(sum(float(insertion_deletion(tiny_model, a, b, m, mode="deletion",
+                                                                       step=64).score[0])
+                                              for a, b, m in ((x1, x2, result[0]), (x2, x1, result[1]))) / 2,
+                                          abs=1e-6)
+    assert len(curves["C-insertion"]) == steps
+
+
 def test_not_applicable_metrics_are_na(image_folder, tmp_path, monkeypatch):
     from ssl_widgets.evaluate import driver
 
-    def coarse(model, name, *args, **kwargs):  # which cells are NA depends on the method, not on its stride
-        extra = {"strides": 16} if name == "conditional-occlusion" else {}
+    def coarse(model, name, *args, **kwargs):  # which cells are NA depends on the method, not on its cost
+        extra = {"conditional-occlusion": {"strides": 16}, "pixel-invariance": {"n_samples": 64}}.get(name, {})
         return explain_pair(model, name, *args, **kwargs, **extra)
 
     monkeypatch.setattr(driver, "explain_pair", coarse)
@@ -190,7 +222,7 @@ def test_ssl_widgets_evaluate_command_line_gives_the_in_process_table(run, image
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "ssl_widgets.cli", "evaluate", "--data", str(image_folder),
                "--model", "tiny-simclr", "--methods", "grad-cam", "--pairs", "1", "--seed", "0", "--out", str(out),
-               "--step", "448", "--sensitivity-samples", "2", "--no-progress"]
+               "--step", str(STEP), "--sensitivity-samples", "2", "--no-progress"]
     bad_command = [sys.executable, "-m", "ssl_widgets.cli", "evaluate", "--data", str(image_folder),
                    "--methods", "occlusion", "--out", str(tmp_path / "bad")]
     done, bad = run_processes([command, bad_command], subprocess_env())  # one fresh process each, side by side
@@ -220,7 +252,7 @@ def test_torchrun_two_processes_give_the_same_table(run, image_folder, tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "ssl_widgets.evaluate", "--data", str(image_folder), "--model", "tiny-simclr",
                "--methods", "grad-cam,input-x-gradient:guided", "--pairs", "3", "--seed", "0", "--out", str(sharded),
-               "--step", "448", "--sensitivity-samples", "2", "--no-progress"]
+               "--step", str(STEP), "--sensitivity-samples", "2", "--no-progress"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sharded / "table.md").read_text() == (single / "table.md").read_text()

@@ -228,13 +228,13 @@ def test_joint_click_can_be_cancelled(monkeypatch):
 def test_driver_runs_the_vit(image_folder, tmp_path, monkeypatch):
     from ssl_widgets.evaluate import driver
 
-    def coarse(model, name, *args, **kwargs):  # tiny settings: occlusion with a 16 px stride
+    def coarse(model, name, *args, **kwargs):  # tiny settings: occlusion with a 16 px stride, 8-step curves
         extra = {"strides": 16} if name == "conditional-occlusion" else {}
         return explain_pair(model, name, *args, **kwargs, **extra)
 
     monkeypatch.setattr(driver, "explain_pair", coarse)
     cfg = EvaluationConfig(data=str(image_folder), model=VIT, pairs=1, seed=0, out=str(tmp_path / "vit"),
-                           methods=["conditional-occlusion", "grad-cam", "interaction-cam"], step=448,
+                           methods=["conditional-occlusion", "grad-cam", "interaction-cam"], step=1568,
                            sensitivity_samples=1, show_progress=False)
     summary = evaluate(cfg)
     table = (tmp_path / "vit" / "table.md").read_text()

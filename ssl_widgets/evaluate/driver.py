@@ -35,6 +35,7 @@ from ..data import list_images, make_view
 from ..data.images import to_pil
 from ..explain import explain_pair
 from ..metrics import average_drop_increase, insertion_deletion, max_sensitivity
+from ..metrics.insertion_deletion import simultaneous_and_conditional
 from ..models import load_model
 from .settings import EvaluationSettings, SettingsMismatch, check_settings, files_fingerprint, weights_fingerprint
 from .table import duration_text, format_table, plot_curves, summarize
@@ -136,19 +137,21 @@ def _metrics_for(model, name: str, x1, x2, result, step: int, sensitivity_sample
     metrics: dict[str, float | None] = {}
     curves: dict[str, list[float]] = {}
     single = spec.kind == "single"  # one map (the image's own): only the conditional metrics
+    # conditional: each image perturbed with the other as the condition, the two directions averaged
+    directions = [(x1, x2, m1)] if single else [(x1, x2, m1), (x2, x1, m2)]
+    conditional = {}  # the conditional curves of the simultaneous pass (the same perturbed images)
     if "SI" in spec.metrics:  # the symmetric metrics: both images perturbed together
         for kind, key in (("insertion", "SI"), ("deletion", "SD")):
-            r = insertion_deletion(model, x1, x2, m1, m2, mode=kind, step=step)
+            r, *conditional[kind] = simultaneous_and_conditional(model, x1, x2, m1, m2, mode=kind, step=step)
             metrics[key] = float(r.score[0])
             curves[f"S-{kind}"] = [round(float(v), 5) for v in r.curve[0]]
         r = average_drop_increase(model, x1, x2, m1, m2)
         metrics["SAD"], metrics["SIC"] = float(r.drop[0]), float(r.increase[0])
     else:
         metrics.update(SI=None, SD=None, SAD=None, SIC=None)
-    # conditional: each image perturbed with the other as the condition, the two directions averaged
-    directions = [(x1, x2, m1)] if single else [(x1, x2, m1), (x2, x1, m2)]
     for kind, key in (("insertion", "CI"), ("deletion", "CD")):
-        runs = [insertion_deletion(model, a, b, m, mode=kind, step=step) for a, b, m in directions]
+        runs = (conditional[kind][:len(directions)] if kind in conditional else
+                [insertion_deletion(model, a, b, m, mode=kind, step=step) for a, b, m in directions])
         metrics[key] = sum(float(r.score[0]) for r in runs) / len(runs)
         curves[f"C-{kind}"] = [round(float(v), 5) for v in (sum(r.curve[0] for r in runs) / len(runs))]
     drops = [average_drop_increase(model, a, b, m) for a, b, m in directions]

@@ -7,19 +7,9 @@ and the ``test`` extra (playwright).
 """
 import functools
 import http.server
-import os
-import shutil
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -28,12 +18,10 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site_url(tmp_path_factory):
-    site = tmp_path_factory.mktemp("site")
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    assert build.returncode == 0, "mkdocs build --strict failed:\n" + build.stderr[-4000:]
+def site_url(browser_setups):
+    """The site built by ``mkdocs build --strict`` (begun in the background by tests/browser_setups.py), served on 127.0.0.1."""
+    build = browser_setups["docs"]
+    site = build.wait()
     handler = functools.partial(QuietHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -41,21 +29,18 @@ def site_url(tmp_path_factory):
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+    build.stop()
 
 
 @pytest.fixture(scope="module")
-def browser_page(site_url):
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_context(viewport={"width": 1300, "height": 1000}).new_page()
-        # the site must work offline: anything not served locally is refused
-        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
-                   else route.continue_())
-        yield page
-        browser.close()
+def browser_page(site_url, chromium):
+    context = chromium.new_context(viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    # the site must work offline: anything not served locally is refused
+    page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
+               else route.continue_())
+    yield page
+    context.close()
 
 
 def loaded_images(page) -> list[int]:

@@ -10,72 +10,19 @@ Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``.ci/run`` instal
 test's temporary folder).
 """
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def voila_url(tmp_path_factory):
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
-    port = free_port()
-    runtime = tmp_path_factory.mktemp("jupyter_runtime")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
-    log = open(runtime / "voila.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "voila", str(ROOT / "notebooks" / "00_quickstart.ipynb"), f"--port={port}",
-         "--no-browser", "--Voila.ip=127.0.0.1", "--VoilaConfiguration.file_allowlist=['.*']"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        raise RuntimeError("voila did not start:\n" + (runtime / "voila.log").read_text()[-3000:])
-    yield url
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def page(voila_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1300})
-        page = context.new_page()
-        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("http://127.0.0.1")
-                   else route.continue_())
-        page.goto(voila_url, timeout=120_000)
-        page.wait_for_selector("img.ssl-view", timeout=180_000)
-        yield page
-        browser.close()
+def page(browser_setups):
+    """The explorer's page, loaded (Voila and the page were started by ``browser_setups``, tests/browser_setups.py)."""
+    explorer = browser_setups["explorer"]
+    explorer.page.wait_for_selector("img.ssl-view", timeout=180_000)
+    yield explorer.page
+    explorer.stop()
 
 
 def screenshots() -> Path:
