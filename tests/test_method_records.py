@@ -59,10 +59,13 @@ def test_the_occlusion_tab_starts_at_the_records_defaults_and_range(size):
     """At 32 px the tab passed stride 2 where the CLI passes the record's 1: both read the record now."""
     from ssl_widgets.widgets.controls import OcclusionControls
 
+    from ssl_widgets.widgets.progressive import SMALL_INPUT, explorer_defaults
+
     spec = spec_for("conditional-occlusion")
     tab = OcclusionControls(size)
     name, settings = tab.request()
-    defaults = spec.default_settings(size)
+    # the shipped models' sizes start at the record's (the CLI's) settings; larger models at the explorer's budget
+    defaults = spec.default_settings(size) if size <= SMALL_INPUT else explorer_defaults(size).settings[name]
     assert name == "conditional-occlusion"
     assert (settings["sliding_window_shapes"], settings["strides"]) == (defaults["sliding_window_shapes"],
                                                                         defaults["strides"])

@@ -9,7 +9,6 @@ Tabs and plots see the explorer only through its public :class:`~ssl_widgets.wid
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections import OrderedDict
 from typing import Any
 
@@ -28,7 +27,7 @@ from .inputs import AUGMENTED, PairInputs
 from .jobs import Job, JobRunner
 from .joint_click import JointClickMixin
 from .plots import CurvePlot
-from .progressive import explorer_defaults
+from .progressive import explorer_defaults, run_progressively
 from .rendering import COLORMAPS, EXPLORER_STYLE, render_view, result_note
 
 __all__ = ["AUGMENTED", "Explorer"]
@@ -113,9 +112,8 @@ class Explorer(JointClickMixin, W.VBox):
         self.method_controls = build_method_controls(model.input_size, self.tabs, model.patch_size)
         for controls in self.method_controls:
             controls.bind(self.context)
-        self.method_tabs = W.Tab(children=[c.box for c in self.method_controls])
-        for i, controls in enumerate(self.method_controls):
-            self.method_tabs.set_title(i, controls.title)
+        self.method_tabs = W.Tab(children=[c.box for c in self.method_controls],
+                                 titles=[c.title for c in self.method_controls])
 
     def _build_display(self) -> None:
         self.opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
@@ -125,10 +123,8 @@ class Explorer(JointClickMixin, W.VBox):
         layout = dict(width=f"{self.display_size}px", min_width=f"{self.display_size}px")
         self.label1, self.label2 = W.HTML(_dom_classes=["ssl-image-label"]), W.HTML(_dom_classes=["ssl-image-label"])
         self.colour_bar1, self.colour_bar2 = W.HTML(), W.HTML()
-        self.view1 = W.Image(format="png", layout=W.Layout(**layout))
-        self.view2 = W.Image(format="png", layout=W.Layout(**layout))
-        self.view1.add_class("ssl-view")
-        self.view2.add_class("ssl-view")
+        self.view1, self.view2 = (W.Image(format="png", layout=W.Layout(**layout), _dom_classes=["ssl-view"])
+                                  for _ in range(2))
         self.similarity_label = W.HTML()
         self.curves = CurvePlot(self.context)
         self._attach_clicks()
@@ -141,8 +137,8 @@ class Explorer(JointClickMixin, W.VBox):
         for widget in recompute:
             widget.observe(self._on_change, names="value" if widget is not self.method_tabs else "selected_index")
         self.model_select.observe(self._on_model_change, names="value")
-        self.opacity.observe(lambda _: self._draw(), names="value")
-        self.colormap.observe(lambda _: self._draw(), names="value")
+        for display in (self.opacity, self.colormap):
+            display.observe(lambda _: self._draw(), names="value")
 
     @property
     def threaded(self) -> bool:
@@ -171,7 +167,6 @@ class Explorer(JointClickMixin, W.VBox):
                 return
         raise ValueError(f"no tab of this panel shows the method {name!r}")
 
-    # -- inputs -----------------------------------------------------------------------------------
     def _model(self) -> SSLModel:
         return self.context.model()
 
@@ -188,7 +183,6 @@ class Explorer(JointClickMixin, W.VBox):
     def _on_upload(self, change) -> None:
         self.inputs.on_upload(change)
 
-    # -- computation ------------------------------------------------------------------------------
     def _controls(self) -> MethodControls:
         return self.method_controls[self.method_tabs.selected_index or 0]
 
@@ -223,19 +217,16 @@ class Explorer(JointClickMixin, W.VBox):
                       threaded=(controls.slow or spec_for(name).slow) and self.threaded)
 
     def _compute(self, job: Job, key: tuple, name: str, settings: dict, x1, x2, controls: MethodControls):
-        """The maps of method ``name`` (a job of the runner), drawn progressively where it takes long: first
-        a quick call's maps where :func:`~ssl_widgets.widgets.progressive.explorer_defaults` plans one for
-        the model, then the method's own partial results (``on_partial``: occlusion's coarse preview,
-        SmoothGrad's running mean, integrated gradients' first image), then the refined maps."""
+        """The maps of method ``name`` (a job of the runner), drawn progressively (:func:`.progressive.run_progressively`)."""
         settings = dict(settings)
         settings.pop("transform", None)
         seed = settings.pop("seed", self.seed.value)
         model = self._model()
         plan = explorer_defaults(model.input_size, model.patch_size)
         spec = spec_for(name)
-        extra: dict[str, Any] = dict(plan.compute.get(spec.name, {}))
-        if isinstance(controls, OcclusionControls):
-            extra["evaluator"] = self.context.models.evaluator(model)  # reuses an unchanged image's copies
+        occlusion = isinstance(controls, OcclusionControls)  # keeps one evaluator: an unchanged image's copies reused
+        extra: dict[str, Any] = {**plan.compute.get(spec.name, {}), **({"evaluator": self.context.models.evaluator(model)}
+                                                                       if occlusion else {})}
 
         def show_partial(partial, note: str | None = None) -> None:  # image-size maps, in this job's thread
             if job.current:
@@ -248,16 +239,9 @@ class Explorer(JointClickMixin, W.VBox):
                                 generator=torch.Generator().manual_seed(int(seed)), on_progress=job.on_progress,
                                 **{**settings, **extra, **options})
 
-        quick = plan.coarse.get(spec.name)
-        if quick and any(settings.get(k) != v for k, v in quick.items()):
-            show_partial(call(**quick), "first frame: " + ", ".join(f"{k} {v}" for k, v in quick.items()))
-        if "on_partial" in inspect.signature(spec.cls.attribute).parameters and (
-                not isinstance(controls, OcclusionControls)
-                or settings.get("strides") < settings.get("sliding_window_shapes") // 2):
-            extra["on_partial"] = show_partial  # occlusion: a coarse frame from the refined call's own windows
-        result = call()
+        result = run_progressively(call, spec, settings, plan, show_partial, occlusion)
         self._cache[key] = result
-        while len(self._cache) > 32:
+        if len(self._cache) > 32:  # one entry added at a time
             self._cache.popitem(last=False)
         return result
 

@@ -1,13 +1,15 @@
 """The explorer's settings sized to the model (:func:`explorer_defaults`), in one place."""
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..attr.spec import spec_for
+from ..attr.spec import MethodSpec, spec_for
 from ..core import PAPER_INPUT_SIZE, PAPER_OCCLUSION_WINDOW
 
-__all__ = ["ExplorerDefaults", "explorer_defaults"]
+__all__ = ["ExplorerDefaults", "explorer_defaults", "run_progressively"]
 
 #: models up to this input size (the shipped tiny ones: 112 px) keep the tabs' historical defaults
 SMALL_INPUT = 128
@@ -108,3 +110,30 @@ def explorer_defaults(input_size: int, patch_size: int | None = None) -> Explore
                  "pairwise-occlusion": {"perturbations_per_eval": 6}},
         coarse={"conditional-occlusion": quick, "context-agnostic-occlusion": quick,
                 "averaged-transforms": {"steps": 2}, "pixel-invariance": {"n_samples": 10}})
+
+
+def run_progressively(call: Callable[..., Any], spec: MethodSpec, settings: dict[str, Any], plan: ExplorerDefaults,
+                      show_partial: Callable[..., None], occlusion_tab: bool) -> Any:
+    """The refined result of ``call(**options)`` (a method call with the tab's ``settings``), drawn progressively:
+    first the maps of the quick call ``plan`` has for the method (unless the settings are already that cheap),
+    then the method's own partial results (``on_partial``: occlusion's coarse preview where the stride is under
+    half the window, SmoothGrad's running mean, ...), each through ``show_partial(partial, note=None)``.
+
+    Args:
+        call: runs the method; keyword arguments override the tab's settings.
+        spec: the method's record.
+        settings: the tab's settings.
+        plan: :func:`explorer_defaults` of the model.
+        show_partial: draws a partial result.
+        occlusion_tab: the request comes from the occlusion tab.
+
+    Returns:
+        The refined result (what ``call()`` returns).
+    """
+    quick = plan.coarse.get(spec.name)
+    if quick and any(settings.get(k) != v for k, v in quick.items()):
+        show_partial(call(**quick), "first frame: " + ", ".join(f"{k} {v}" for k, v in quick.items()))
+    if "on_partial" in inspect.signature(spec.cls.attribute).parameters and (
+            not occlusion_tab or settings.get("strides") < settings.get("sliding_window_shapes") // 2):
+        return call(on_partial=show_partial)
+    return call()
