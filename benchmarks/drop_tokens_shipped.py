@@ -50,7 +50,7 @@ def main() -> None:
     rows = []
     for cls in (ConditionalOcclusion, ContextAgnosticOcclusion):
         method = cls(model)
-        calls = {fill: (lambda fill=fill: method.attribute((x1, x2), w, s, grid=True, fill=fill))
+        calls = {fill: (lambda fill=fill, method=method: method.attribute((x1, x2), w, s, grid=True, fill=fill))
                  for fill in ("pixels", "drop-tokens")}
         times: dict[str, list[float]] = {fill: [] for fill in calls}
         grids = {}
