@@ -13,12 +13,15 @@ from ssl_widgets.widgets.progressive import explorer_defaults
 
 
 def tiny(input_size):
+    torch.manual_seed(0)  # the same weights whatever ran before
     return build_tiny_model({"width": 8, "head_dims": [32, 16], "input_size": input_size}).eval()
 
 
 def close(actual, expected):
-    """Equal up to float rounding, relative to the map's scale (the maps of these random tiny models are ~1e-3)."""
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    """Equal up to float rounding: relative to the map's scale (the maps of these random tiny models are ~1e-3),
+    and at least 2e-7 absolute (occlusion maps are differences of cosine similarities near 1, each rounded to
+    ~6e-8 in float32; measured up to 6e-8 apart)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=max(1e-6 * float(expected.abs().max()), 2e-7))
 
 
 def recording(explorer):
@@ -86,7 +89,9 @@ def test_a_gradient_tab_draws_partial_results_then_the_refined_map_of_a_plain_ca
         early = plain(explorer, method, **{**settings, **first})
         for shown, expected in zip(partial_maps, early):
             close(shown, expected[0])
-        assert (partial_maps[0] - explorer.maps[0]).abs().max() > 0.01 * explorer.maps[0].abs().max()  # not yet refined
+        # not yet refined: 8 of 24 samples differ from the mean of 24 far beyond float rounding (1e-6 of the
+        # map; measured 1% to 10% of its largest value, blur on, over the weights of seeds 0 to 5)
+        assert (partial_maps[0] - explorer.maps[0]).abs().max() > 1e-4 * explorer.maps[0].abs().max()
     else:  # integrated gradients: image 1's map, image 2 not yet
         close(partial_maps[0], refined[0][0])
         assert partial_maps[1] is None
