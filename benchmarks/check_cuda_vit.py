@@ -30,6 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 import authors_loops
+from bench_methods import sync
 from bench_vit import build_vit_s16
 from check_cuda import RANDOM, checked, relative_difference
 
@@ -41,11 +42,6 @@ from ssl_widgets.explain import explain_pair
 EXPLORER_METHODS = ("conditional-occlusion", "context-agnostic-occlusion", "pairwise-occlusion", "interaction-cam:max",
                     "grad-cam", "smoothgrad", "integrated-gradients", "averaged-transforms", "pixel-invariance",
                     "cls-attention", "attention-rollout")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: str):

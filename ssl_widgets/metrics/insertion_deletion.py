@@ -68,8 +68,9 @@ def insertion_deletion(model: SSLModel, x1: torch.Tensor, x2: torch.Tensor, map1
     curves = []
     with preserved_model_state(model, requires_grad=False), torch.no_grad():
         images_n = [model.normalize(x1), model.normalize(x2)]
-        base = cosine(model.forward_normalized(images_n[0]), model.forward_normalized(images_n[1]))
-        z_cond = model.forward_normalized(images_n[1]) if map2 is None else None
+        intact = [model.forward_normalized(images_n[0]), model.forward_normalized(images_n[1])]
+        base = cosine(intact[0], intact[1])
+        z_cond = intact[1] if map2 is None else None
         for b in range(x1.shape[0]):
             z1 = _curve_embeddings(model, images_n[0][b], maps[0][b], mode, counts_all, steps_per_eval)
             if z_cond is not None:
