@@ -4,6 +4,7 @@ import pytest
 import torch
 from browser_setups import browser_setups, chromium  # noqa: F401 - the browser tests' shared fixtures
 from helpers import write_image_folder
+from notebook_runs import order_for_background_runs, session_runs
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
@@ -50,7 +51,21 @@ def _global_rng_restored():
 
 
 def pytest_collection_modifyitems(config, items):
-    """``SSL_WIDGETS_REVERSE_TESTS=1``: run the selected tests in reverse order (a check that none depends on another
+    """The tests that use one core run first, while the notebooks run in the background on the other (see
+    ``_notebook_runs_in_background``); then those marked ``both_cores``; the notebook tests last.
+    ``SSL_WIDGETS_REVERSE_TESTS=1``: each group runs in reverse order (a check that no test depends on another
     having run before it)."""
     if os.environ.get("SSL_WIDGETS_REVERSE_TESTS") == "1":
         items.reverse()
+    order_for_background_runs(items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _notebook_runs_in_background(request, tmp_path_factory):
+    """The notebooks that the selected notebook tests check start running at the first test, one at a time, each in
+    its own kernel (one torch thread): the other tests keep about one core busy, so the second core runs them.
+    ``None`` when no notebook test is selected."""
+    runs = session_runs(request.session.items, tmp_path_factory)
+    yield runs
+    if runs is not None:
+        runs.close()

@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from binder_environment import ROOT, execute_notebooks, prepare
 from test_notebooks import draws, png_outputs
 
+pytestmark = pytest.mark.both_cores  # two notebook kernels side by side: runs after the background notebooks (tests/conftest.py)
+
 SHIPPED = sorted(path.stem for path in (ROOT / "ssl_widgets" / "weights").glob("*.pt"))
 NOTEBOOKS = [ROOT / "notebooks" / "00_quickstart.ipynb", ROOT / "notebooks" / "14_cnn_vs_vit.ipynb"]
 

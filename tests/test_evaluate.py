@@ -21,6 +21,8 @@ from ssl_widgets.metrics import (
 )
 from ssl_widgets.models import load_model
 
+pytestmark = pytest.mark.both_cores  # torchrun's two processes, command-line runs side by side: runs after the background notebooks (tests/conftest.py)
+
 
 #: pixels per insertion/deletion step of these runs: 14 steps at 112 px (the curves are most of a run's time)
 STEP = 896

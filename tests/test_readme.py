@@ -2,6 +2,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.both_cores  # two explorers computing in threads: runs after the background notebooks (tests/conftest.py)
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

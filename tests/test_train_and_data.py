@@ -23,6 +23,8 @@ from ssl_widgets.models import load_model
 from ssl_widgets.train import TrainConfig, train
 from ssl_widgets.train.losses import barlow_twins_loss, nt_xent
 
+pytestmark = pytest.mark.both_cores  # training batches large enough for two threads, a command-line run: runs after the background notebooks (tests/conftest.py)
+
 
 def small_config(folder, out, method="simclr", epochs=2):
     return TrainConfig(method=method, data=str(folder), out=str(out), epochs=epochs, batch_size=4, image_size=32,

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+pytestmark = pytest.mark.both_cores  # a web server, Chromium and a kernel: runs after the background notebooks (tests/conftest.py)
+
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # no access log in the test output

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.both_cores  # Voila, its kernel and Chromium: runs after the background notebooks (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def page(browser_setups):

@@ -1,0 +1,79 @@
+"""The suite's own scheduling (tests/conftest.py, tests/notebook_runs.py): the tests that use one core run first,
+while the notebooks run in the background; the ``both_cores`` tests next; the notebook tests last. The background
+runs keep the environment they started with, give each key its own result and drop what has not started when the
+session stops early."""
+import threading
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+from notebook_runs import NOTEBOOK_FOLDER, NOTEBOOK_TESTS, NotebookRuns, order_for_background_runs, session_jobs
+
+
+class FakeItem:
+    def __init__(self, name: str, both_cores: bool = False, params: dict | None = None):
+        self.path, self.both_cores, self.name = Path("tests") / name.split("::")[0], both_cores, name
+        if params is not None:
+            self.callspec = type("CallSpec", (), {"params": params})()
+
+    def get_closest_marker(self, marker: str):
+        return object() if marker == "both_cores" and self.both_cores else None
+
+
+def test_one_core_tests_first_then_both_cores_then_notebooks_each_in_order():
+    items = [FakeItem(f"{NOTEBOOK_TESTS}::a"), FakeItem("test_x.py::b", both_cores=True), FakeItem("test_x.py::c"),
+             FakeItem(f"{NOTEBOOK_TESTS}::d"), FakeItem("test_y.py::e"), FakeItem("test_z.py::f", both_cores=True)]
+    order_for_background_runs(items)
+    assert [item.name.split("::")[1] for item in items] == ["c", "e", "b", "f", "a", "d"]
+
+
+def test_each_selected_notebook_is_one_job_and_a_classroom_run_also_gives_its_grade():
+    items = [FakeItem(f"{NOTEBOOK_TESTS}::run", params={"path": NOTEBOOK_FOLDER / "03_interaction_cam.ipynb"}),
+             FakeItem(f"{NOTEBOOK_TESTS}::run", params={"path": NOTEBOOK_FOLDER / "15_classroom_cam.ipynb"}),
+             FakeItem(f"{NOTEBOOK_TESTS}::grade", params={"name": "15_classroom_cam.ipynb"}),
+             FakeItem(f"{NOTEBOOK_TESTS}::grade", params={"name": "16_classroom_metrics.ipynb"}),
+             FakeItem(f"{NOTEBOOK_TESTS}::plain"),
+             FakeItem("test_x.py::other", params={"path": NOTEBOOK_FOLDER / "00_quickstart.ipynb"})]
+    keys = [job_keys for job_keys, _ in session_jobs(items, folders=None)]
+    assert keys == [("run 03_interaction_cam.ipynb",), ("run 15_classroom_cam.ipynb", "grade 15_classroom_cam.ipynb"),
+                    ("grade 16_classroom_metrics.ipynb",)]
+    assert session_jobs(items[-2:], folders=None) == []
+
+
+def test_runs_keep_their_environment_and_give_each_key_its_result(monkeypatch):
+    monkeypatch.setenv("SSL_WIDGETS_SUITE_ORDER_PROBE", "at the start")
+    release = threading.Event()
+
+    def first(kernels):
+        release.wait(30)
+        return kernels.env["SSL_WIDGETS_SUITE_ORDER_PROBE"], 2
+
+    def failing(kernels):
+        raise ValueError("this run broke")
+
+    runs = NotebookRuns([(("a", "b"), first), (("c",), failing), (("d",), lambda kernels: (4,))], folders=None)
+    monkeypatch.setenv("SSL_WIDGETS_SUITE_ORDER_PROBE", "changed by a test meanwhile")
+    release.set()
+    assert (runs.result("a"), runs.result("b")) == ("at the start", 2)  # a kernel gets the environment of the start
+    with pytest.raises(ValueError, match="this run broke"):
+        runs.result("c")
+    assert runs.result("d") == 4
+    runs.close()
+
+
+def test_close_lets_the_run_under_way_finish_and_drops_the_others():
+    started, release = threading.Event(), threading.Event()
+
+    def under_way(kernels):
+        started.set()
+        release.wait(30)
+        return (1,)
+
+    runs = NotebookRuns([(("x",), under_way), (("y", "z"), lambda kernels: (2, 3))], folders=None)
+    assert started.wait(30)
+    threading.Timer(0.2, release.set).start()
+    runs.close()
+    assert runs.result("x") == 1
+    for key in ("y", "z"):
+        with pytest.raises(CancelledError):
+            runs.result(key)
