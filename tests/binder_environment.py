@@ -221,6 +221,20 @@ def execute_notebooks(env: Path, notebooks: list[Path], folder: Path) -> dict[st
     return results
 
 
+#: the notebooks that tests/test_binder_environment.py runs in the Binder environment
+NOTEBOOKS = [ROOT / "notebooks" / "00_quickstart.ipynb", ROOT / "notebooks" / "14_cnn_vs_vit.ipynb"]
+
+
+def prepare_and_execute(folder: Path, root: Path = ROOT) -> tuple[tuple[Path, str, dict[str, str]], dict[str, object]]:
+    """:func:`prepare` (under the environment's lock), then :data:`NOTEBOOKS` run there by :func:`execute_notebooks`.
+
+    Returns:
+        ``(venv, postBuild's output, what postBuild added)`` and the executed notebooks by name
+    """
+    with prepare(root) as prepared:
+        return prepared, execute_notebooks(prepared[0], NOTEBOOKS, folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``build``: builds (or reuses) the cached environment and runs postBuild once; prints its path."""
     args = sys.argv[1:] if argv is None else argv

@@ -1,9 +1,9 @@
-"""What the browser tests (tests/browser/) share: one Chromium, and their two slow setups begun together.
+"""What the browser tests (tests/browser/) share: one Chromium, and their two slow setups begun early.
 
 The docs site's ``mkdocs build --strict`` and the Voila explorer's first render (a kernel that imports torch
-and runs the quickstart) each keep one core busy for 12-15 s. Begun one after the other (each module's own
-setup) they add up; :func:`browser_setups` begins both as soon as the first browser test needs either, so the
-second one is ready, or nearly, when its module starts. Only the setups of the modules selected for this run
+and runs the quickstart) each keep one core busy for 12-15 s. The docs build runs in the background from the
+first test of the session (tests/background_runs.py); :func:`browser_setups` begins the explorer as soon as the
+first browser test needs either, so that it is ready, or nearly, when its module starts. Only the setups of the modules selected for this run
 are begun; each module's fixtures wait for theirs and check them as before. The fixtures are tests/conftest.py's
 (a conftest.py in tests/browser/ would clash with it under ``--doctest-modules``: both import as ``conftest``).
 """
@@ -119,12 +119,13 @@ def chromium():
 
 @pytest.fixture(scope="session")
 def browser_setups(request, chromium, tmp_path_factory):
-    """``{"docs": DocsBuild, "explorer": VoilaExplorer}``, each begun here if a selected test needs it."""
+    """``{"docs": DocsBuild, "explorer": VoilaExplorer}``, each begun here (the docs build: at the first test of the
+    session) if a selected test needs it."""
     selected = {Path(str(item.fspath)).name for item in request.session.items}
     setups: dict[str, DocsBuild | VoilaExplorer] = {}
     try:
-        if "test_docs_site.py" in selected:
-            setups["docs"] = DocsBuild(tmp_path_factory.mktemp("site_build") / "site")
+        if "test_docs_site.py" in selected:  # built in the background from the first test (tests/background_runs.py)
+            setups["docs"] = request.getfixturevalue("_background_runs").result("docs site")
         if "test_explorer_in_browser.py" in selected:
             setups["explorer"] = VoilaExplorer(chromium, tmp_path_factory.mktemp("jupyter_runtime"))
         yield setups

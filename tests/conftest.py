@@ -4,7 +4,7 @@ import pytest
 import torch
 from browser_setups import browser_setups, chromium  # noqa: F401 - the browser tests' shared fixtures
 from helpers import write_image_folder
-from notebook_runs import order_for_background_runs, session_runs
+from background_runs import order_for_background_runs, session_runs
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
@@ -51,8 +51,8 @@ def _global_rng_restored():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that use one core run first, while the notebooks run in the background on the other (see
-    ``_notebook_runs_in_background``); then those marked ``both_cores``; the notebook tests last.
+    """The tests that use one core run first, while the background runs take the other (see
+    ``_background_runs``); then those marked ``both_cores``; the notebook tests and the Binder environment's last.
     ``SSL_WIDGETS_REVERSE_TESTS=1``: each group runs in reverse order (a check that no test depends on another
     having run before it)."""
     if os.environ.get("SSL_WIDGETS_REVERSE_TESTS") == "1":
@@ -61,10 +61,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _notebook_runs_in_background(request, tmp_path_factory):
-    """The notebooks that the selected notebook tests check start running at the first test, one at a time, each in
-    its own kernel (one torch thread): the other tests keep about one core busy, so the second core runs them.
-    ``None`` when no notebook test is selected."""
+def _background_runs(request, tmp_path_factory):
+    """What the selected tests of tests/test_notebooks.py, tests/browser/test_docs_site.py and
+    tests/test_binder_environment.py check (notebook runs, the docs build, the Binder environment's notebook runs)
+    starts at the first test, one job at a time at niceness 19 (one torch thread): the other tests keep about one
+    core busy, so the second core runs them. ``None`` when none is selected (tests/background_runs.py)."""
     runs = session_runs(request.session.items, tmp_path_factory)
     yield runs
     if runs is not None:

@@ -16,20 +16,17 @@ import pytest
 import ssl_widgets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from binder_environment import ROOT, execute_notebooks, prepare
+from binder_environment import NOTEBOOKS, ROOT
 from test_notebooks import draws, png_outputs
 
-pytestmark = pytest.mark.both_cores  # two notebook kernels side by side: runs after the background notebooks (tests/conftest.py)
-
 SHIPPED = sorted(path.stem for path in (ROOT / "ssl_widgets" / "weights").glob("*.pt"))
-NOTEBOOKS = [ROOT / "notebooks" / "00_quickstart.ipynb", ROOT / "notebooks" / "14_cnn_vs_vit.ipynb"]
 
 
 @pytest.fixture(scope="module")
-def binder_env():
-    """``(venv, postBuild's output, what postBuild installed beyond binder/requirements.txt)``."""
-    with prepare(ROOT) as prepared:
-        yield prepared
+def binder_env(_background_runs):
+    """``(venv, postBuild's output, what postBuild installed beyond binder/requirements.txt)``: prepared in the
+    background from the first test of the session (tests/background_runs.py), with the notebook runs below."""
+    return _background_runs.result("binder environment")[0]
 
 
 def test_postbuild_adds_nothing_that_binder_requirements_lack(binder_env):
@@ -58,9 +55,9 @@ def test_every_shipped_model_loads_in_the_binder_environment(binder_env):
 
 
 @pytest.fixture(scope="module")
-def executed(binder_env, tmp_path_factory):
+def executed(_background_runs):
     """Notebooks 00 and 14 run in the Binder environment, side by side (one kernel and one thread each)."""
-    return execute_notebooks(binder_env[0], NOTEBOOKS, tmp_path_factory.mktemp("binder-notebooks"))
+    return _background_runs.result("binder environment")[1]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])

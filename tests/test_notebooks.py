@@ -2,12 +2,12 @@
 cell that draws shows its figure (an ``image/png`` output), as a reader of the notebook would see it.
 
 The notebooks run in the background from the first test of the session, each in its own fresh kernel
-(``tests/notebook_runs.py``); these tests run last and check what the runs left."""
+(``tests/background_runs.py``); these tests run last and check what the runs left."""
 import re
 
 import nbformat
 import pytest
-from notebook_runs import CLASSROOM_ANSWERS, NOTEBOOK_FOLDER, classroom_text, execute
+from background_runs import CLASSROOM_ANSWERS, NOTEBOOK_FOLDER, classroom_text, execute
 
 NOTEBOOKS = sorted(NOTEBOOK_FOLDER.glob("*.ipynb"))
 
@@ -26,10 +26,10 @@ def png_outputs(cell) -> int:
 
 
 @pytest.fixture(scope="module")
-def notebook_runs(_notebook_runs_in_background):
+def notebook_runs(_background_runs):
     """The session's notebook runs (started in the background at the first test); from here on what is left
     runs two at a time."""
-    runs = _notebook_runs_in_background
+    runs = _background_runs
     runs.add_worker()
     return runs
 

@@ -1,13 +1,25 @@
-"""The suite's own scheduling (tests/conftest.py, tests/notebook_runs.py): the tests that use one core run first,
-while the notebooks run in the background; the ``both_cores`` tests next; the notebook tests last. The background
-runs keep the environment they started with, give each key its own result and drop what has not started when the
-session stops early."""
+"""The suite's own scheduling (tests/conftest.py, tests/background_runs.py): the tests that use one core run first,
+while the notebooks, the docs build and the Binder environment's runs go on in the background; the ``both_cores``
+tests next; the tests that check the background runs last. The background runs keep the environment they started
+with, run at a lower priority, give each key its own result and drop what has not started when the session stops
+early."""
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
-from notebook_runs import NOTEBOOK_FOLDER, NOTEBOOK_TESTS, NotebookRuns, order_for_background_runs, session_jobs
+from background_runs import (
+    BINDER_TESTS,
+    DOCS_TESTS,
+    NOTEBOOK_FOLDER,
+    NOTEBOOK_TESTS,
+    BackgroundRuns,
+    order_for_background_runs,
+    session_jobs,
+)
 
 
 class FakeItem:
@@ -20,11 +32,12 @@ class FakeItem:
         return object() if marker == "both_cores" and self.both_cores else None
 
 
-def test_one_core_tests_first_then_both_cores_then_notebooks_each_in_order():
-    items = [FakeItem(f"{NOTEBOOK_TESTS}::a"), FakeItem("test_x.py::b", both_cores=True), FakeItem("test_x.py::c"),
-             FakeItem(f"{NOTEBOOK_TESTS}::d"), FakeItem("test_y.py::e"), FakeItem("test_z.py::f", both_cores=True)]
+def test_one_core_tests_first_then_both_cores_then_notebooks_then_binder_each_in_order():
+    items = [FakeItem(f"{BINDER_TESTS}::g"), FakeItem(f"{NOTEBOOK_TESTS}::a"), FakeItem("test_x.py::b", both_cores=True),
+             FakeItem("test_x.py::c"), FakeItem(f"{NOTEBOOK_TESTS}::d"), FakeItem("test_y.py::e"),
+             FakeItem("test_z.py::f", both_cores=True), FakeItem(f"{BINDER_TESTS}::h")]
     order_for_background_runs(items)
-    assert [item.name.split("::")[1] for item in items] == ["c", "e", "b", "f", "a", "d"]
+    assert [item.name.split("::")[1] for item in items] == ["c", "e", "b", "f", "a", "d", "g", "h"]
 
 
 def test_each_selected_notebook_is_one_job_and_a_classroom_run_also_gives_its_grade():
@@ -38,6 +51,9 @@ def test_each_selected_notebook_is_one_job_and_a_classroom_run_also_gives_its_gr
     assert keys == [("run 03_interaction_cam.ipynb",), ("run 15_classroom_cam.ipynb", "grade 15_classroom_cam.ipynb"),
                     ("grade 16_classroom_metrics.ipynb",)]
     assert session_jobs(items[-2:], folders=None) == []
+    with_others = [FakeItem(f"{BINDER_TESTS}::x"), *items[:1], FakeItem(f"browser/{DOCS_TESTS}::y")]
+    assert [job_keys for job_keys, _ in session_jobs(with_others, folders=None)] == [
+        ("docs site",), ("run 03_interaction_cam.ipynb",), ("binder environment",)]
 
 
 def test_runs_keep_their_environment_and_give_each_key_its_result(monkeypatch):
@@ -51,7 +67,7 @@ def test_runs_keep_their_environment_and_give_each_key_its_result(monkeypatch):
     def failing(kernels):
         raise ValueError("this run broke")
 
-    runs = NotebookRuns([(("a", "b"), first), (("c",), failing), (("d",), lambda kernels: (4,))], folders=None)
+    runs = BackgroundRuns([(("a", "b"), first), (("c",), failing), (("d",), lambda kernels: (4,))], folders=None)
     monkeypatch.setenv("SSL_WIDGETS_SUITE_ORDER_PROBE", "changed by a test meanwhile")
     release.set()
     assert (runs.result("a"), runs.result("b")) == ("at the start", 2)  # a kernel gets the environment of the start
@@ -69,7 +85,7 @@ def test_close_lets_the_run_under_way_finish_and_drops_the_others():
         release.wait(30)
         return (1,)
 
-    runs = NotebookRuns([(("x",), under_way), (("y", "z"), lambda kernels: (2, 3))], folders=None)
+    runs = BackgroundRuns([(("x",), under_way), (("y", "z"), lambda kernels: (2, 3))], folders=None)
     assert started.wait(30)
     threading.Timer(0.2, release.set).start()
     runs.close()
@@ -77,3 +93,17 @@ def test_close_lets_the_run_under_way_finish_and_drops_the_others():
     for key in ("y", "z"):
         with pytest.raises(CancelledError):
             runs.result(key)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_runs_and_the_processes_they_start_run_at_a_lower_priority_than_the_tests():
+    def niceness(kernels):
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True,
+                               check=True)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child.stdout)
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runs = BackgroundRuns([(("thread", "child"), niceness)], folders=None)
+    assert (runs.result("thread"), runs.result("child")) == (19, 19)
+    runs.close()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the tests' own thread is untouched

@@ -1,10 +1,12 @@
-"""The notebook runs of ``tests/test_notebooks.py``: every selected notebook executed in its own fresh kernel, in
-the background from the start of the test session.
+"""What the suite runs in the background from its first test: the notebooks of ``tests/test_notebooks.py``
+(each in its own fresh kernel), the docs site's ``mkdocs build --strict`` (``tests/browser/test_docs_site.py``)
+and the Binder environment's notebook runs (``tests/test_binder_environment.py``), for the modules selected.
 
 The rest of the suite keeps about one core busy (small models: Python overhead, one thread in practice), so on a
-two-core machine the notebook kernels (one torch thread each) run on the other core while the other tests run;
-``tests/conftest.py`` starts one worker at the first test and puts the notebook tests last, and the notebook module
-adds a second worker for whatever is left when it starts. A notebook test waits for its run's result.
+two-core machine these runs (one torch thread each) take the other core while the other tests run.
+``tests/conftest.py`` starts one worker at the first test, at niceness 19, and orders the tests: those that use
+one core first, then those marked ``both_cores``, the notebook tests last (the notebook module adds a second worker
+for whatever is left when it starts). A test waits for its run's result.
 """
 import copy
 import os
@@ -15,11 +17,15 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import binder_environment
 import nbformat
+from browser_setups import DocsBuild
 from nbclient import NotebookClient
 
 NOTEBOOK_FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_TESTS = "test_notebooks.py"
+DOCS_TESTS = "test_docs_site.py"
+BINDER_TESTS = "test_binder_environment.py"
 
 
 def execute(nb, tmp_path, kernels=None) -> None:
@@ -51,8 +57,8 @@ class FreshKernels:
                "    _importlib.import_module(_name)\n"
                "del _importlib, _name")
 
-    def __init__(self, folders, more: Callable[[], bool], env: dict[str, str], nice: int = 0):
-        self.folders, self.more, self.env, self.nice, self.spare = folders, more, env, nice, None
+    def __init__(self, folders, more: Callable[[], bool], env: dict[str, str]):
+        self.folders, self.more, self.env, self.spare = folders, more, env, None
 
     def _start(self):
         from jupyter_client import AsyncKernelManager, BlockingKernelClient
@@ -62,9 +68,6 @@ class FreshKernels:
         folder = self.folders.mktemp("kernel")
         with open(folder / "kernel.log", "w") as log:  # not the terminal: a kernel may start between two tests
             run_sync(manager.start_kernel)(cwd=str(folder), stdout=log, stderr=log, env=self.env)
-        if self.nice and manager.provisioner is not None and getattr(manager.provisioner, "pgid", None):
-            # the kernel's process group (its own session): its threads and the ones they start
-            os.setpriority(os.PRIO_PGRP, manager.provisioner.pgid, self.nice)
         client = BlockingKernelClient()
         client.load_connection_info(manager.get_connection_info())
         client.hb_channel.time_to_dead = 60.0  # a busy machine delays heartbeats by seconds: not a dead kernel
@@ -99,19 +102,21 @@ class FreshKernels:
             self.spare = None
 
 
-#: a run in a kernel of the given :class:`FreshKernels`: returns one result for each key of its job
+#: a run (given the worker's :class:`FreshKernels`, for the runs that need a kernel): one result for each key of
+#: its job
 Job = Callable[["FreshKernels"], tuple[Any, ...]]
 
 
-class NotebookRuns:
-    """Notebook runs in worker threads, each run in its own fresh kernel; a test waits for its run's result.
+class BackgroundRuns:
+    """Runs in worker threads, one job at a time each, in order; a test waits for its run's result.
 
     Every notebook computes with one thread (its ``THREADS = 1`` parameter). Each worker thread has its own
     :class:`FreshKernels` (its kernels are started and used on that thread's event loop); :meth:`add_worker` starts
     another. Kernels get the environment of the moment the runs were created (a test's ``monkeypatch.setenv`` in
-    the meantime does not reach them) and the niceness ``nice`` (19 by default: the tests that run meanwhile get
-    the cores they ask for; the runs take what is left). A run's exception is raised in the test that asks for its
-    result.
+    the meantime does not reach them). A worker thread runs at niceness ``nice`` (19 by default: the tests that run
+    meanwhile get the cores they ask for; the runs take what is left), and so do the processes it starts (kernels,
+    builds: on Linux a new process inherits its parent thread's niceness). A run's exception is raised in the tests
+    that ask for its results.
     """
 
     def __init__(self, jobs: list[tuple[tuple[str, ...], Job]], folders, workers: int = 1, nice: int = 19):
@@ -127,7 +132,7 @@ class NotebookRuns:
         with self._lock:
             if not self._waiting:
                 return
-            thread = threading.Thread(target=self._work, daemon=True, name=f"notebook-runs-{len(self._threads)}")
+            thread = threading.Thread(target=self._work, daemon=True, name=f"background-runs-{len(self._threads)}")
             self._threads.append(thread)
         thread.start()
 
@@ -140,7 +145,12 @@ class NotebookRuns:
             return bool(self._waiting)
 
     def _work(self) -> None:
-        kernels = FreshKernels(self.folders, self._more, self._env, self._nice)
+        if self._nice and hasattr(os, "setpriority"):
+            try:  # this thread only (Linux): the tests keep their priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            except OSError:
+                pass
+        kernels = FreshKernels(self.folders, self._more, self._env)
         try:
             while (job := self._next()) is not None:
                 keys, run = job
@@ -234,17 +244,19 @@ def _is_panel(source: str) -> bool:
     return bool(re.search(r"\b\w*Panel\(|\bExplorer\(", source))
 
 
-def session_runs(items, folders) -> NotebookRuns | None:
-    """The runs that the selected notebook tests will ask for (see :func:`session_jobs`), started now, one at a
-    time; ``None`` when no notebook test is selected."""
+def session_runs(items, folders) -> BackgroundRuns | None:
+    """The runs that the selected tests will ask for (see :func:`session_jobs`), started now, one at a time;
+    ``None`` when none is selected."""
     jobs = session_jobs(items, folders)
-    return NotebookRuns(jobs, folders) if jobs else None
+    return BackgroundRuns(jobs, folders) if jobs else None
 
 
 def session_jobs(items, folders) -> list[tuple[tuple[str, ...], Job]]:
-    """One job per notebook that the selected notebook tests check, in their order. Keys: ``run NAME.ipynb`` (the
-    notebook run top to bottom) and ``grade NAME.ipynb`` (the texts of :func:`run_and_grade`); a classroom
-    notebook's run gives both."""
+    """The jobs of the selected tests: ``docs site`` (a finished :class:`browser_setups.DocsBuild`) first; one job
+    per notebook that the selected notebook tests check, in their order, keyed ``run NAME.ipynb`` (the notebook run
+    top to bottom) and ``grade NAME.ipynb`` (the texts of :func:`run_and_grade`; a classroom notebook's run gives
+    both); ``binder environment`` last (:func:`binder_environment.prepare_and_execute`: it may build the
+    environment, minutes)."""
     wanted: dict[Path, set[str]] = {}  # in the order of the tests
     for item in items:
         if item.path.name != NOTEBOOK_TESTS or not hasattr(item, "callspec"):
@@ -265,11 +277,24 @@ def session_jobs(items, folders) -> list[tuple[tuple[str, ...], Job]]:
             keys, job = (f"run {path.name}",), lambda kernels, path=path: (run_notebook(path, folders.mktemp("run"),
                                                                                          kernels),)
         jobs.append((keys, job))
+    modules = {item.path.name for item in items}
+    if DOCS_TESTS in modules:
+        jobs.insert(0, (("docs site",), lambda kernels: (_finished_docs_build(folders),)))
+    if BINDER_TESTS in modules:
+        jobs.append((("binder environment",), lambda kernels: (binder_environment.prepare_and_execute(
+            folders.mktemp("binder-notebooks")),)))
     return jobs
 
 
+def _finished_docs_build(folders) -> DocsBuild:
+    build = DocsBuild(folders.mktemp("site_build") / "site")
+    build.process.wait(timeout=600)
+    return build
+
+
 def order_for_background_runs(items: list) -> None:
-    """Puts the tests that keep both cores busy themselves (marked ``both_cores``) after the others, and the notebook
-    tests last, each group in its order: the background runs then share the machine with tests that use one core."""
-    items.sort(key=lambda item: 2 if item.path.name == NOTEBOOK_TESTS else int(item.get_closest_marker("both_cores")
-                                                                                is not None))  # a stable sort
+    """Puts the tests that keep both cores busy themselves (marked ``both_cores``) after the others, then the notebook
+    tests, the Binder environment's last, each group in its order (a stable sort): the background runs share the
+    machine with tests that use one core, and the tests that check them come when they are done."""
+    last = {NOTEBOOK_TESTS: 2, BINDER_TESTS: 3}  # the tests that check the background runs
+    items.sort(key=lambda item: last.get(item.path.name, int(item.get_closest_marker("both_cores") is not None)))
