@@ -4,7 +4,7 @@ and the Binder environment's notebook runs (``tests/test_binder_environment.py``
 
 The rest of the suite keeps about one core busy (small models: Python overhead, one thread in practice), so on a
 two-core machine these runs (one torch thread each) take the other core while the other tests run.
-``tests/conftest.py`` starts one worker at the first test, at niceness 19, and orders the tests: those that use
+``tests/conftest.py`` starts one worker at the first test, 10 steps nicer than the tests, and orders the tests: those that use
 one core first, then those marked ``both_cores``, the notebook tests last (the notebook module adds a second worker
 for whatever is left when it starts). A test waits for its run's result.
 """
@@ -113,26 +113,27 @@ class BackgroundRuns:
     Every notebook computes with one thread (its ``THREADS = 1`` parameter). Each worker thread has its own
     :class:`FreshKernels` (its kernels are started and used on that thread's event loop); :meth:`add_worker` starts
     another. Kernels get the environment of the moment the runs were created (a test's ``monkeypatch.setenv`` in
-    the meantime does not reach them). A worker thread runs at niceness ``nice`` (19 by default: the tests that run
-    meanwhile get the cores they ask for; the runs take what is left), and so do the processes it starts (kernels,
-    builds: on Linux a new process inherits its parent thread's niceness). A run's exception is raised in the tests
-    that ask for its results.
+    the meantime does not reach them). The first worker thread runs ``nice`` steps nicer than the tests (10 by
+    default: the tests that run meanwhile get most of a contended core; not 19, under which a kernel on a machine
+    that other users keep busy gets ~1.5% of a core and its cells time out), and so do the processes it starts
+    (kernels, builds: on Linux a new process inherits its parent thread's niceness). A run's exception is raised
+    in the tests that ask for its results.
     """
 
-    def __init__(self, jobs: list[tuple[tuple[str, ...], Job]], folders, workers: int = 1, nice: int = 19):
-        self.folders, self._lock, self._env, self._nice = folders, threading.Lock(), dict(os.environ), nice
+    def __init__(self, jobs: list[tuple[tuple[str, ...], Job]], folders, nice: int = 10):
+        self.folders, self._lock, self._env = folders, threading.Lock(), dict(os.environ)
         self._waiting = list(jobs)  # in the order of the tests
         self._results: dict[str, Future] = {key: Future() for keys, _ in jobs for key in keys}
         self._threads: list[threading.Thread] = []
-        for _ in range(workers):
-            self.add_worker()
+        self.add_worker(nice)
 
-    def add_worker(self) -> None:
-        """One more run at a time, while runs are waiting."""
+    def add_worker(self, nice: int = 0) -> None:
+        """One more run at a time, while runs are waiting, at niceness ``nice`` (0: the caller's)."""
         with self._lock:
             if not self._waiting:
                 return
-            thread = threading.Thread(target=self._work, daemon=True, name=f"background-runs-{len(self._threads)}")
+            thread = threading.Thread(target=self._work, args=(nice,), daemon=True,
+                                      name=f"background-runs-{len(self._threads)}")
             self._threads.append(thread)
         thread.start()
 
@@ -144,10 +145,11 @@ class BackgroundRuns:
         with self._lock:
             return bool(self._waiting)
 
-    def _work(self) -> None:
-        if self._nice and hasattr(os, "setpriority"):
+    def _work(self, nice: int) -> None:
+        if nice and hasattr(os, "setpriority"):
             try:  # this thread only (Linux): the tests keep their priority
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                               os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
             except OSError:
                 pass
         kernels = FreshKernels(self.folders, self._more, self._env)

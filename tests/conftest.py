@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config, items):
 def _background_runs(request, tmp_path_factory):
     """What the selected tests of tests/test_notebooks.py, tests/browser/test_docs_site.py and
     tests/test_binder_environment.py check (notebook runs, the docs build, the Binder environment's notebook runs)
-    starts at the first test, one job at a time at niceness 19 (one torch thread): the other tests keep about one
+    starts at the first test, one job at a time at a lower priority (one torch thread): the other tests keep about one
     core busy, so the second core runs them. ``None`` when none is selected (tests/background_runs.py)."""
     runs = session_runs(request.session.items, tmp_path_factory)
     yield runs
