@@ -198,8 +198,13 @@ def test_dino_r50_backbone_file_and_wrong_layouts(tmp_path):
         load_model("dino-r50", weights=barlow)
     broken = tmp_path / "broken_head.pth"
     torch.save({"teacher": {"backbone." + k: v for k, v in trunk.state_dict().items()}
-                | {"head.mlp.0.weight": torch.zeros(4, 2048)}}, broken)
+                | {"head.mlp.0.weight": torch.zeros(4, 2048), "head.mlp.0.bias": torch.zeros(4)}}, broken)
     with pytest.raises(CheckpointError, match="no last layer"):
+        load_model("dino-r50", weights=broken)
+    # DINO's head Linears all have a bias: one without is a damaged file, not a bias-free layer
+    torch.save({"teacher": {"backbone." + k: v for k, v in trunk.state_dict().items()}
+                | {"head.mlp.0.weight": torch.zeros(4, 2048), "head.last_layer.weight": torch.zeros(8, 4)}}, broken)
+    with pytest.raises(CheckpointError, match=r"'head\.mlp\.0\.weight' has no 'head\.mlp\.0\.bias'"):
         load_model("dino-r50", weights=broken)
 
 

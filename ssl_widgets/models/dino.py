@@ -115,6 +115,14 @@ def _head_tensor(state: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
     return value
 
 
+def _require_bias(mlp_state: Mapping[str, Any], prefix: str) -> None:
+    """DINO's head builds every ``mlp`` Linear with a bias: a weight without one is a damaged file (built
+    bias-free it would load, and give another model's embeddings)."""
+    if f"{prefix}bias" not in mlp_state:
+        raise CheckpointError(f"DINO head: 'head.mlp.{prefix}weight' has no 'head.mlp.{prefix}bias' (missing key; "
+                              f"every Linear of DINO's head has a bias)")
+
+
 def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) -> CheckpointDINOHead:
     """Build a :class:`CheckpointDINOHead` whose layout (depth, widths, BatchNorm) follows the state dict ``head.*``
     keys (prefix removed), check that its widths chain, and load it.
@@ -135,7 +143,8 @@ def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) ->
         raise CheckpointError(f"DINO head: expected 'mlp.*' keys, found {sorted(state)[:6]}")
     if "weight" in mlp_state:  # nlayers=1: mlp is a single Linear
         w = _head_tensor(mlp_state, "weight", 2)
-        mlp: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in mlp_state)
+        _require_bias(mlp_state, "")
+        mlp: nn.Module = nn.Linear(w.shape[1], w.shape[0])
         linears = [w]
     else:
         if bad := sorted(k for k in mlp_state if not k.split(".")[0].isdigit()):
@@ -147,7 +156,8 @@ def dino_head_from_state(state: Mapping[str, Any], in_dim: int | None = None) ->
         for i in range(indices[-1] + 1):
             w = mlp_state.get(f"{i}.weight")
             if isinstance(w, torch.Tensor) and w.dim() == 2:
-                layers.append(nn.Linear(w.shape[1], w.shape[0], bias=f"{i}.bias" in mlp_state))
+                _require_bias(mlp_state, f"{i}.")
+                layers.append(nn.Linear(w.shape[1], w.shape[0]))
                 linears.append(w)
             elif f"{i}.running_mean" in mlp_state:
                 layers.append(nn.BatchNorm1d(_head_tensor(mlp_state, f"{i}.running_mean", 1).shape[0]))
