@@ -21,6 +21,7 @@ from ssl_widgets.attr.applicability import not_applicable
 from ssl_widgets.attr.spec import listed_names
 from ssl_widgets.explain import explain_pair
 from ssl_widgets.models import CheckpointError, SSLModel, from_transformers, load_model
+from ssl_widgets.models.hf import SUPPORTED
 from ssl_widgets.models.position_rules import DINO_RULE
 
 SMALL = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
@@ -159,6 +160,43 @@ def test_a_saved_folder_loads_offline_and_a_missing_one_says_what_to_download(tm
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match=r"huggingface-cli download .*no-such-folder.*hf:FOLDER"):
         load_model(f"hf:{tmp_path / 'no-such-folder'}")
+
+
+def test_every_supported_transformers_class_has_a_tiny_example():
+    """A class added to ``SUPPORTED`` is covered by the parametrised tests here once it has an example in MODELS."""
+    assert set(MODELS) == set(SUPPORTED)
+
+
+def damaged_copies(state: dict[str, torch.Tensor]):
+    """``(description, key the message must name, damaged state)``: the largest and the last (alphabetically: the
+    final layer norm) weight of the embedding, each removed, joined by an unexpected sibling, and given one more row."""
+    used = [k for k in sorted(state) if not k.startswith(("pooler.", "embeddings.mask_token"))]
+    for key in dict.fromkeys([max(used, key=lambda k: state[k].numel()), used[-1]]):
+        extra = key.rsplit(".", 1)[0] + ".extra_weight"
+        yield f"{key} removed", key, {k: v for k, v in state.items() if k != key}
+        yield f"{extra} added", extra, dict(state, **{extra: torch.zeros(1)})
+        yield f"{key} reshaped", key, dict(state, **{key: torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])})
+
+
+@pytest.mark.parametrize("kind", list(SUPPORTED))
+def test_a_saved_folder_with_a_missing_extra_or_reshaped_weight_is_refused_by_name(tmp_path, kind):
+    """transformers' from_pretrained only logs missing weights (and initialises them at random: another model's
+    maps), and unexpected ones; ``hf:FOLDER`` refuses both, and other shapes, naming the key."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / kind
+    MODELS[kind].save_pretrained(folder)
+    file = folder / "model.safetensors"
+    state = load_file(file)
+    model = load_model(f"hf:{folder}")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf_embedding(MODELS[kind], model.normalize(x)), rtol=1e-5, atol=1e-5)
+    for what, key, broken in damaged_copies(state):
+        save_file(broken, file, metadata={"format": "pt"})
+        with pytest.raises(CheckpointError) as refused:
+            load_model(f"hf:{folder}")
+        assert key in str(refused.value), f"{kind}, {what}: {refused.value}"
 
 
 def test_an_unknown_variant_is_named(tmp_path):

@@ -32,10 +32,15 @@ from .converters import CheckpointError, dinov2_to_timm_layout
 from .position_rules import HF_RULE, REGISTERS_RULE, PositionRule, ReferenceViT
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SUPPORTED", "load_pretrained", "transformers_parts"]
+__all__ = ["SUPPORTED", "load_pretrained", "refuse_incomplete_weights", "transformers_parts"]
 
 #: transformers classes understood here -> the attribute of a task model (``*ForImageClassification``) holding one.
 SUPPORTED = {"Dinov2Model": "dinov2", "Dinov2WithRegistersModel": "dinov2_with_registers", "ViTModel": "vit"}
+
+#: weights a file may lack without changing the embedding: ViTModel's tanh pooler, the masked-modelling token
+_NOT_IN_THE_EMBEDDING = ("pooler.", "embeddings.mask_token")
+#: the base model's own modules (an unexpected key elsewhere, e.g. a task head's ``classifier.*``, is not loaded)
+_BASE_MODEL_PARTS = ("embeddings.", "encoder.", "layers.", "layernorm.")
 
 _INSTALL = 'Hugging Face models need transformers: pip install "ssl-widgets[hf]" (or pip install transformers)'
 
@@ -163,6 +168,8 @@ def load_pretrained(name_or_path: str | os.PathLike) -> nn.Module:
         ModuleNotFoundError: transformers is not installed (the message says how to install it).
         FileNotFoundError: the weights are neither in Hugging Face's cache nor downloadable; the
             message says what to download and where to put it.
+        CheckpointError: the file lacks weights of the embedding, holds unexpected ones in the base model, or
+            tensors of another shape (:func:`refuse_incomplete_weights`).
     """
     try:
         from transformers import AutoModel
@@ -170,7 +177,11 @@ def load_pretrained(name_or_path: str | os.PathLike) -> nn.Module:
         raise ModuleNotFoundError(_INSTALL) from error
     source = str(name_or_path)
     try:
-        hf_model = AutoModel.from_pretrained(source)
+        # tensors of another shape come back in `loading` (named) instead of a RuntimeError that names no key
+        hf_model, loading = AutoModel.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
+    except RuntimeError as error:  # any other refusal of the weights by transformers
+        raise CheckpointError(f"the weights of the transformers model {source!r} do not match its config: "
+                              f"{' '.join(str(error).split())[:400]}") from error
     except OSError as error:
         folder = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
         raise FileNotFoundError(
@@ -178,4 +189,30 @@ def load_pretrained(name_or_path: str | os.PathLike) -> nn.Module:
             f"machine with network access (huggingface-cli download {source}, which fills {folder}), or save it "
             f"there with model.save_pretrained(FOLDER) and pass hf:FOLDER."
         ) from error
+    refuse_incomplete_weights(source, loading)
     return hf_model.eval()
+
+
+def refuse_incomplete_weights(source: str, loading: Mapping[str, Any]) -> None:
+    """Refuse what ``from_pretrained`` only logs: weights of the embedding missing from the file (transformers
+    initialises them at random: the maps would be of another model), unexpected weights inside the base model
+    (a variant this converter does not know) and tensors of another shape.
+
+    Args:
+        source: the hub name or folder (for the message).
+        loading: ``from_pretrained(..., output_loading_info=True)``'s second value.
+
+    Raises:
+        CheckpointError: naming the keys.
+    """
+    def named(key: Any) -> str:  # mismatched keys come as (key, shape in file, shape in model)
+        return str(key[0] if isinstance(key, tuple) else key)
+
+    found = {
+        "missing keys (transformers would initialise them at random)":
+            [k for k in map(named, loading.get("missing_keys", ())) if not k.startswith(_NOT_IN_THE_EMBEDDING)],
+        "unexpected keys": [k for k in map(named, loading.get("unexpected_keys", ())) if k.startswith(_BASE_MODEL_PARTS)],
+        "keys of another shape": list(map(named, loading.get("mismatched_keys", ()))),
+    }
+    if problems := [f"{what}: {keys[:4]}" for what, keys in found.items() if keys]:
+        raise CheckpointError(f"the weights of the transformers model {source!r} do not match it: " + "; ".join(problems))
