@@ -1,18 +1,21 @@
 """What the suite runs in the background from its first test: the notebooks of ``tests/test_notebooks.py``
-(each in its own fresh kernel), the docs site's ``mkdocs build --strict`` (``tests/browser/test_docs_site.py``)
-and the Binder environment's notebook runs (``tests/test_binder_environment.py``), for the modules selected.
+(each in its own fresh kernel), the docs site's ``mkdocs build --strict`` (``tests/browser/test_docs_site.py``),
+the commands of the tests marked ``background_process`` (a fresh Python process each, whose output the test checks)
+and the Binder environment's notebook runs (``tests/test_binder_environment.py``), for the tests selected.
 
 The rest of the suite keeps about one core busy (small models: Python overhead, one thread in practice), so on a
 two-core machine these runs (one torch thread each) take the other core while the other tests run.
-``tests/conftest.py`` starts one worker at the first test, 10 steps nicer than the tests, and orders the tests: those that use
-one core first, then those marked ``both_cores``, the notebook tests last (the notebook module adds a second worker
-for whatever is left when it starts). A test waits for its run's result.
+``tests/conftest.py`` starts one worker at the first test, 10 steps nicer than the tests, and orders the tests: those
+that use one core first, then those marked ``background_process``, then ``both_cores``, the notebook tests and the
+Binder environment's last (the notebook module adds a second worker for whatever is left when it starts). A test
+waits for its run's result.
 """
 import copy
 import os
 import re
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ NOTEBOOK_FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_TESTS = "test_notebooks.py"
 DOCS_TESTS = "test_docs_site.py"
 BINDER_TESTS = "test_binder_environment.py"
+#: ``@pytest.mark.background_process(argv, env=..., cwd=..., timeout=...)``: the test's command runs in the background
+#: (see :func:`run_marked_process`); the test takes the finished run from the ``background_process`` fixture
+PROCESS_MARKER = "background_process"
 
 
 def execute(nb, tmp_path, kernels=None) -> None:
@@ -170,6 +176,9 @@ class BackgroundRuns:
     def result(self, key: str):
         return self._results[key].result(timeout=1800)
 
+    def scheduled(self, key: str) -> bool:
+        return key in self._results
+
     def close(self) -> None:
         """Runs not started are dropped (a session stopped early); the ones under way finish."""
         with self._lock:
@@ -242,6 +251,21 @@ def run_and_grade(path: Path, folder: Path, kernels: FreshKernels) -> tuple[Any,
     return first, (texts[0], texts[1])
 
 
+def process_key(item) -> str:
+    """The background run's key of a test marked ``background_process``."""
+    return f"process {item.nodeid}"
+
+
+def run_marked_process(item, folder: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess:
+    """The command of ``item``'s ``background_process`` marker run to its end, output captured as text: ``argv`` (the
+    marker's argument) in ``cwd`` (default ``folder``, an empty folder) with ``env`` (default none) added to ``env``,
+    within ``timeout`` seconds (default 300)."""
+    marker = item.get_closest_marker(PROCESS_MARKER)
+    options = marker.kwargs
+    return subprocess.run(list(marker.args[0]), capture_output=True, text=True, timeout=options.get("timeout", 300),
+                          cwd=options.get("cwd", folder), env={**env, **options.get("env", {})}, check=False)
+
+
 def _is_panel(source: str) -> bool:
     return bool(re.search(r"\b\w*Panel\(|\bExplorer\(", source))
 
@@ -257,7 +281,8 @@ def session_jobs(items, folders) -> list[tuple[tuple[str, ...], Job]]:
     """The jobs of the selected tests: ``docs site`` (a finished :class:`browser_setups.DocsBuild`) first; one job
     per notebook that the selected notebook tests check, in their order, keyed ``run NAME.ipynb`` (the notebook run
     top to bottom) and ``grade NAME.ipynb`` (the texts of :func:`run_and_grade`; a classroom notebook's run gives
-    both); ``binder environment`` last (:func:`binder_environment.prepare_and_execute`: it may build the
+    both); ``process NODEID`` for each test marked ``background_process`` (:func:`run_marked_process`), in their
+    order; ``binder environment`` last (:func:`binder_environment.prepare_and_execute`: it may build the
     environment, minutes)."""
     wanted: dict[Path, set[str]] = {}  # in the order of the tests
     for item in items:
@@ -279,6 +304,10 @@ def session_jobs(items, folders) -> list[tuple[tuple[str, ...], Job]]:
             keys, job = (f"run {path.name}",), lambda kernels, path=path: (run_notebook(path, folders.mktemp("run"),
                                                                                          kernels),)
         jobs.append((keys, job))
+    for item in items:
+        if item.get_closest_marker(PROCESS_MARKER) is not None:
+            jobs.append(((process_key(item),), lambda kernels, item=item: (run_marked_process(
+                item, folders.mktemp("process"), kernels.env),)))
     modules = {item.path.name for item in items}
     if DOCS_TESTS in modules:
         jobs.insert(0, (("docs site",), lambda kernels: (_finished_docs_build(folders),)))
@@ -295,8 +324,17 @@ def _finished_docs_build(folders) -> DocsBuild:
 
 
 def order_for_background_runs(items: list) -> None:
-    """Puts the tests that keep both cores busy themselves (marked ``both_cores``) after the others, then the notebook
-    tests, the Binder environment's last, each group in its order (a stable sort): the background runs share the
-    machine with tests that use one core, and the tests that check them come when they are done."""
-    last = {NOTEBOOK_TESTS: 2, BINDER_TESTS: 3}  # the tests that check the background runs
-    items.sort(key=lambda item: last.get(item.path.name, int(item.get_closest_marker("both_cores") is not None)))
+    """Puts the tests that check a ``background_process`` after those that use one core, then the tests that keep
+    both cores busy themselves (marked ``both_cores``), then the notebook tests, the Binder environment's last, each
+    group in its order (a stable sort): the background runs share the machine with tests that use one core, and the
+    tests that check them come when they are done."""
+    last = {NOTEBOOK_TESTS: 3, BINDER_TESTS: 4}  # the tests that check the background runs
+
+    def group(item) -> int:
+        if item.path.name in last:
+            return last[item.path.name]
+        if item.get_closest_marker(PROCESS_MARKER) is not None:
+            return 1
+        return 2 if item.get_closest_marker("both_cores") is not None else 0
+
+    items.sort(key=group)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from browser_setups import browser_setups, chromium  # noqa: F401 - the browser tests' shared fixtures
 from helpers import write_image_folder
-from background_runs import order_for_background_runs, session_runs
+from background_runs import PROCESS_MARKER, order_for_background_runs, process_key, run_marked_process, session_runs
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
@@ -50,9 +50,16 @@ def _global_rng_restored():
         yield
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"{PROCESS_MARKER}(argv, env=None, cwd=None, timeout=300): the test checks the output of this "
+        "command, which runs in a fresh process in the background while the tests before it run (tests/background_runs.py)")
+
+
 def pytest_collection_modifyitems(config, items):
     """The tests that use one core run first, while the background runs take the other (see
-    ``_background_runs``); then those marked ``both_cores``; the notebook tests and the Binder environment's last.
+    ``_background_runs``); then those marked ``background_process``, then ``both_cores``; the notebook tests and the
+    Binder environment's last.
     ``SSL_WIDGETS_REVERSE_TESTS=1``: each group runs in reverse order (a check that no test depends on another
     having run before it)."""
     if os.environ.get("SSL_WIDGETS_REVERSE_TESTS") == "1":
@@ -63,10 +70,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def _background_runs(request, tmp_path_factory):
     """What the selected tests of tests/test_notebooks.py, tests/browser/test_docs_site.py and
-    tests/test_binder_environment.py check (notebook runs, the docs build, the Binder environment's notebook runs)
-    starts at the first test, one job at a time at a lower priority (one torch thread): the other tests keep about one
-    core busy, so the second core runs them. ``None`` when none is selected (tests/background_runs.py)."""
+    tests/test_binder_environment.py and those marked ``background_process`` check (notebook runs, the docs build,
+    commands, the Binder environment's notebook runs) starts at the first test, one job at a time at a lower
+    priority: the other tests keep about one core busy, so the second core runs them. ``None`` when none is selected
+    (tests/background_runs.py)."""
     runs = session_runs(request.session.items, tmp_path_factory)
     yield runs
     if runs is not None:
         runs.close()
+
+
+@pytest.fixture
+def background_process(request, _background_runs, tmp_path):
+    """The finished run (``subprocess.CompletedProcess``, text output) of the command in the test's
+    ``background_process`` marker: run in the background while the tests before it ran, or now if none was scheduled."""
+    key = process_key(request.node)
+    if _background_runs is not None and _background_runs.scheduled(key):
+        return _background_runs.result(key)
+    return run_marked_process(request.node, tmp_path, dict(os.environ))

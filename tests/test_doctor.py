@@ -1,6 +1,7 @@
 """``ssl-widgets doctor``: the install check (issue #29, item 4)."""
-import subprocess
 import sys
+
+import pytest
 
 from ssl_widgets import cli, doctor
 from ssl_widgets.threads import default_threads
@@ -62,8 +63,8 @@ def test_default_threads_takes_the_cores_the_load_leaves():
     assert default_threads(cores=4, load=1.0, torch_default=4) == 3
 
 
-def test_python_m_ssl_widgets_doctor_runs():
-    run = subprocess.run([sys.executable, "-m", "ssl_widgets.doctor", "--no-models"], capture_output=True,
-                         text=True, timeout=300)
+@pytest.mark.background_process([sys.executable, "-m", "ssl_widgets.doctor", "--no-models"])
+def test_python_m_ssl_widgets_doctor_runs(background_process):
+    run = background_process
     assert run.returncode == 0, run.stdout + run.stderr
     assert "torch/torchvision" in run.stdout

@@ -66,10 +66,11 @@ def test_magic_wrong_option_names_the_problem():
         parse_magic_line("coffee --colour red")
 
 
-def test_explorer_in_a_plain_script_exits_cleanly_with_its_similarity():
+@pytest.mark.background_process([sys.executable, "-c", "from ssl_widgets.widgets import Explorer\n"
+                                  "e = Explorer(threads=1)\nprint('similarity', e.similarity)"])
+def test_explorer_in_a_plain_script_exits_cleanly_with_its_similarity(background_process):
     """Explorer() in a script aborted at exit (signal 6, a worker inside torch); similarity was None."""
-    run = run_python("from ssl_widgets.widgets import Explorer\ne = Explorer(threads=1)\n"
-                     "print('similarity', e.similarity)")
+    run = background_process
     assert run.returncode == 0, run.stderr[-2000:]
     assert "terminate called" not in run.stderr
     similarity = float(run.stdout.split("similarity")[1])

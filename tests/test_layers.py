@@ -7,7 +7,6 @@ transitively) and at run time (what importing them actually loads).
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
@@ -90,12 +89,13 @@ def test_the_checker_sees_an_import_of_attr():
     assert "ssl_widgets.attr" in _closure("ssl_widgets.explain")
 
 
-def test_importing_metrics_and_analysis_loads_no_method_module():
-    code = ("import sys, ssl_widgets.metrics, ssl_widgets.analysis, ssl_widgets.models.state\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('ssl_widgets.attr', 'ssl_widgets.widgets', "
-            "'captum', 'ipywidgets'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent, timeout=120)
+@pytest.mark.background_process(
+    [sys.executable, "-c", "import sys, ssl_widgets.metrics, ssl_widgets.analysis, ssl_widgets.models.state\n"
+     "print(sorted(m for m in sys.modules if m.startswith(('ssl_widgets.attr', 'ssl_widgets.widgets', 'captum', "
+     "'ipywidgets'))))"], cwd=PACKAGE.parent, timeout=120)
+def test_importing_metrics_and_analysis_loads_no_method_module(background_process):
+    out = background_process
+    assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]", out.stdout
 
 

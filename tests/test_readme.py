@@ -1,10 +1,10 @@
 """Every ```python block of README.md runs, in order, in one namespace (as a reader pastes them)."""
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.both_cores  # two explorers computing in threads: runs after the background notebooks (tests/conftest.py)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -18,19 +18,19 @@ def test_blocks_are_found():
     assert blocks == ["a = 1\n", "b = a\n"]
 
 
-def test_readme_python_snippets_run():
-    import torch
+#: runs the blocks (its argument, JSON) in order in one namespace in a fresh process, as a reader pastes them into
+#: one session; a failure's traceback names the block ("README.md python block N")
+RUN_IN_ORDER = ("import json, sys\nnamespace = {'__name__': 'readme'}\n"
+                "for number, block in enumerate(json.loads(sys.argv[1]), 1):\n"
+                "    exec(compile(block, f'README.md python block {number}', 'exec'), namespace)\n"
+                "print('\\nnames:', *sorted(namespace))")
+BLOCKS = python_blocks(README.read_text())
 
-    threads = torch.get_num_threads()
-    blocks = python_blocks(README.read_text())
-    assert len(blocks) >= 4
-    namespace: dict = {"__name__": "readme"}
-    try:
-        for number, block in enumerate(blocks, 1):
-            try:
-                exec(compile(block, f"README.md python block {number}", "exec"), namespace)  # noqa: S102 - the README's own code
-            except Exception as error:  # say which block broke
-                raise AssertionError(f"README python block {number} failed: {error!r}\n{block}") from error
-    finally:
-        torch.set_num_threads(threads)
-    assert "ms" in namespace and "pairs" in namespace  # the metrics and model-difference snippets ran
+
+@pytest.mark.background_process([sys.executable, "-c", RUN_IN_ORDER, json.dumps(BLOCKS)])
+def test_readme_python_snippets_run(background_process):
+    assert len(BLOCKS) >= 4
+    run = background_process
+    assert run.returncode == 0, f"a README python block failed:\n{run.stderr[-4000:]}"
+    names = run.stdout.rsplit("names:", 1)[1].split()
+    assert "ms" in names and "pairs" in names  # the metrics and model-difference snippets ran

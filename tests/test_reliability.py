@@ -3,7 +3,6 @@ import dataclasses
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,11 +38,11 @@ HERE = Path(__file__).parent
 
 # -- 1. two threads on one model ------------------------------------------------------------------
 
-def test_two_threads_on_one_model_leave_it_intact_and_agree_with_one_thread():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(HERE / "two_threads_one_model.py")], capture_output=True, text=True,
-                          timeout=240, env=env, check=False)
+@pytest.mark.background_process(
+    [sys.executable, str(HERE / "two_threads_one_model.py")], timeout=240,
+    env={"PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"})
+def test_two_threads_on_one_model_leave_it_intact_and_agree_with_one_thread(background_process):
+    done = background_process
     assert done.returncode == 0 and "OK" in done.stdout, (done.returncode, done.stderr[-3000:])
 
 

@@ -1,8 +1,8 @@
 """The suite's own scheduling (tests/conftest.py, tests/background_runs.py): the tests that use one core run first,
-while the notebooks, the docs build and the Binder environment's runs go on in the background; the ``both_cores``
-tests next; the tests that check the background runs last. The background runs keep the environment they started
-with, run at a lower priority, give each key its own result and drop what has not started when the session stops
-early."""
+while the notebooks, the docs build, the commands of the ``background_process`` tests and the Binder environment's
+runs go on in the background; the ``background_process`` tests and the ``both_cores`` tests next; the tests that
+check the background runs last. The background runs keep the environment they started with, run at a lower priority,
+give each key its own result and drop what has not started when the session stops early."""
 import os
 import subprocess
 import sys
@@ -16,28 +16,37 @@ from background_runs import (
     DOCS_TESTS,
     NOTEBOOK_FOLDER,
     NOTEBOOK_TESTS,
+    PROCESS_MARKER,
     BackgroundRuns,
     order_for_background_runs,
+    run_marked_process,
     session_jobs,
 )
 
 
 class FakeItem:
-    def __init__(self, name: str, both_cores: bool = False, params: dict | None = None):
+    def __init__(self, name: str, both_cores: bool = False, params: dict | None = None, process=None):
         self.path, self.both_cores, self.name = Path("tests") / name.split("::")[0], both_cores, name
+        self.nodeid, self.process = f"tests/{name}", process  # process: a pytest.mark.background_process(...)
         if params is not None:
             self.callspec = type("CallSpec", (), {"params": params})()
 
     def get_closest_marker(self, marker: str):
+        if marker == PROCESS_MARKER:
+            return self.process.mark if self.process is not None else None
         return object() if marker == "both_cores" and self.both_cores else None
 
 
-def test_one_core_tests_first_then_both_cores_then_notebooks_then_binder_each_in_order():
+ECHO = pytest.mark.background_process([sys.executable, "-c", "print('echo')"])
+
+
+def test_one_core_tests_first_then_processes_both_cores_notebooks_and_binder_each_in_order():
     items = [FakeItem(f"{BINDER_TESTS}::g"), FakeItem(f"{NOTEBOOK_TESTS}::a"), FakeItem("test_x.py::b", both_cores=True),
-             FakeItem("test_x.py::c"), FakeItem(f"{NOTEBOOK_TESTS}::d"), FakeItem("test_y.py::e"),
-             FakeItem("test_z.py::f", both_cores=True), FakeItem(f"{BINDER_TESTS}::h")]
+             FakeItem("test_x.py::c"), FakeItem("test_w.py::p", both_cores=True, process=ECHO),
+             FakeItem(f"{NOTEBOOK_TESTS}::d"), FakeItem("test_y.py::e"), FakeItem("test_z.py::f", both_cores=True),
+             FakeItem("test_v.py::q", process=ECHO), FakeItem(f"{BINDER_TESTS}::h")]
     order_for_background_runs(items)
-    assert [item.name.split("::")[1] for item in items] == ["c", "e", "b", "f", "a", "d", "g", "h"]
+    assert [item.name.split("::")[1] for item in items] == ["c", "e", "p", "q", "b", "f", "a", "d", "g", "h"]
 
 
 def test_each_selected_notebook_is_one_job_and_a_classroom_run_also_gives_its_grade():
@@ -51,9 +60,34 @@ def test_each_selected_notebook_is_one_job_and_a_classroom_run_also_gives_its_gr
     assert keys == [("run 03_interaction_cam.ipynb",), ("run 15_classroom_cam.ipynb", "grade 15_classroom_cam.ipynb"),
                     ("grade 16_classroom_metrics.ipynb",)]
     assert session_jobs(items[-2:], folders=None) == []
-    with_others = [FakeItem(f"{BINDER_TESTS}::x"), *items[:1], FakeItem(f"browser/{DOCS_TESTS}::y")]
+    with_others = [FakeItem(f"{BINDER_TESTS}::x"), FakeItem("test_p.py::two", process=ECHO), *items[:1],
+                   FakeItem(f"browser/{DOCS_TESTS}::y"), FakeItem("test_p.py::one", process=ECHO)]
     assert [job_keys for job_keys, _ in session_jobs(with_others, folders=None)] == [
-        ("docs site",), ("run 03_interaction_cam.ipynb",), ("binder environment",)]
+        ("docs site",), ("run 03_interaction_cam.ipynb",), ("process tests/test_p.py::two",),
+        ("process tests/test_p.py::one",), ("binder environment",)]
+
+
+def test_a_marked_process_runs_with_its_options_and_the_runs_environment(tmp_path, monkeypatch):
+    code = "import os, sys; print(os.getcwd(), os.environ['PROBE'], os.environ.get('ADDED'), sep='|'); sys.exit(3)"
+    item = FakeItem("test_p.py::x", process=pytest.mark.background_process([sys.executable, "-c", code],
+                                                                            env={"ADDED": "yes"}, cwd=str(tmp_path)))
+    run = run_marked_process(item, Path("unused"), {**os.environ, "PROBE": "of the start"})
+    assert run.returncode == 3 and run.stdout.strip().split("|") == [str(tmp_path), "of the start", "yes"]
+    plain = FakeItem("test_p.py::y", process=pytest.mark.background_process([sys.executable, "-c", code]))
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    monkeypatch.setenv("PROBE", "now")
+    assert run_marked_process(plain, folder, os.environ).stdout.strip().split("|") == [str(folder), "now", "None"]
+    sleeper = FakeItem("test_p.py::z", process=pytest.mark.background_process(
+        [sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5))
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_marked_process(sleeper, folder, os.environ)
+
+
+@pytest.mark.background_process([sys.executable, "-c", "import os; print('from', os.getcwd())"])
+def test_the_fixture_gives_the_marked_process_run(background_process, tmp_path):
+    assert background_process.returncode == 0 and background_process.stdout.startswith("from ")
+    assert Path(background_process.stdout.split(" ", 1)[1].strip()) != Path.cwd()  # an empty folder of its own
 
 
 def test_runs_keep_their_environment_and_give_each_key_its_result(monkeypatch):
