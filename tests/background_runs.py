@@ -176,9 +176,6 @@ class BackgroundRuns:
     def result(self, key: str):
         return self._results[key].result(timeout=1800)
 
-    def scheduled(self, key: str) -> bool:
-        return key in self._results
-
     def close(self) -> None:
         """Runs not started are dropped (a session stopped early); the ones under way finish."""
         with self._lock:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from browser_setups import browser_setups, chromium  # noqa: F401 - the browser tests' shared fixtures
 from helpers import write_image_folder
-from background_runs import PROCESS_MARKER, order_for_background_runs, process_key, run_marked_process, session_runs
+from background_runs import PROCESS_MARKER, order_for_background_runs, process_key, session_runs
 
 torch.set_num_threads(int(os.environ.get("SSL_WIDGETS_TEST_THREADS", "2")))
 
@@ -81,10 +81,8 @@ def _background_runs(request, tmp_path_factory):
 
 
 @pytest.fixture
-def background_process(request, _background_runs, tmp_path):
+def background_process(request, _background_runs):
     """The finished run (``subprocess.CompletedProcess``, text output) of the command in the test's
-    ``background_process`` marker: run in the background while the tests before it ran, or now if none was scheduled."""
-    key = process_key(request.node)
-    if _background_runs is not None and _background_runs.scheduled(key):
-        return _background_runs.result(key)
-    return run_marked_process(request.node, tmp_path, dict(os.environ))
+    ``background_process`` marker, run in the background while the tests before it ran (every selected test with
+    the marker has its run: tests/background_runs.py)."""
+    return _background_runs.result(process_key(request.node))
